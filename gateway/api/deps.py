@@ -1,0 +1,94 @@
+"""What routers share: the services on the app, error answers, auth and body limits."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized, UpstreamError
+from gateway.metrics import Metrics
+from gateway.recorder import Recorder
+from gateway.relay import Relay
+from gateway.snapshot import Snapshot
+from gateway.store import Store
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class Services:
+    """Everything the lifespan built; routers reach it through `ServicesDep`."""
+
+    relay: Relay
+    snapshot: Snapshot
+    recorder: Recorder
+    store: Store
+    metrics: Metrics
+    client_tokens: Mapping[str, SecretStr]
+    max_body_bytes: int
+    shutting_down: bool = False
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error shape, with the status the error carries."""
+    code = exc.code_or_kind if isinstance(exc, UpstreamError) else exc.code
+    error = {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": code}
+    answer_headers = dict(headers or {})
+    if exc.retry_after:
+        answer_headers["Retry-After"] = exc.retry_after
+    return JSONResponse({"error": error}, status_code=exc.status, headers=answer_headers)
+
+
+def request_id_of(request: Request) -> str:
+    """The client's X-Request-Id when it is a sane token, else a new one."""
+    given = request.headers.get("x-request-id")
+    if given and _REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def check_client_token(request: Request, tokens: Mapping[str, SecretStr]) -> None:
+    if not tokens:
+        return
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    presented_bytes = presented.strip().encode()
+    matched = False
+    for token in tokens.values():
+        # Compare against every token so timing does not tell which one is close.
+        matched |= hmac.compare_digest(presented_bytes, token.get_secret_value().encode())
+    if scheme.lower() != "bearer" or not matched:
+        raise Unauthorized("Missing or invalid bearer token")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds `limit`, chunked or not."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length is not a number")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)

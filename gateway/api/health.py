@@ -1,0 +1,39 @@
+"""Liveness, readiness and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.api.deps import ServicesDep
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> JSONResponse:
+    """The process is up and its event loop answers."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready to proxy. A database outage degrades (records are held) but does not stop serving."""
+    if services.shutting_down:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    database_ok = services.snapshot.database_ok and services.recorder.database_up
+    return JSONResponse(
+        {
+            "status": "ready" if database_ok else "degraded",
+            "database": "ok" if database_ok else "unavailable",
+            "deployments": len(services.snapshot.deployments),
+            "records_held": services.recorder.depth,
+        }
+    )
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    services.metrics.record_queue.set(services.recorder.depth)
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

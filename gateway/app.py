@@ -1,0 +1,177 @@
+"""`create_app`: the one place that wires the gateway together.
+
+Collaborators are parameters so tests can swap them: the upstream transport
+and the Prometheus registry. Everything with a lifetime (engine, HTTP
+clients, recorder, snapshot refresher) is built in the lifespan and closed
+when it ends; nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+
+from gateway import __version__
+from gateway.api import health, proxy
+from gateway.api.deps import Services, error_response
+from gateway.config import Settings, declared_deployments, load_settings
+from gateway.errors import GatewayError
+from gateway.metrics import Metrics
+from gateway.models import Deployment, Price
+from gateway.providers import create_provider
+from gateway.recorder import Recorder
+from gateway.relay import Relay
+from gateway.snapshot import Snapshot
+from gateway.store import Store, create_engine
+from gateway.upstream import UpstreamClient, default_transport
+
+log = logging.getLogger("gateway")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """Build the ASGI app; raises ConfigError for a configuration it cannot serve."""
+    providers = {name: create_provider(name, provider) for name, provider in settings.providers.items()}
+    declared = declared_deployments(settings)
+    policies = {name: deployment.policy.model_dump(mode="json") for name, deployment in settings.deployments.items()}
+    prices = {model: Price(input=price.input, output=price.output) for model, price in settings.pricing.items()}
+    salt = settings.user_id_salt.get_secret_value().encode()
+    if not salt:
+        log.warning("user_id_salt is not set: user ids are hashed with a per-process salt")
+        salt = secrets.token_bytes(32)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics(registry)
+        store = Store(create_engine(settings.database_url, settings.database))
+        clients = {
+            name: UpstreamClient(
+                provider,
+                settings.providers[name],
+                transport=transport or default_transport(settings.providers[name].transport, settings.providers[name]),
+            )
+            for name, provider in providers.items()
+        }
+
+        def on_change(deployments: Mapping[str, Deployment]) -> None:
+            for name, deployment in deployments.items():
+                metrics.canary_percent.labels(deployment=name).set(
+                    deployment.rollout.canary_percent if deployment.rollout.canary else 0.0
+                )
+
+        snapshot = Snapshot(
+            store,
+            declared=declared,
+            policies=policies,
+            refresh_interval=settings.database.refresh_interval,
+            on_change=on_change,
+        )
+        recorder = Recorder(store, settings.recorder, metrics)
+        relay = Relay(
+            snapshot=snapshot,
+            clients=clients,
+            prices=prices,
+            recorder=recorder,
+            metrics=metrics,
+            user_id_salt=salt,
+            max_concurrency=settings.server.max_concurrency,
+            access_log=settings.logging.access_log,
+        )
+        on_change(snapshot.deployments)
+        await snapshot.start()
+        recorder.start()
+        app.state.services = Services(
+            relay=relay,
+            snapshot=snapshot,
+            recorder=recorder,
+            store=store,
+            metrics=metrics,
+            client_tokens=settings.client_tokens,
+            max_body_bytes=settings.server.max_body_bytes,
+        )
+        log.info("gateway ready", extra={"deployments": sorted(snapshot.deployments), "pid": os.getpid()})
+        try:
+            yield
+        finally:
+            app.state.services.shutting_down = True
+            await snapshot.stop()
+            await recorder.stop()
+            for client in clients.values():
+                await client.aclose()
+            await store.close()
+            log.info("gateway stopped")
+
+    app = FastAPI(
+        title="canary-gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.server.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id", "x-user-id"],
+            expose_headers=["x-request-id", "x-canary-deployment", "x-canary-version"],
+        )
+    app.include_router(proxy.router)
+    app.include_router(health.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else "invalid_request"
+        message = "Unknown route" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": kind}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+        return JSONResponse(
+            {"error": {"message": f"{param}: {first['msg']}" if param else first["msg"],
+                       "type": "invalid_request_error", "param": param, "code": "invalid_request"}},
+            status_code=400,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error (%s)", type(exc).__name__, exc_info=exc)
+        return JSONResponse(
+            {"error": {"message": "The gateway failed unexpectedly", "type": "server_error",
+                       "param": None, "code": "internal_error"}},
+            status_code=500,
+        )
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for `uvicorn --factory` and multi-worker serving: reads GATEWAY_CONFIG."""
+    return create_app(load_settings(os.environ.get("GATEWAY_CONFIG") or None))

@@ -1,0 +1,423 @@
+"""YAML + environment → frozen, validated settings.
+
+Nothing happens at import time: `load_settings(path)` reads the file,
+interpolates `${VAR}` / `${VAR:-default}` in string values, applies the
+`GATEWAY_*` overrides and validates. Every problem becomes a `ConfigError`
+whose message starts with the key path, e.g.
+`deployments.support-bot.versions.v2.provider: unknown provider 'opnai'`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+from gateway.models import Deployment, RolloutState, Version
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
+
+
+def parse_duration(value: object) -> float:
+    """`500ms`, `30s`, `15m`, `1h`, `1d` or a bare number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 500ms, 30s, 15m, 1h or 1d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 500ms, 30s, 15m, 1h or 1d, got {value!r}")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-64 characters of letters, digits, '.', '_' or '-'"
+        )
+    return value
+
+
+class ServerSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Upstream calls in flight per worker; beyond it the proxy answers 503 at once.
+    max_concurrency: int = Field(1024, ge=1)
+    shutdown_grace: Duration = 30.0
+    cors_origins: tuple[str, ...] = ()
+
+
+class ProviderSettings(_Frozen):
+    kind: Literal["openai", "anthropic"]
+    base_url: str
+    api_key: SecretStr = SecretStr("")
+    timeout_s: float = Field(60.0, gt=0, description="total deadline of one upstream call")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    # Longest silence between two streamed chunks before the call is abandoned.
+    idle_timeout_s: float = Field(30.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    retries: int = Field(2, ge=0, le=5)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # The HTTP stack under httpx: aiohttp's is several times cheaper per call
+    # (see the README's performance section); httpx's own is the fallback.
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    # Link-local and cloud-metadata addresses are refused unless this is set.
+    allow_unsafe_url: bool = False
+
+    @model_validator(mode="after")
+    def _safe_url(self) -> ProviderSettings:
+        check_upstream_url(self.base_url, allow_unsafe=self.allow_unsafe_url)
+        return self
+
+
+def check_upstream_url(url: str, *, allow_unsafe: bool) -> None:
+    """Refuse URLs that could leak the provider key somewhere unintended."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"base_url must be http or https, got {parts.scheme or 'nothing'!r}")
+    if not parts.hostname:
+        raise ValueError("base_url has no host")
+    if "@" in parts.netloc or parts.username or parts.password:
+        raise ValueError("base_url must not carry credentials ('@'); use api_key")
+    if parts.fragment or "#" in url:
+        raise ValueError("base_url must not have a fragment ('#')")
+    if parts.query:
+        raise ValueError("base_url must not have a query string")
+    if allow_unsafe:
+        return
+    host = parts.hostname.lower()
+    if host in _METADATA_HOSTS:
+        raise ValueError(f"base_url host {host!r} is a cloud metadata service (allow_unsafe_url to permit)")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if address.is_link_local or address.is_multicast or address.is_unspecified:
+        raise ValueError(f"base_url address {host} is link-local or unroutable (allow_unsafe_url to permit)")
+
+
+class PriceSettings(_Frozen):
+    """USD per 1M tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class PromoteWhen(_Frozen):
+    quality_ratio_min: float = 0.95
+    p95_latency_ratio_max: float = 1.20
+    cost_ratio_max: float = 1.30
+    latency_slack_ms: float = 50.0
+
+
+class RollbackWhen(_Frozen):
+    quality_ratio_below: float = 0.90
+    error_rate_ratio_above: float = 2.0
+    error_rate_floor: float = 0.01
+
+
+class PolicySettings(_Frozen):
+    stages: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
+    check_interval: Duration = 900.0
+    window: Duration = 3600.0
+    min_stage_duration: Duration = 86400.0
+    min_requests: int = Field(100, ge=1)
+    promote_when: PromoteWhen = PromoteWhen()
+    rollback_when: RollbackWhen = RollbackWhen()
+
+    @field_validator("stages")
+    @classmethod
+    def _increasing(cls, stages: tuple[float, ...]) -> tuple[float, ...]:
+        if not stages:
+            raise ValueError("at least one stage is needed")
+        for stage in stages:
+            if not 0 < stage <= 100:
+                raise ValueError(f"stage {stage} is outside (0, 100]")
+            if round(stage, 2) != stage:
+                raise ValueError(f"stage {stage} has more than two decimals")
+        if list(stages) != sorted(set(stages)):
+            raise ValueError("stages must be strictly increasing")
+        return stages
+
+
+class FewShotMessage(_Frozen):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class VersionSettings(_Frozen):
+    provider: str
+    model: str = Field(min_length=1)
+    system_prompt: str = ""
+    few_shot: tuple[FewShotMessage, ...] = ()
+    params: dict[str, Any] = Field(default_factory=dict)
+    prompt_mode: Literal["replace", "prepend", "append"] = "replace"
+
+    @field_validator("params")
+    @classmethod
+    def _no_routing_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"model", "messages", "stream", "stream_options"} & params.keys()
+        if reserved:
+            raise ValueError(f"params may not set {', '.join(sorted(reserved))}")
+        return params
+
+
+class DeploymentSettings(_Frozen):
+    stable: str
+    canary: str | None = None
+    versions: dict[str, VersionSettings]
+    policy: PolicySettings = PolicySettings()
+    # Requests without a user id: "stable" (sticky, deterministic) or
+    # "random" (split by the percentage per request, not sticky).
+    anonymous: Literal["stable", "random"] = "stable"
+
+    @field_validator("versions")
+    @classmethod
+    def _version_names(cls, versions: dict[str, VersionSettings]) -> dict[str, VersionSettings]:
+        if not versions:
+            raise ValueError("a deployment needs at least one version")
+        for name in versions:
+            _check_name(name, "version name")
+        return versions
+
+    @model_validator(mode="after")
+    def _slots_exist(self) -> DeploymentSettings:
+        if self.stable not in self.versions:
+            raise _KeyError("stable", f"unknown version {self.stable!r}")
+        if self.canary is not None:
+            if self.canary not in self.versions:
+                raise _KeyError("canary", f"unknown version {self.canary!r}")
+            if self.canary == self.stable:
+                raise _KeyError("canary", "must differ from stable")
+        return self
+
+
+class AlertSettings(_Frozen):
+    webhooks: tuple[str, ...] = ()
+
+
+class RecorderSettings(_Frozen):
+    batch_size: int = Field(500, ge=1, le=10_000)
+    flush_interval: Duration = 0.5
+    # Records held in memory while the database is away; beyond it they go to the spool.
+    max_buffer: int = Field(20_000, ge=10)
+    spool_dir: str = "./spool"
+    spool_max_bytes: int = Field(1_073_741_824, ge=0)
+    # Longest pause between write attempts while the database is down.
+    max_backoff: Duration = 30.0
+
+
+class DatabaseSettings(_Frozen):
+    pool_size: int = Field(5, ge=1)
+    max_overflow: int = Field(5, ge=0)
+    pool_timeout: Duration = 5.0
+    statement_timeout: Duration = 5.0
+    # How often each replica checks the rollout state for changes.
+    refresh_interval: Duration = 1.0
+
+
+class LoggingSettings(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+def _tokens(value: object) -> object:
+    # An unset ${VAR} leaves an empty token: treat it as "not configured".
+    if isinstance(value, Mapping):
+        return {name: token for name, token in value.items() if token not in (None, "")}
+    return value
+
+
+class Settings(_Frozen):
+    database_url: str = "sqlite+aiosqlite:///./gateway.db"
+    admin_tokens: Annotated[dict[str, SecretStr], BeforeValidator(_tokens)] = Field(default_factory=dict)
+    client_tokens: Annotated[dict[str, SecretStr], BeforeValidator(_tokens)] = Field(default_factory=dict)
+    # Salt for hashing user ids before they are stored; set it to correlate across restarts.
+    user_id_salt: SecretStr = SecretStr("")
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    recorder: RecorderSettings = RecorderSettings()
+    logging: LoggingSettings = LoggingSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    pricing: dict[str, PriceSettings] = Field(default_factory=dict)
+    alerts: AlertSettings = AlertSettings()
+    deployments: dict[str, DeploymentSettings] = Field(default_factory=dict)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return url
+
+    @field_validator("deployments")
+    @classmethod
+    def _deployment_names(cls, deployments: dict[str, DeploymentSettings]) -> dict[str, DeploymentSettings]:
+        for name in deployments:
+            _check_name(name, "deployment name")
+        return deployments
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        for name, deployment in self.deployments.items():
+            for version_name, version in deployment.versions.items():
+                if version.provider not in self.providers:
+                    raise _KeyError(
+                        f"deployments.{name}.versions.{version_name}.provider",
+                        f"unknown provider {version.provider!r}",
+                    )
+        return self
+
+
+class _KeyError(ValueError):
+    """A cross-reference error that knows its own key path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "GATEWAY_DATABASE_URL": ("database_url",),
+    "GATEWAY_HOST": ("server", "host"),
+    "GATEWAY_PORT": ("server", "port"),
+    "GATEWAY_WORKERS": ("server", "workers"),
+    "GATEWAY_LOG_LEVEL": ("logging", "level"),
+    "GATEWAY_USER_ID_SALT": ("user_id_salt",),
+    "GATEWAY_SPOOL_DIR": ("recorder", "spool_dir"),
+}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read, interpolate, override and validate; `path=None` gives the built-in defaults."""
+    env = os.environ if environ is None else environ
+    raw: object = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{where}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    data = _interpolate(raw, env, ())
+    assert isinstance(data, dict)
+    _apply_overrides(data, env)
+    return settings_from_dict(data)
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> Settings:
+    """Validate an already-parsed configuration mapping."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    path = ".".join(str(part) for part in error["loc"])
+    context = error.get("ctx", {}).get("error")
+    if isinstance(context, _KeyError):
+        return f"{path}.{context.path}: {context.message}" if path else f"{context.path}: {context.message}"
+    message = str(context) if isinstance(context, Exception) else error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    message = message.removeprefix("Value error, ")
+    return f"{path}: {message}" if path else message
+
+
+def _interpolate(value: object, env: Mapping[str, str], path: tuple[str, ...]) -> object:
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {key: _interpolate(item, env, (*path, str(key))) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, env, (*path, str(index))) for index, item in enumerate(value)]
+    return value
+
+
+def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for variable, path in ENV_OVERRIDES.items():
+        if env.get(variable):
+            section = data
+            for key in path[:-1]:
+                section = section.setdefault(key, {})
+                if not isinstance(section, dict):
+                    raise ConfigError(f"{'.'.join(path[:-1])}: must be a mapping")
+            section[path[-1]] = env[variable]
+    token = env.get("GATEWAY_ADMIN_TOKEN")
+    tokens = data.get("admin_tokens")
+    if token and not (isinstance(tokens, dict) and any(tokens.values())):
+        data["admin_tokens"] = {"admin": token}
+
+
+def declared_deployments(settings: Settings) -> dict[str, Deployment]:
+    """The deployments as the file declares them: the state before any rollout ran."""
+    deployments = {}
+    for name, declared in settings.deployments.items():
+        versions = {
+            version_name: Version(
+                name=version_name,
+                provider=version.provider,
+                model=version.model,
+                system_prompt=version.system_prompt,
+                few_shot=tuple({"role": shot.role, "content": shot.content} for shot in version.few_shot),
+                params=dict(version.params),
+                prompt_mode=version.prompt_mode,
+            )
+            for version_name, version in declared.versions.items()
+        }
+        rollout = RolloutState(
+            stable=declared.stable,
+            canary=declared.canary,
+            canary_percent=declared.policy.stages[0] if declared.canary else 0.0,
+            status="canary" if declared.canary else "stable",
+        )
+        deployments[name] = Deployment(name=name, versions=versions, rollout=rollout, anonymous=declared.anonymous)
+    return deployments

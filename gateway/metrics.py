@@ -1,0 +1,92 @@
+"""Prometheus collectors, built around an injected registry.
+
+Label values come only from the configuration (deployment, version, provider)
+or from fixed sets (status, kind); never from what a client sent.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# 50 ms to 120 s: LLM calls are slow, and their tail is long.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 120.0)
+UNKNOWN = "unknown"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "canary_requests",
+            "Proxied chat calls by the version that served them and outcome.",
+            ["deployment", "version", "status"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "canary_refused_requests",
+            "Calls refused before reaching a version, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.anonymous = Counter(
+            "canary_anonymous_requests",
+            "Calls that carried no user id.",
+            ["deployment"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "canary_request_duration_seconds",
+            "Time from the gateway receiving a call to its last byte sent.",
+            ["deployment", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "canary_time_to_first_token_seconds",
+            "Time from the gateway receiving a streamed call to its first answer event.",
+            ["deployment", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "canary_tokens",
+            "Tokens reported by the upstream.",
+            ["deployment", "version", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "canary_cost_usd",
+            "Cost of answered calls from the pricing table, in US dollars.",
+            ["deployment", "version"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "canary_upstream_errors",
+            "Failed upstream calls by provider and kind.",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.canary_percent = Gauge(
+            "canary_percent",
+            "Share of users routed to the canary version, in percent.",
+            ["deployment"],
+            registry=r,
+        )
+        self.record_queue = Gauge(
+            "canary_record_queue_depth",
+            "Request records held in memory, waiting to be written.",
+            registry=r,
+        )
+        self.records_written = Counter(
+            "canary_records_written", "Request records written to the database.", registry=r
+        )
+        self.records_spooled = Counter(
+            "canary_records_spooled", "Request records written to the on-disk spool.", registry=r
+        )
+        self.records_dropped = Counter(
+            "canary_records_dropped",
+            "Request records lost, by reason.",
+            ["reason"],
+            registry=r,
+        )

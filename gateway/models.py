@@ -1,0 +1,109 @@
+"""Plain domain types shared by every layer; no I/O, no framework imports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+PromptMode = Literal["replace", "prepend", "append"]
+RolloutStatus = Literal["stable", "canary", "promoted", "rolled_back"]
+RecordStatus = Literal["ok", "error", "client_cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """An immutable prompt snapshot; changing anything means a new version."""
+
+    name: str
+    provider: str
+    model: str
+    system_prompt: str = ""
+    few_shot: tuple[Mapping[str, str], ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    prompt_mode: PromptMode = "replace"
+
+    def content(self) -> dict[str, Any]:
+        """Everything that defines the version, in a stable JSON-able shape."""
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "few_shot": [dict(message) for message in self.few_shot],
+            "params": dict(self.params),
+            "prompt_mode": self.prompt_mode,
+        }
+
+    def content_hash(self) -> str:
+        canonical = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    """Which versions serve a deployment, and how traffic is split between them."""
+
+    stable: str
+    canary: str | None = None
+    canary_percent: float = 0.0
+    stage: int = 0
+    status: RolloutStatus = "stable"
+    paused: bool = False
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    name: str
+    versions: Mapping[str, Version]
+    rollout: RolloutState
+    anonymous: Literal["stable", "random"] = "stable"
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One proxied call, tagged with the version that served it.
+
+    Mutable only so that feedback arriving before the record is written can
+    still land in it.
+    """
+
+    id: str
+    created_at: datetime
+    deployment: str
+    version: str
+    user_hash: str | None
+    provider: str
+    upstream_model: str
+    stream: bool
+    status: RecordStatus
+    http_status: int
+    error_kind: str | None
+    latency_ms: float
+    ttft_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    quality: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: float
+    output: float
+
+    def cost(self, usage: Usage) -> float | None:
+        if usage.prompt_tokens is None or usage.completion_tokens is None:
+            return None
+        return (usage.prompt_tokens * self.input + usage.completion_tokens * self.output) / 1_000_000

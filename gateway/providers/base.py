@@ -1,0 +1,135 @@
+"""The interface every wire format implements.
+
+A provider turns the OpenAI-shaped body the gateway built into the upstream's
+request, turns the upstream's answer back into an OpenAI answer, translates a
+stream incrementally, and maps the upstream's error answers. It does no I/O:
+sending, deadlines and retries belong to `gateway.upstream`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import UpstreamStatusError
+from gateway.models import Usage
+
+_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|sk-ant-[A-Za-z0-9_\-*]{6,})")
+# The client-facing status for an upstream error status; anything else is 502.
+_RELAYED_STATUSES = {400: 400, 413: 413, 422: 422, 429: 429}
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    path: str
+    headers: Mapping[str, str]
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete answer in OpenAI's shape, ready for the client."""
+
+    content: bytes
+    usage: Usage
+
+
+class StreamTranslator(ABC):
+    """Incremental, per-call translation of an upstream stream into OpenAI SSE bytes.
+
+    `feed` gets raw upstream bytes in arbitrary pieces and returns the bytes to
+    send to the client now (possibly empty). `finish` is called once the
+    upstream stream ends and returns the closing bytes; if the stream ended
+    before its terminator, it returns an SSE error event and sets `error_kind`.
+    """
+
+    usage: Usage = Usage()
+    # Set by feed() once the first event carrying an answer has been produced.
+    started: bool = False
+    error_kind: str | None = None
+
+    @abstractmethod
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    @abstractmethod
+    def finish(self) -> bytes: ...
+
+
+class Provider(ABC):
+    """One upstream wire format; holds no connection, only the provider's settings."""
+
+    def __init__(self, name: str, *, api_key: str, headers: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self._api_key = api_key
+        self._extra_headers = dict(headers or {})
+
+    @abstractmethod
+    def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest: ...
+
+    @abstractmethod
+    def parse_answer(self, content: bytes) -> Answer:
+        """Raises UpstreamBadResponse when `content` is not a valid answer."""
+
+    @abstractmethod
+    def stream_translator(self, *, wants_usage: bool) -> StreamTranslator: ...
+
+    @abstractmethod
+    def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
+        """The error to raise for an upstream answer with an error status."""
+
+    def scrub(self, text: str) -> str:
+        """Remove the provider key, and anything shaped like one, from upstream text."""
+        if self._api_key:
+            text = text.replace(self._api_key, "[redacted]")
+        return _KEY_LIKE.sub("[redacted]", text)
+
+    def status_error(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = None,
+        code: str | None = None,
+        retry_after: str | None = None,
+    ) -> UpstreamStatusError:
+        """Map an upstream status to what the client sees.
+
+        The client's own mistakes (400, 413, 422) and rate limits (429) are
+        relayed; anything else (the gateway's key refused, the version's model
+        unknown, a server fault) is the operator's problem and becomes 502.
+        """
+        client_status = _RELAYED_STATUSES.get(status, 502)
+        if client_status == 502:
+            message = f"upstream provider '{self.name}' answered HTTP {status}: {message}"
+            error_type, code = "upstream_error", "upstream_error"
+        return UpstreamStatusError(
+            self.scrub(message)[:2000],
+            status=client_status,
+            upstream_status=status,
+            error_type=error_type or "invalid_request_error",
+            code=code,
+            retry_after=retry_after if status == 429 else None,
+        )
+
+
+def usage_from(data: object, prompt_key: str, completion_key: str) -> Usage:
+    """Tolerant usage extraction: anything malformed becomes None, never an error."""
+    if not isinstance(data, dict):
+        return Usage()
+    prompt, completion = data.get(prompt_key), data.get(completion_key)
+    return Usage(
+        prompt_tokens=prompt if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0 else None,
+        completion_tokens=completion
+        if isinstance(completion, int) and not isinstance(completion, bool) and completion >= 0
+        else None,
+    )
+
+
+def sse_error_event(message: str, code: str) -> bytes:
+    """A final SSE event that OpenAI's SDKs raise as an APIError."""
+    payload = {"error": {"message": message, "type": "upstream_error", "code": code}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"

@@ -1,0 +1,298 @@
+"""The background batch writer: request records leave the hot path here.
+
+`submit` never waits: it appends to an in-memory buffer. A writer task
+flushes the buffer in batches (by size or time). While the database is away,
+records stay in memory up to `max_buffer`; beyond that the oldest go to an
+on-disk spool (JSON lines), which is written back when the database returns.
+A batch the database rejects is retried record by record so one bad record
+cannot sink the others. Ids are unique and inserts skip existing ids, so a
+record written twice (a retry after a lost commit acknowledgement, a spool
+file drained by two workers) is stored once. `stop` writes everything held,
+or spools it when the database is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections import deque
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.config import RecorderSettings
+from gateway.errors import StoreRejected, StoreUnavailable
+from gateway.metrics import Metrics
+from gateway.models import RequestRecord
+from gateway.store import Store
+
+log = logging.getLogger("gateway.recorder")
+
+
+class Recorder:
+    def __init__(self, store: Store, settings: RecorderSettings, metrics: Metrics) -> None:
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._buffer: deque[RequestRecord] = deque()
+        # Records taken from the buffer whose write has not committed yet.
+        self._in_flight: dict[str, RequestRecord] = {}
+        self._pending: dict[str, RequestRecord] = {}
+        self._late_quality: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._spool = Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes)
+        self._database_up = True
+        self._loss_logged = False
+
+    @property
+    def database_up(self) -> bool:
+        return self._database_up
+
+    @property
+    def depth(self) -> int:
+        return len(self._buffer) + len(self._in_flight)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="recorder")
+
+    def submit(self, record: RequestRecord) -> None:
+        """Hold a record for writing; never blocks, never raises."""
+        if len(self._buffer) >= 2 * self._settings.max_buffer:
+            # The writer cannot even spool fast enough: memory stays bounded.
+            self._lose(1, "buffer_full")
+            return
+        self._buffer.append(record)
+        self._pending[record.id] = record
+        self._metrics.record_queue.set(len(self._buffer))
+        if len(self._buffer) >= self._settings.batch_size or len(self._buffer) > self._settings.max_buffer:
+            self._wake.set()
+
+    def note_quality(self, request_id: str, score: float) -> bool:
+        """Attach a score to a record not written yet; False if this process holds no such record."""
+        record = self._pending.get(request_id) or self._in_flight.get(request_id)
+        if record is None:
+            return False
+        record.quality = score
+        if request_id in self._in_flight:
+            self._late_quality[request_id] = score
+        return True
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Write everything held; spool what the database would not take in time."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            async with asyncio.timeout(timeout):
+                while self._buffer:
+                    await self._write_batch()
+        except (StoreUnavailable, TimeoutError):
+            log.warning("the database did not take every record before shutdown; spooling %d", len(self._buffer))
+        if self._buffer:
+            await self._spill(len(self._buffer))
+        self._metrics.record_queue.set(0)
+
+    async def flush(self) -> None:
+        """Write what is held now (used by tests and by shutdown)."""
+        while self._buffer and self._database_up:
+            await self._write_batch()
+
+    async def _run(self) -> None:
+        backoff = self._settings.flush_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self._spool.has_files():
+                    await self._drain_spool()
+                while self._buffer:
+                    await self._write_batch()
+                    if len(self._buffer) < self._settings.batch_size:
+                        break
+                backoff = self._settings.flush_interval
+            except StoreUnavailable:
+                backoff = min(max(backoff * 2, 1.0), self._settings.max_backoff)
+                overflow = len(self._buffer) - self._settings.max_buffer
+                if overflow > 0:
+                    await self._spill(overflow)
+            except Exception:  # noqa: BLE001 - the writer must outlive any single failure
+                log.exception("the record writer failed; retrying")
+                backoff = self._settings.max_backoff
+
+    async def _write_batch(self) -> None:
+        batch = [self._buffer.popleft() for _ in range(min(self._settings.batch_size, len(self._buffer)))]
+        for record in batch:
+            self._pending.pop(record.id, None)
+            self._in_flight[record.id] = record
+        try:
+            await self._write(batch)
+        except BaseException as exc:
+            # Unavailable or cancelled: the batch goes back to the front. If it
+            # did commit, writing it again later is harmless (ids are unique).
+            if isinstance(exc, StoreUnavailable):
+                self._database_up = False
+            for record in batch:
+                self._in_flight.pop(record.id, None)
+                self._pending[record.id] = record
+            self._buffer.extendleft(reversed(batch))
+            raise
+        finally:
+            self._metrics.record_queue.set(len(self._buffer))
+        self._database_up = True
+        late = {rid: self._late_quality.pop(rid) for rid in list(self._late_quality) if rid in self._in_flight}
+        for record in batch:
+            self._in_flight.pop(record.id, None)
+        for request_id, score in late.items():
+            # Feedback that arrived while this batch was being written.
+            with contextlib.suppress(StoreUnavailable, StoreRejected):
+                await self._store.set_quality(request_id=request_id, score=score)
+
+    async def _write(self, batch: list[RequestRecord]) -> None:
+        try:
+            await self._store.insert_records(batch)
+            self._metrics.records_written.inc(len(batch))
+        except StoreRejected:
+            for record in batch:
+                try:
+                    await self._store.insert_records([record])
+                    self._metrics.records_written.inc()
+                except StoreRejected:
+                    self._metrics.records_dropped.labels(reason="rejected").inc()
+                    log.error("the database rejected request record %s; it is dropped", record.id)
+
+    async def _spill(self, count: int) -> None:
+        records = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
+        for record in records:
+            self._pending.pop(record.id, None)
+        lines = [json.dumps(_to_json(record)) for record in records]
+        written = await asyncio.to_thread(self._spool.append, lines)
+        self._metrics.records_spooled.inc(written)
+        if written < len(records):
+            self._lose(len(records) - written, "spool_full")
+        self._metrics.record_queue.set(len(self._buffer))
+
+    async def _drain_spool(self) -> None:
+        for path in await asyncio.to_thread(self._spool.claim_all):
+            lines = await asyncio.to_thread(path.read_text, "utf-8")
+            records = []
+            for line in lines.splitlines():
+                try:
+                    records.append(_from_json(json.loads(line)))
+                except (ValueError, TypeError, KeyError):
+                    self._lose(1, "spool_corrupt")
+            try:
+                for start in range(0, len(records), self._settings.batch_size):
+                    await self._write(records[start : start + self._settings.batch_size])
+            except StoreUnavailable:
+                await asyncio.to_thread(self._spool.release, path)
+                raise
+            await asyncio.to_thread(path.unlink, True)
+            log.info("wrote %d spooled request records back to the database", len(records))
+
+    def _lose(self, count: int, reason: str) -> None:
+        self._metrics.records_dropped.labels(reason=reason).inc(count)
+        if not self._loss_logged:
+            self._loss_logged = True
+            log.error("request records are being lost (%s); see canary_records_dropped_total", reason)
+
+
+class Spool:
+    """JSON-lines files of records the database could not take yet.
+
+    Each spill is written to a temporary file and renamed into place, so a
+    `.jsonl` file is always complete. A file is claimed by renaming it before
+    it is drained, so two workers sharing the directory never drain the same
+    file; claims left by a process that died are released at start.
+    """
+
+    def __init__(self, directory: Path, *, max_bytes: int) -> None:
+        self._directory = directory
+        self._max_bytes = max_bytes
+        self._counter = 0
+        self._release_orphans()
+
+    def has_files(self) -> bool:
+        try:
+            return any(self._directory.glob("records-*.jsonl"))
+        except OSError:
+            return False
+
+    def append(self, lines: list[str]) -> int:
+        """Write as many lines as the size limit allows; returns how many were written."""
+        try:
+            self._directory.mkdir(parents=True, exist_ok=True)
+            used = sum(path.stat().st_size for path in self._directory.glob("records-*"))
+            fitting = []
+            for line in lines:
+                used += len(line) + 1
+                if used > self._max_bytes:
+                    break
+                fitting.append(line)
+            if fitting:
+                self._counter += 1
+                stem = f"records-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}-{self._counter}"
+                temporary = self._directory / f"{stem}.tmp"
+                with temporary.open("w", encoding="utf-8") as handle:
+                    handle.write("\n".join(fitting) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                temporary.rename(self._directory / f"{stem}.jsonl")
+            return len(fitting)
+        except OSError:
+            log.exception("cannot write to the spool directory %s", self._directory)
+            return 0
+
+    def claim_all(self) -> list[Path]:
+        claimed = []
+        for path in sorted(self._directory.glob("records-*.jsonl")):
+            target = path.with_suffix(f".draining-{os.getpid()}")
+            try:
+                path.rename(target)
+            except OSError:
+                continue  # another worker claimed it
+            claimed.append(target)
+        return claimed
+
+    def release(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.rename(path.with_suffix(".jsonl"))
+
+    def _release_orphans(self) -> None:
+        try:
+            claims = list(self._directory.glob("records-*.draining-*"))
+        except OSError:
+            return
+        for path in claims:
+            owner = int(path.suffix.rsplit("-", 1)[-1] or 0)
+            if owner == os.getpid() or not _alive(owner):
+                self.release(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _to_json(record: RequestRecord) -> dict[str, Any]:
+    data = asdict(record)
+    data["created_at"] = record.created_at.isoformat()
+    return data
+
+
+def _from_json(data: dict[str, Any]) -> RequestRecord:
+    data["created_at"] = datetime.fromisoformat(data["created_at"])
+    return RequestRecord(**data)

@@ -1,0 +1,257 @@
+"""The proxy service: route a chat call to a version, forward it, record it.
+
+Handlers call `begin` (pure, in memory: resolve, route, inject), then either
+`complete` or `open_stream` + `stream`. Each call that reached a version ends
+in exactly one `RequestRecord` handed to the recorder, whatever happened:
+answered, failed upstream, or abandoned by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from gateway.chat import ChatRequest
+from gateway.errors import NotFound, Overloaded, UpstreamBadResponse, UpstreamError
+from gateway.metrics import Metrics
+from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
+from gateway.prompts import build_upstream_body
+from gateway.providers import Answer
+from gateway.providers.base import sse_error_event
+from gateway.recorder import Recorder
+from gateway.routing import choose_version
+from gateway.snapshot import Snapshot
+from gateway.upstream import UpstreamClient
+
+access_log = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway.relay")
+
+# Status recorded for a call whose client went away before the answer ended.
+CLIENT_CLOSED = 499
+
+
+@dataclass(slots=True)
+class Call:
+    request_id: str
+    deployment: Deployment
+    version: Version
+    client: UpstreamClient
+    chat: ChatRequest
+    body: dict[str, Any]
+    user_hash: str | None
+    received: float
+    deadline: float
+    created_at: datetime
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        snapshot: Snapshot,
+        clients: Mapping[str, UpstreamClient],
+        prices: Mapping[str, Price],
+        recorder: Recorder,
+        metrics: Metrics,
+        user_id_salt: bytes,
+        max_concurrency: int,
+        access_log: bool = True,
+    ) -> None:
+        self._snapshot = snapshot
+        self._clients = clients
+        self._prices = prices
+        self._recorder = recorder
+        self._metrics = metrics
+        self._salt = user_id_salt
+        self._max_concurrency = max_concurrency
+        self._access_log = access_log
+        self._unpriced_warned: set[str] = set()
+        self.in_flight = 0
+
+    def begin(self, chat: ChatRequest, *, request_id: str, received: float) -> Call:
+        """Resolve the deployment, pick the version, build the upstream body. No I/O."""
+        deployment = self._snapshot.deployments.get(chat.model)
+        if deployment is None:
+            self._metrics.refused.labels(reason="unknown_deployment").inc()
+            raise NotFound(
+                f"The model (deployment) '{chat.model[:200]}' does not exist", param="model", code="model_not_found"
+            )
+        if self.in_flight >= self._max_concurrency:
+            self._metrics.refused.labels(reason="overloaded").inc()
+            raise Overloaded("The gateway is at its concurrency limit; retry shortly")
+        if chat.user is None:
+            self._metrics.anonymous.labels(deployment=deployment.name).inc()
+        version = deployment.versions.get(choose_version(deployment, chat.user))
+        client = self._clients.get(version.provider) if version is not None else None
+        if version is None or client is None:
+            raise UpstreamBadResponse(f"deployment '{deployment.name}' has no usable version right now")
+        self.in_flight += 1
+        return Call(
+            request_id=request_id,
+            deployment=deployment,
+            version=version,
+            client=client,
+            chat=chat,
+            body=build_upstream_body(version, chat.body, stream=chat.stream),
+            user_hash=self._hash_user(chat.user),
+            received=received,
+            deadline=_loop_deadline(received, client.settings.timeout_s),
+            created_at=datetime.now(UTC),
+        )
+
+    async def complete(self, call: Call) -> Answer:
+        """A non-streaming answer; raises UpstreamError after recording the failure."""
+        try:
+            response = await call.client.open(call.body, stream=False, deadline=call.deadline)
+            try:
+                answer = call.client.provider.parse_answer(response.content)
+            finally:
+                await response.aclose()
+        except UpstreamError as exc:
+            self._finish(call, status="error", http_status=exc.status, error_kind=exc.kind)
+            raise
+        except BaseException:
+            self._finish(call, status="client_cancelled", http_status=CLIENT_CLOSED, error_kind="client_cancelled")
+            raise
+        self._finish(call, status="ok", http_status=200, usage=answer.usage)
+        return answer
+
+    async def open_stream(self, call: Call) -> httpx.Response:
+        """Open the upstream stream; failures before the first byte raise with their status."""
+        try:
+            return await call.client.open(call.body, stream=True, deadline=call.deadline)
+        except UpstreamError as exc:
+            self._finish(call, status="error", http_status=exc.status, error_kind=exc.kind)
+            raise
+        except BaseException:
+            self._finish(call, status="client_cancelled", http_status=CLIENT_CLOSED, error_kind="client_cancelled")
+            raise
+
+    async def stream(self, call: Call, response: httpx.Response) -> AsyncIterator[bytes]:
+        """Relay the upstream stream event by event; a failure mid-stream ends in an SSE error event."""
+        translator = call.client.provider.stream_translator(wants_usage=call.chat.wants_usage)
+        status: RecordStatus = "client_cancelled"
+        error_kind: str | None = "client_cancelled"
+        http_status = CLIENT_CLOSED
+        ttft: float | None = None
+        try:
+            tail = b""
+            try:
+                async for chunk in call.client.relay(response, deadline=call.deadline):
+                    out = translator.feed(chunk)
+                    if out:
+                        if ttft is None and translator.started:
+                            ttft = time.perf_counter() - call.received
+                        yield out
+                tail = translator.finish()
+                error_kind = translator.error_kind
+            except UpstreamError as exc:
+                tail = sse_error_event(exc.message, exc.kind)
+                error_kind = exc.kind
+            status, http_status = ("error" if error_kind else "ok"), 200
+            if tail:
+                yield tail
+        finally:
+            await response.aclose()
+            self._finish(
+                call,
+                status=status,
+                http_status=http_status,
+                error_kind=error_kind,
+                usage=translator.usage,
+                ttft=ttft,
+            )
+
+    def _finish(
+        self,
+        call: Call,
+        *,
+        status: RecordStatus,
+        http_status: int,
+        error_kind: str | None = None,
+        usage: Usage = Usage(),
+        ttft: float | None = None,
+    ) -> None:
+        self.in_flight -= 1
+        latency = time.perf_counter() - call.received
+        version = call.version
+        cost = self._cost(version.model, usage)
+        self._recorder.submit(
+            RequestRecord(
+                id=call.request_id,
+                created_at=call.created_at,
+                deployment=call.deployment.name,
+                version=version.name,
+                user_hash=call.user_hash,
+                provider=version.provider,
+                upstream_model=version.model,
+                stream=call.chat.stream,
+                status=status,
+                http_status=http_status,
+                error_kind=error_kind,
+                latency_ms=round(latency * 1000, 3),
+                ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost,
+            )
+        )
+        metrics = self._metrics
+        labels = (call.deployment.name, version.name)
+        metrics.requests.labels(*labels, status).inc()
+        metrics.duration.labels(*labels).observe(latency)
+        if ttft is not None:
+            metrics.ttft.labels(*labels).observe(ttft)
+        if usage.prompt_tokens is not None:
+            metrics.tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens is not None:
+            metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
+        if cost:
+            metrics.cost.labels(*labels).inc(cost)
+        if error_kind is not None and error_kind != "client_cancelled":
+            metrics.upstream_errors.labels(version.provider, error_kind).inc()
+        if not self._access_log:
+            return
+        access_log.info(
+            "chat completion",
+            extra={
+                "request_id": call.request_id,
+                "deployment": call.deployment.name,
+                "version": version.name,
+                "stream": call.chat.stream,
+                "status": status,
+                "http_status": http_status,
+                "error_kind": error_kind,
+                "latency_ms": round(latency * 1000, 2),
+            },
+        )
+
+    def _cost(self, model: str, usage: Usage) -> float | None:
+        price = self._prices.get(model)
+        if price is None:
+            if model not in self._unpriced_warned:
+                self._unpriced_warned.add(model)
+                log.warning("no price for model %r in the pricing table; its cost is not recorded", model)
+            return None
+        return price.cost(usage)
+
+    def _hash_user(self, user: str | None) -> str | None:
+        if user is None:
+            return None
+        digest = hmac.new(self._salt, user.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return digest.hexdigest()[:32]
+
+
+def _loop_deadline(received: float, timeout_s: float) -> float:
+    """The call's deadline on the event loop's clock, counted from when it was received."""
+    elapsed = time.perf_counter() - received
+    return asyncio.get_running_loop().time() + timeout_s - elapsed

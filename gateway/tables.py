@@ -1,0 +1,110 @@
+"""SQLAlchemy 2 typed tables; Alembic reads `Base.metadata`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DeploymentRow(Base):
+    """A deployment and its rollout state; `revision` grows with every change."""
+
+    __tablename__ = "deployments"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stable_version: Mapped[str] = mapped_column(String(64))
+    canary_version: Mapped[str | None] = mapped_column(String(64))
+    canary_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="stable")
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    anonymous: Mapped[str] = mapped_column(String(16), default="stable")
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stage_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class VersionRow(Base):
+    """An immutable version; `content_hash` detects a redefinition under the same name."""
+
+    __tablename__ = "versions"
+    __table_args__ = (ForeignKeyConstraint(["deployment"], ["deployments.name"], ondelete="CASCADE"),)
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    few_shot: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prompt_mode: Mapped[str] = mapped_column(String(16), default="replace")
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RequestRecordRow(Base):
+    """One proxied call. No raw user id, no content, no key: only what rollouts are judged on."""
+
+    __tablename__ = "request_records"
+    __table_args__ = (
+        Index("ix_request_records_deployment_version_created", "deployment", "version", "created_at"),
+        Index("ix_request_records_created", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deployment: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    user_hash: Mapped[str | None] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(64))
+    upstream_model: Mapped[str] = mapped_column(String(256))
+    stream: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int] = mapped_column(Integer)
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    quality: Mapped[float | None] = mapped_column(Float)
