@@ -1,0 +1,210 @@
+"""Fixtures: databases (SQLite and PostgreSQL), a fake upstream, a running gateway.
+
+Every test that touches storage runs twice, on SQLite and on PostgreSQL. The
+PostgreSQL run uses a throwaway database created for the test session on
+127.0.0.1:5432 (override with CANARY_TEST_POSTGRES_URL) and emptied before
+each test. A missing PostgreSQL fails those tests rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from gateway.app import create_app
+from gateway.config import Settings, settings_from_dict
+from gateway.migrate import upgrade
+from tests.fakes import FakeUpstream, free_port
+
+ADMIN_URL = os.environ.get("CANARY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PROVIDER_KEY = "sk-test-SENTINEL-provider-key-0123456789"
+TABLES = ("request_records", "versions", "deployments")
+
+
+def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """Run one statement against the test database and return its rows as dicts."""
+
+    async def run() -> list[dict[str, Any]]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as connection:
+                result = await connection.execute(text(sql), params)
+                return [dict(row._mapping) for row in result] if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    name = f"canary_test_{uuid.uuid4().hex[:10]}"
+    base, _, _ = ADMIN_URL.rpartition("/")
+    query(ADMIN_URL.replace("+asyncpg", "+asyncpg"), "SELECT 1")  # fail loudly if PostgreSQL is down
+    _autocommit(ADMIN_URL, f'CREATE DATABASE "{name}"')
+    url = f"{base}/{name}"
+    upgrade(url)
+    yield url
+    _autocommit(ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _autocommit(url: str, sql: str) -> None:
+    async def run() -> None:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text(sql))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated database of each kind."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+        upgrade(url)
+        return url
+    url: str = request.getfixturevalue("postgres_url")
+    query(url, f"TRUNCATE {', '.join(TABLES)} CASCADE")
+    return url
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake(upstream: FakeUpstream) -> FakeUpstream:
+    """The session's fake upstream, reset to good behaviour for this test."""
+    upstream.reset()
+    return upstream
+
+
+def base_config(database_url: str, upstream_url: str, spool_dir: Path) -> dict[str, Any]:
+    return {
+        "database_url": database_url,
+        "user_id_salt": "test-salt",
+        "server": {"max_body_bytes": 65536},
+        "database": {"refresh_interval": "200ms"},
+        "recorder": {"flush_interval": "50ms", "spool_dir": str(spool_dir)},
+        "providers": {
+            "fake": {
+                "kind": "openai",
+                "base_url": upstream_url,
+                "api_key": PROVIDER_KEY,
+                "timeout_s": 5,
+                "retries": 2,
+            },
+        },
+        "pricing": {"model-a": {"input": 1.0, "output": 2.0}, "model-b": {"input": 3.0, "output": 4.0}},
+        "deployments": {
+            "support-bot": {
+                "stable": "v1",
+                "canary": "v2",
+                "versions": {
+                    "v1": {"provider": "fake", "model": "model-a", "system_prompt": "You are v1."},
+                    "v2": {
+                        "provider": "fake",
+                        "model": "model-b",
+                        "system_prompt": "You are v2.",
+                        "params": {"temperature": 0.3},
+                    },
+                },
+                "policy": {"stages": [5, 25, 50, 100]},
+            }
+        },
+    }
+
+
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class Gateway:
+    """A real gateway served by uvicorn on 127.0.0.1, in a thread with its own loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Gateway:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+
+    def records(self, expected: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until `expected` request records are stored, then return them all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = query(self.settings.database_url, "SELECT * FROM request_records ORDER BY created_at, id")
+            if len(rows) >= expected or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+@pytest.fixture
+def make_gateway(database_url: str, fake: FakeUpstream, tmp_path: Path) -> Iterator[Any]:
+    """Start gateways with the test config plus `changes`; all are stopped at the end."""
+    started: list[Gateway] = []
+
+    def make(changes: dict[str, Any] | None = None) -> Gateway:
+        config = merge(base_config(database_url, fake.url, tmp_path / "spool"), changes or {})
+        gateway = Gateway(settings_from_dict(config)).start()
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway: Any) -> Gateway:
+    gw: Gateway = make_gateway()
+    return gw

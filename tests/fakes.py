@@ -1,0 +1,209 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server on 127.0.0.1.
+
+It runs its own event loop in a thread, records what it received, and can
+misbehave on demand: error statuses, delays, hangs, redirects, HTML or
+truncated bodies, slow or cut streams, CRLF line endings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float
+
+
+@dataclass
+class Behaviour:
+    """What the next calls get; tests set fields before calling the gateway."""
+
+    status: int = 200
+    error_body: str | None = None
+    retry_after: str | None = None
+    # "ok", "html", "truncated", "no_usage", "bad_usage", "redirect", "hang"
+    mode: str = "ok"
+    delay: float = 0.0
+    fail_first: int = 0
+    chunk_delay: float = 0.0
+    chunks: int = 3
+    cut_after: int | None = None
+    crlf: bool = False
+    usage_in_last_chunk: bool = False
+
+
+@dataclass
+class FakeUpstream:
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    received: list[Received] = field(default_factory=list)
+    # When the last streamed chunk (or the [DONE] event) was written, per call.
+    stream_finished_at: list[float] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._serve, name="fake-upstream", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def hits(self) -> int:
+        return len(self.received)
+
+    def start(self) -> FakeUpstream:
+        self.port = free_port()
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake upstream did not start")
+        return self
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def reset(self) -> None:
+        self.behaviour = Behaviour()
+        self.received.clear()
+        self.stream_finished_at.clear()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
+        )
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        self._loop.run_until_complete(site.start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.received.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        b = self.behaviour
+        if b.delay:
+            await asyncio.sleep(b.delay)
+        if b.mode == "hang":
+            await asyncio.sleep(3600)
+        if b.mode == "redirect":
+            return web.Response(status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+        failing = b.status >= 400 and (b.fail_first == 0 or len(self.received) <= b.fail_first)
+        if failing:
+            headers = {"Retry-After": b.retry_after} if b.retry_after else {}
+            text = b.error_body or json.dumps(
+                {"error": {"message": f"fake failure {b.status}", "type": "server_error", "code": None}}
+            )
+            return web.Response(status=b.status, text=text, content_type="application/json", headers=headers)
+        if b.mode == "html":
+            return web.Response(text="<html><body>Bad gateway</body></html>", content_type="text/html")
+        if b.mode == "truncated":
+            return web.Response(text='{"id": "chatcmpl-1", "choices": [{"mes', content_type="application/json")
+        if body.get("stream"):
+            return await self._stream(request, body)
+        return web.json_response(completion(body, usage=self._usage()))
+
+    def _usage(self) -> Any:
+        mode = self.behaviour.mode
+        if mode == "no_usage":
+            return None
+        if mode == "bad_usage":
+            return {"prompt_tokens": "many", "completion_tokens": -3}
+        return {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+
+    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        b = self.behaviour
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        end = b"\r\n\r\n" if b.crlf else b"\n\n"
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        pieces = [f"piece{i} " for i in range(b.chunks)]
+        sent = 0
+        for index, piece in enumerate(pieces):
+            if b.cut_after is not None and sent >= b.cut_after:
+                self.stream_finished_at.append(time.monotonic())
+                return response  # the connection ends without [DONE]
+            last = index == len(pieces) - 1
+            usage = self._usage() if (include_usage and b.usage_in_last_chunk and last) else None
+            event = chunk(body, {"content": piece} if index else {"role": "assistant", "content": piece},
+                          usage=usage, include_usage=include_usage, finish="stop" if last else None)
+            await response.write(b"data: " + json.dumps(event).encode() + end)
+            sent += 1
+            if b.chunk_delay:
+                await asyncio.sleep(b.chunk_delay)
+        if include_usage and not b.usage_in_last_chunk:
+            usage_event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                           "model": body["model"], "choices": [], "usage": self._usage()}
+            await response.write(b"data: " + json.dumps(usage_event).encode() + end)
+        await response.write(b"data: [DONE]" + end)
+        self.stream_finished_at.append(time.monotonic())
+        await response.write_eof()
+        return response
+
+
+def completion(body: dict[str, Any], *, usage: Any) -> dict[str, Any]:
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": body["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"answer to [{system}]"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def chunk(
+    body: dict[str, Any],
+    delta: dict[str, Any],
+    *,
+    usage: Any,
+    include_usage: bool,
+    finish: str | None,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": body["model"],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if include_usage:
+        event["usage"] = usage
+    return event
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,0 +1,376 @@
+"""End to end: the official openai SDK → a real gateway → a real fake upstream → the database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import PROVIDER_KEY, Gateway
+from tests.fakes import FakeUpstream, free_port
+
+CLIENT_KEY = "client-secret-never-forwarded"
+MESSAGES = [{"role": "system", "content": "app prompt"}, {"role": "user", "content": "hello"}]
+
+
+def sdk(gateway: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20)
+
+
+def formula_version(user: str, percent: float) -> str:
+    bucket = int(hashlib.md5(f"support-bot:{user}".encode()).hexdigest(), 16) % 10000
+    return "v2" if bucket < percent * 100 else "v1"
+
+
+def test_users_land_where_the_formula_says(gateway: Gateway, fake: FakeUpstream) -> None:
+    client = sdk(gateway)
+    users = [f"user-{i}" for i in range(400)]
+    seen: dict[str, str] = {}
+    for user in users:
+        raw = client.chat.completions.with_raw_response.create(model="support-bot", messages=MESSAGES, user=user)
+        seen[user] = raw.headers["x-canary-version"]
+        assert raw.headers["x-canary-deployment"] == "support-bot"
+        assert raw.parse().choices[0].message.content == f"answer to [You are {seen[user]}.]"
+
+    assert seen == {user: formula_version(user, 5.0) for user in users}
+    assert 0 < sum(version == "v2" for version in seen.values()) < 60
+
+    for user, received in zip(users, fake.received, strict=True):
+        body = received.body
+        assert body["user"] == user
+        if seen[user] == "v2":
+            assert body["model"] == "model-b"
+            assert body["temperature"] == 0.3
+        else:
+            assert body["model"] == "model-a"
+            assert "temperature" not in body
+        assert body["messages"] == [
+            {"role": "system", "content": f"You are {seen[user]}."},
+            {"role": "user", "content": "hello"},
+        ]
+
+    again = {user: sdk(gateway).chat.completions.with_raw_response.create(
+        model="support-bot", messages=MESSAGES, user=user).headers["x-canary-version"] for user in users[:50]}
+    assert again == {user: seen[user] for user in users[:50]}
+
+
+def test_user_id_from_header_and_anonymous_goes_to_stable(gateway: Gateway) -> None:
+    canary_user = next(f"u{i}" for i in range(10_000) if formula_version(f"u{i}", 5.0) == "v2")
+    with gateway.client() as http:
+        by_header = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES},
+                              headers={"X-User-Id": canary_user})
+        anonymous = [http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
+                     for _ in range(20)]
+    assert by_header.headers["x-canary-version"] == "v2"
+    assert {answer.headers["x-canary-version"] for answer in anonymous} == {"v1"}
+
+
+def test_every_call_has_one_record_without_secrets(gateway: Gateway, fake: FakeUpstream) -> None:
+    client = sdk(gateway)
+    ids = []
+    for i in range(6):
+        raw = client.chat.completions.with_raw_response.create(
+            model="support-bot", messages=MESSAGES, user=f"raw-user-{i}", stream=False
+        )
+        ids.append(raw.headers["x-request-id"])
+    stream = client.chat.completions.create(model="support-bot", messages=MESSAGES, user="raw-user-s", stream=True)
+    list(stream)
+
+    rows = gateway.records(7)
+    assert len(rows) == 7
+    assert set(ids) <= {row["id"] for row in rows}
+    for row in rows:
+        model, price = ("model-b", (3.0, 4.0)) if row["version"] == "v2" else ("model-a", (1.0, 2.0))
+        assert row["deployment"] == "support-bot"
+        assert row["provider"] == "fake"
+        assert row["upstream_model"] == model
+        assert row["status"] == "ok" and row["http_status"] == 200 and row["error_kind"] is None
+        assert row["prompt_tokens"] == 11 and row["completion_tokens"] == 7
+        assert row["cost_usd"] == pytest.approx((11 * price[0] + 7 * price[1]) / 1e6)
+        assert row["latency_ms"] > 0
+        assert len(row["user_hash"]) == 32 and not row["user_hash"].startswith("raw-user")
+        assert row["quality"] is None
+    streamed = [row for row in rows if row["stream"]]
+    assert len(streamed) == 1 and streamed[0]["ttft_ms"] is not None
+    dump = json.dumps(rows, default=str)
+    assert PROVIDER_KEY not in dump and CLIENT_KEY not in dump and "raw-user" not in dump
+
+
+def test_provider_key_goes_upstream_and_client_key_never_does(gateway: Gateway, fake: FakeUpstream) -> None:
+    sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
+    headers = {key.lower(): value for key, value in fake.received[-1].headers.items()}
+    assert headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert CLIENT_KEY not in json.dumps(headers)
+
+
+def test_unsafe_body_keys_cannot_redirect_the_call(gateway: Gateway, fake: FakeUpstream) -> None:
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json={
+            "model": "support-bot", "messages": MESSAGES, "api_base": "http://169.254.169.254/",
+            "base_url": "http://evil.example/", "extra_headers": {"Authorization": "Bearer stolen"},
+        })
+    assert answer.status_code == 200
+    body = fake.received[-1].body
+    assert not {"api_base", "base_url", "extra_headers"} & body.keys()
+
+
+def test_stream_is_relayed_while_the_upstream_is_still_sending(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.behaviour.chunks = 5
+    fake.behaviour.chunk_delay = 0.3
+    stream = sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u", stream=True)
+    arrivals = []
+    texts = []
+    for event in stream:
+        arrivals.append(time.monotonic())
+        texts.append(event.choices[0].delta.content if event.choices else None)
+    assert texts == [f"piece{i} " for i in range(5)]
+    assert arrivals[0] < fake.stream_finished_at[-1] - 1.0
+
+
+def test_stream_hides_the_usage_chunk_unless_asked(gateway: Gateway, fake: FakeUpstream) -> None:
+    client = sdk(gateway)
+    unasked = list(client.chat.completions.create(model="support-bot", messages=MESSAGES, user="u", stream=True))
+    assert all(event.usage is None for event in unasked)
+    assert all(event.choices for event in unasked)
+    assert fake.received[-1].body["stream_options"] == {"include_usage": True}
+
+    asked = list(client.chat.completions.create(model="support-bot", messages=MESSAGES, user="u", stream=True,
+                                                stream_options={"include_usage": True}))
+    assert asked[-1].choices == [] and asked[-1].usage.completion_tokens == 7
+
+    rows = gateway.records(2)
+    assert [(row["prompt_tokens"], row["completion_tokens"]) for row in rows] == [(11, 7), (11, 7)]
+
+
+def test_usage_inside_the_last_content_chunk_is_stripped_when_not_asked(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    fake.behaviour.usage_in_last_chunk = True
+    events = list(sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u",
+                                                        stream=True))
+    assert [event.choices[0].delta.content for event in events] == ["piece0 ", "piece1 ", "piece2 "]
+    assert all(event.usage is None for event in events)
+    assert gateway.records(1)[0]["completion_tokens"] == 7
+
+
+def test_crlf_stream_is_relayed_byte_for_byte(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.behaviour.crlf = True
+    with gateway.client() as http, http.stream("POST", "/v1/chat/completions", json={
+        "model": "support-bot", "messages": MESSAGES, "stream": True,
+        "stream_options": {"include_usage": True},
+    }) as answer:
+        raw = b"".join(answer.iter_raw())
+    assert raw.count(b"\r\n\r\n") == 5 and raw.endswith(b"data: [DONE]\r\n\r\n")
+
+
+def test_cut_stream_ends_with_an_error_event_and_an_error_record(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.behaviour.chunks = 5
+    fake.behaviour.cut_after = 2
+    received = []
+    with pytest.raises(openai.APIError, match="ended before it was complete"):
+        for event in sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u",
+                                                          stream=True):
+            received.append(event)
+    assert len(received) == 2
+    [row] = gateway.records(1)
+    assert row["status"] == "error" and row["error_kind"] == "stream_truncated"
+
+
+def error_of(answer: httpx.Response) -> dict[str, Any]:
+    body = answer.json()
+    assert set(body) == {"error"}
+    assert {"message", "type", "code"} <= set(body["error"])
+    assert "Traceback" not in answer.text
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b'{"model": "support-bot"}', "messages"),
+        (b'{"model": "support-bot", "messages": "hello"}', "messages"),
+        (b'{"model": "support-bot", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": "support-bot", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+         "temperature"),
+        (b'{"model": "support-bot", "messages": [{"role": "user", "content": "x"}], "stream": "true"}', "stream"),
+        (b'{"model": "support-bot", "messages": [{"role": "user", "content": "x"}], '
+         b'"stream_options": {"include_usage": true}}', "stream_options"),
+        (b"[" * 30_000 + b"]" * 30_000, None),
+    ],
+)
+def test_bad_requests_get_400_and_never_reach_the_upstream(
+    gateway: Gateway, fake: FakeUpstream, body: bytes, param: str | None
+) -> None:
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    error = error_of(answer)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert fake.hits == 0
+
+
+def test_unknown_deployment_is_404(gateway: Gateway, fake: FakeUpstream) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk(gateway).chat.completions.create(model="no-such-bot", messages=MESSAGES)
+    assert caught.value.code == "model_not_found"
+    with gateway.client() as http:
+        assert error_of(http.get("/v1/nothing-here"))["code"] == "not_found"
+    assert fake.hits == 0
+
+
+def test_oversized_bodies_get_413_with_and_without_content_length(gateway: Gateway, fake: FakeUpstream) -> None:
+    big = json.dumps({"model": "support-bot", "messages": [{"role": "user", "content": "x" * 100_000}]}).encode()
+    with gateway.client() as http:
+        declared = http.post("/v1/chat/completions", content=big)
+
+        def chunks() -> Any:
+            for start in range(0, len(big), 8192):
+                yield big[start : start + 8192]
+
+        chunked = http.post("/v1/chat/completions", content=chunks())
+    assert declared.status_code == 413 and error_of(declared)["code"] == "payload_too_large"
+    assert chunked.request.headers.get("transfer-encoding") == "chunked"
+    assert chunked.status_code == 413 and error_of(chunked)["code"] == "payload_too_large"
+    assert fake.hits == 0
+
+
+def test_refused_connection_is_502_and_recorded(make_gateway: Any) -> None:
+    gateway = make_gateway({"providers": {"fake": {"base_url": f"http://127.0.0.1:{free_port()}/v1"}}})
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_connect"
+    assert time.monotonic() - started < 3
+    [row] = gateway.records(1)
+    assert row["status"] == "error" and row["error_kind"] == "connect" and row["http_status"] == 502
+
+
+def test_upstream_timeout_is_504(make_gateway: Any, fake: FakeUpstream) -> None:
+    gateway = make_gateway({"providers": {"fake": {"timeout_s": 0.5}}})
+    fake.behaviour.mode = "hang"
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
+    assert caught.value.status_code == 504
+    assert 0.4 < time.monotonic() - started < 3
+    [row] = gateway.records(1)
+    assert row["error_kind"] == "timeout" and row["http_status"] == 504
+
+
+def test_upstream_500_is_retried_then_502(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.behaviour.status = 500
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
+    assert caught.value.status_code == 502
+    assert fake.hits == 3  # one call and two retries
+    assert PROVIDER_KEY not in str(caught.value.body)
+    [row] = gateway.records(1)
+    assert row["status"] == "error" and row["http_status"] == 502
+
+
+def test_a_transient_500_is_retried_to_success(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.behaviour.status = 503
+    fake.behaviour.fail_first = 1
+    answer = sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
+    assert answer.choices[0].message.content.startswith("answer to")
+    assert fake.hits == 2
+
+
+def test_upstream_429_passes_through_with_retry_after(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.behaviour.status = 429
+    fake.behaviour.retry_after = "7"
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
+    assert answer.status_code == 429
+    assert answer.headers["retry-after"] == "7"
+    assert error_of(answer)["message"] == "fake failure 429"
+    assert fake.hits == 1
+
+
+def test_upstream_error_echoing_the_key_is_scrubbed(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.behaviour.status = 401
+    fake.behaviour.error_body = json.dumps({"error": {"message": f"Incorrect API key provided: {PROVIDER_KEY}"}})
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
+    assert answer.status_code == 502
+    assert PROVIDER_KEY not in answer.text and "[redacted]" in answer.text
+
+
+@pytest.mark.parametrize("mode", ["html", "truncated", "redirect"])
+def test_invalid_upstream_answers_are_502(gateway: Gateway, fake: FakeUpstream, mode: str) -> None:
+    fake.behaviour.mode = mode
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
+    assert answer.status_code == 502
+    assert "<html>" not in answer.text and "169.254" not in answer.text
+    assert error_of(answer)["type"] == "upstream_error"
+    assert fake.hits == 1
+
+
+@pytest.mark.parametrize("mode", ["no_usage", "bad_usage"])
+def test_missing_or_malformed_usage_still_answers(gateway: Gateway, fake: FakeUpstream, mode: str) -> None:
+    fake.behaviour.mode = mode
+    answer = sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
+    assert answer.choices[0].message.content.startswith("answer to")
+    [row] = gateway.records(1)
+    assert row["status"] == "ok" and row["prompt_tokens"] is None and row["cost_usd"] is None
+
+
+def test_client_tokens_are_required_when_configured(make_gateway: Any, fake: FakeUpstream) -> None:
+    gateway = make_gateway({"client_tokens": {"app": CLIENT_KEY}})
+    with gateway.client() as http:
+        missing = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
+        wrong = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES},
+                          headers={"Authorization": "Bearer ' OR '1'='1"})
+    assert missing.status_code == 401 and wrong.status_code == 401
+    assert fake.hits == 0
+    answer = sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
+    assert answer.choices
+    assert fake.received[-1].headers["Authorization"] == f"Bearer {PROVIDER_KEY}"
+
+
+def test_feedback_sets_the_quality_of_a_record(gateway: Gateway) -> None:
+    raw = sdk(gateway).chat.completions.with_raw_response.create(model="support-bot", messages=MESSAGES, user="u")
+    request_id = raw.headers["x-request-id"]
+    with gateway.client() as http:
+        accepted = http.post("/v1/feedback", json={"request_id": request_id, "score": 0.8})
+        unknown = http.post("/v1/feedback", json={"request_id": "no-such-id", "score": 0.8})
+        out_of_range = http.post("/v1/feedback", json={"request_id": request_id, "score": 1.5})
+    assert accepted.status_code == 200 and accepted.json()["status"] == "recorded"
+    assert unknown.status_code == 404 and error_of(unknown)["param"] == "request_id"
+    assert out_of_range.status_code == 400 and error_of(out_of_range)["param"] == "score"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        [row] = gateway.records(1)
+        if row["quality"] is not None:
+            break
+        time.sleep(0.05)
+    assert row["id"] == request_id and row["quality"] == 0.8
+
+
+def test_client_request_id_is_used(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES},
+                           headers={"X-Request-Id": "my-trace-123"})
+    assert answer.headers["x-request-id"] == "my-trace-123"
+    assert gateway.records(1)[0]["id"] == "my-trace-123"
+
+
+def test_models_health_and_readiness(gateway: Gateway) -> None:
+    models = sdk(gateway).models.list()
+    assert [model.id for model in models.data] == ["support-bot"]
+    with gateway.client() as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        ready = http.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["deployments"] == 1
