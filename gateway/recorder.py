@@ -93,6 +93,8 @@ class Recorder:
             async with asyncio.timeout(timeout):
                 while self._buffer:
                     await self._write_batch()
+                if self._spool.has_files():
+                    await self._drain_spool()
         except (StoreUnavailable, TimeoutError):
             log.warning("the database did not take every record before shutdown; spooling %d", len(self._buffer))
         if self._buffer:
@@ -107,11 +109,10 @@ class Recorder:
     async def _run(self) -> None:
         backoff = self._settings.flush_interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
-                    await self._wake.wait()
-            self._wake.clear()
             try:
+                overflow = len(self._buffer) - self._settings.max_buffer
+                if not self._database_up and overflow > 0:
+                    await self._spill(overflow)
                 if self._spool.has_files():
                     await self._drain_spool()
                 while self._buffer:
@@ -127,6 +128,10 @@ class Recorder:
             except Exception:  # noqa: BLE001 - the writer must outlive any single failure
                 log.exception("the record writer failed; retrying")
                 backoff = self._settings.max_backoff
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
+            self._wake.clear()
 
     async def _write_batch(self) -> None:
         batch = [self._buffer.popleft() for _ in range(min(self._settings.batch_size, len(self._buffer)))]

@@ -60,10 +60,20 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 async def translated_errors() -> AsyncIterator[None]:
     try:
         yield
-    except (IntegrityError, DataError) as exc:
-        raise StoreRejected(f"the database refused the values ({type(exc.orig).__name__})") from None
-    except (DBAPIError, PoolTimeout, SQLAlchemyError, OSError, TimeoutError) as exc:
+    except DBAPIError as exc:
+        if _refused_values(exc):
+            raise StoreRejected(f"the database refused the values ({type(exc.orig).__name__})") from None
         raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from None
+    except (PoolTimeout, SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from None
+
+
+def _refused_values(exc: DBAPIError) -> bool:
+    """A data exception or constraint violation (SQLSTATE classes 22 and 23), not an outage."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23")
 
 
 class Store:

@@ -9,6 +9,7 @@ each test. A missing PostgreSQL fails those tests rather than skipping them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import os
 import threading
@@ -46,14 +47,16 @@ def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
         finally:
             await engine.dispose()
 
-    return asyncio.run(run())
+    # A thread of its own: async tests call this while their loop is running.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     name = f"canary_test_{uuid.uuid4().hex[:10]}"
     base, _, _ = ADMIN_URL.rpartition("/")
-    query(ADMIN_URL.replace("+asyncpg", "+asyncpg"), "SELECT 1")  # fail loudly if PostgreSQL is down
+    query(ADMIN_URL, "SELECT 1")  # fail loudly if PostgreSQL is down
     _autocommit(ADMIN_URL, f'CREATE DATABASE "{name}"')
     url = f"{base}/{name}"
     upgrade(url)

@@ -1,0 +1,218 @@
+"""The batch writer: nothing the gateway accepted is lost, nothing is written twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.config import DatabaseSettings, RecorderSettings, settings_from_dict
+from gateway.metrics import Metrics
+from gateway.models import RequestRecord
+from gateway.recorder import Recorder
+from gateway.store import Store, create_engine
+from tests.conftest import Gateway, base_config, query
+from tests.fakes import FakeUpstream, free_port
+
+UNREACHABLE = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+FAST_DB = DatabaseSettings(pool_timeout=1.0, statement_timeout=2.0)
+
+
+def record(**changes: Any) -> RequestRecord:
+    values: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "created_at": datetime.now(UTC),
+        "deployment": "support-bot",
+        "version": "v1",
+        "user_hash": "ab" * 16,
+        "provider": "fake",
+        "upstream_model": "model-a",
+        "stream": False,
+        "status": "ok",
+        "http_status": 200,
+        "error_kind": None,
+        "latency_ms": 12.5,
+        "ttft_ms": None,
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "cost_usd": 0.0001,
+    }
+    values.update(changes)
+    return RequestRecord(**values)
+
+
+def recorder_for(url: str, spool: Path, **settings: Any) -> tuple[Recorder, Store, Metrics]:
+    store = Store(create_engine(url, FAST_DB))
+    metrics = Metrics(CollectorRegistry())
+    options = {"flush_interval": 0.05, "spool_dir": str(spool), "max_backoff": 0.2, **settings}
+    return Recorder(store, RecorderSettings(**options), metrics), store, metrics
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+async def test_records_are_written_in_batches(database_url: str, tmp_path: Path) -> None:
+    recorder, store, metrics = recorder_for(database_url, tmp_path / "spool", batch_size=7)
+    recorder.start()
+    records = [record() for _ in range(30)]
+    for item in records:
+        recorder.submit(item)
+    await recorder.stop()
+    await store.close()
+    rows = query(database_url, "SELECT id, latency_ms, created_at FROM request_records")
+    assert {row["id"] for row in rows} == {item.id for item in records}
+    assert sample(metrics, "canary_records_written_total") == 30
+
+
+async def test_writing_the_same_records_again_stores_them_once(database_url: str, tmp_path: Path) -> None:
+    store = Store(create_engine(database_url, FAST_DB))
+    batch = [record() for _ in range(5)]
+    await store.insert_records(batch)
+    await store.insert_records(batch + [record()])
+    await store.close()
+    assert query(database_url, "SELECT count(*) AS n FROM request_records")[0]["n"] == 6
+
+
+async def test_one_bad_record_does_not_sink_its_batch(postgres_url: str, tmp_path: Path) -> None:
+    query(postgres_url, "TRUNCATE request_records")
+    recorder, store, metrics = recorder_for(postgres_url, tmp_path / "spool")
+    good = [record() for _ in range(4)]
+    bad = record(upstream_model="nul\x00byte")  # PostgreSQL text refuses NUL
+    for item in [good[0], good[1], bad, good[2], good[3]]:
+        recorder.submit(item)
+    await recorder.flush()
+    await store.close()
+    stored = {row["id"] for row in query(postgres_url, "SELECT id FROM request_records")}
+    assert stored == {item.id for item in good}
+    assert sample(metrics, "canary_records_dropped_total", reason="rejected") == 1
+
+
+async def test_database_down_records_are_spooled_then_written_once_back(
+    database_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    down, down_store, down_metrics = recorder_for(UNREACHABLE, spool)
+    down.start()
+    records = [record() for _ in range(25)]
+    for item in records:
+        down.submit(item)
+    await down.stop(timeout=3)
+    await down_store.close()
+    lines = [json.loads(line) for path in spool.glob("records-*.jsonl") for line in path.read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == sorted(item.id for item in records)
+    assert sample(down_metrics, "canary_records_spooled_total") == 25
+
+    back, back_store, back_metrics = recorder_for(database_url, spool)
+    back.start()
+    back.submit(record())  # wakes the writer; the spool is drained first
+    await back.stop()
+    await back_store.close()
+    stored = [row["id"] for row in query(database_url, "SELECT id FROM request_records")]
+    assert len(stored) == 26 and len(set(stored)) == 26
+    assert {item.id for item in records} <= set(stored)
+    assert not list(spool.glob("records-*"))
+
+
+async def test_memory_stays_bounded_while_the_database_is_down(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    recorder, store, metrics = recorder_for(UNREACHABLE, spool, max_buffer=10, batch_size=5)
+    recorder.start()
+    for _ in range(12):
+        for _ in range(5):
+            recorder.submit(record())
+        await asyncio.sleep(0.02)
+    for _ in range(100):
+        if recorder.depth <= 10:
+            break
+        await asyncio.sleep(0.05)
+    assert recorder.depth <= 10
+    assert sample(metrics, "canary_records_spooled_total") >= 50
+    await recorder.stop(timeout=1)
+    await store.close()
+    assert sample(metrics, "canary_records_spooled_total") == 60
+    assert sample(metrics, "canary_records_dropped_total", reason="buffer_full") == 0
+
+
+async def test_a_full_spool_counts_the_loss(tmp_path: Path) -> None:
+    recorder, store, metrics = recorder_for(UNREACHABLE, tmp_path / "spool", spool_max_bytes=1000)
+    for _ in range(20):
+        recorder.submit(record())
+    await recorder.stop(timeout=1)
+    await store.close()
+    spooled = sample(metrics, "canary_records_spooled_total")
+    assert 0 < spooled < 20
+    assert sample(metrics, "canary_records_dropped_total", reason="spool_full") == 20 - spooled
+
+
+async def test_feedback_before_the_write_lands_in_the_record(database_url: str, tmp_path: Path) -> None:
+    recorder, store, _ = recorder_for(database_url, tmp_path / "spool")
+    item = record()
+    recorder.submit(item)
+    assert recorder.note_quality(item.id, 0.25)
+    assert not recorder.note_quality("unknown", 0.25)
+    await recorder.flush()
+    await store.close()
+    assert query(database_url, "SELECT quality FROM request_records")[0]["quality"] == 0.25
+
+
+def test_database_down_at_start_the_proxy_serves_and_keeps_the_records(
+    fake: FakeUpstream, tmp_path: Path, database_url: str
+) -> None:
+    spool = tmp_path / "spool"
+    config = base_config(UNREACHABLE, fake.url, spool)
+    config["database"] = {"pool_timeout": "1s", "refresh_interval": "200ms"}
+    gateway = Gateway(settings_from_dict(config)).start()
+    try:
+        with gateway.client() as http:
+            ready = http.get("/readyz").json()
+            answers = [
+                http.post("/v1/chat/completions",
+                          json={"model": "support-bot", "messages": [{"role": "user", "content": "hi"}],
+                                "user": f"u{i}"})
+                for i in range(5)
+            ]
+    finally:
+        gateway.stop()
+    assert ready["status"] == "degraded" and ready["database"] == "unavailable"
+    assert [answer.status_code for answer in answers] == [200] * 5
+    ids = {answer.headers["x-request-id"] for answer in answers}
+    spooled = {json.loads(line)["id"] for path in spool.glob("records-*.jsonl")
+               for line in path.read_text().splitlines()}
+    assert spooled == ids
+
+    config["database_url"] = database_url
+    restarted = Gateway(settings_from_dict(config)).start()
+    try:
+        rows = restarted.records(5)
+    finally:
+        restarted.stop()
+    assert {row["id"] for row in rows} == ids
+
+
+@pytest.mark.parametrize("user", ["emoji 🚀", "nul\x00inside", "x" * 1024, "crlf\r\nin"])
+def test_hostile_user_ids_are_hashed_and_stored(make_gateway: Any, user: str) -> None:
+    gateway = make_gateway()
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json={
+            "model": "support-bot", "messages": [{"role": "user", "content": "hi"}], "user": user,
+        })
+    assert answer.status_code == 200
+    [row] = gateway.records(1)
+    assert len(row["user_hash"]) == 32 and user not in json.dumps(row, default=str)
+
+
+def test_a_lone_surrogate_user_id_is_served(make_gateway: Any) -> None:
+    gateway = make_gateway()
+    body = b'{"model": "support-bot", "messages": [{"role": "user", "content": "hi"}], "user": "a\\ud800b"}'
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 200
+    assert len(gateway.records(1)[0]["user_hash"]) == 32
