@@ -426,6 +426,7 @@ class Side:
     errors: dict[str, int] = field(default_factory=dict)
     completed_total: int = 0
     host_busy_pct: float = float("nan")
+    foreign_busy_pct: float = float("nan")
     client_cpu_ms_per_request: float = float("nan")
     upstream_cpu_ms_per_request: float = float("nan")
     gateway_cpu_ms_per_request: float = float("nan")
@@ -483,6 +484,21 @@ def _host_cpu() -> tuple[int, int]:
     idle = values[3] + values[4]
     total = sum(values[:8])
     return total - idle, total
+
+
+def _source_state() -> str:
+    """The commit the gateway runs from, and how many of its files differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (f", {len(changed)} file(s) under gateway/ modified" if changed else ", clean")
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -608,13 +624,17 @@ class Harness:
         window_end = window_start + self.args.duration
         assert self.upstream is not None
 
+        ours = [self.upstream.pid, os.getpid(), *(loader.pid for loader in loaders)]
+
         time.sleep(max(0.0, window_start - time.monotonic()))
         gateway_cpu_before = _proc_cpu_s(gateway_pid) if gateway_pid else 0.0
         upstream_cpu_before = _proc_cpu_s(self.upstream.pid)
+        ours_before = sum(_proc_cpu_s(pid) for pid in ours)
         host_before = _host_cpu()
         time.sleep(max(0.0, window_end - time.monotonic()))
         gateway_cpu_after = _proc_cpu_s(gateway_pid) if gateway_pid else 0.0
         upstream_cpu_after = _proc_cpu_s(self.upstream.pid)
+        ours_after = sum(_proc_cpu_s(pid) for pid in ours)
         host_after = _host_cpu()
 
         results = []
@@ -634,6 +654,10 @@ class Harness:
         ok = len(latencies)
         busy = host_after[0] - host_before[0]
         total = host_after[1] - host_before[1]
+        # CPU used by processes outside the benchmark (other work on the machine), in % of all CPUs.
+        ticks = os.sysconf("SC_CLK_TCK")
+        benchmark_s = (ours_after - ours_before) + (gateway_cpu_after - gateway_cpu_before)
+        foreign_pct = 100.0 * max(0.0, busy / ticks - benchmark_s) / (total / ticks) if total else float("nan")
         side = Side(
             rps=ok / self.args.duration,
             requests=ok,
@@ -646,6 +670,7 @@ class Harness:
             errors=dict(errors),
             completed_total=sum(result["completed_total"] for result in results),
             host_busy_pct=100.0 * busy / total if total else float("nan"),
+            foreign_busy_pct=foreign_pct,
             client_cpu_ms_per_request=1000 * sum(r["client_cpu_s"] for r in results) / max(1, ok),
             upstream_cpu_ms_per_request=1000 * (upstream_cpu_after - upstream_cpu_before) / max(1, ok),
         )
@@ -847,9 +872,12 @@ deployments:
                     f"{scenario.name} c={scenario.concurrency}: non-200 {non_200 or '-'}, "
                     f"client errors {side.errors or '-'}, failed/invalid answers {side.failed}"
                 )
-        if exit_code != 0:
-            run.problems.append(f"the gateway exited with status {exit_code} after SIGTERM")
+        stopped_logged = b'"gateway stopped"' in log_path.read_bytes()
         run.notes.append(f"stopped {stopped_in:.2f} s after SIGTERM (exit status {exit_code})")
+        if not stopped_logged:
+            run.problems.append(
+                "the shutdown log lines ('Application shutdown complete', 'gateway stopped') never reached the log"
+            )
 
         requests_ok = sum(v for k, v in metrics.items() if k.startswith("canary_requests_total{") and 'status="ok"' in k)
         requests_all = sum(v for k, v in metrics.items() if k.startswith("canary_requests_total{"))
@@ -940,11 +968,12 @@ def print_report(run: GatewayRun, args: argparse.Namespace) -> None:
         f"window {args.duration:g} s after {args.warmup:g} s warm-up   cpus {os.cpu_count()}"
         + ("   pinned" if args.pin else "")
     )
+    print(f"gateway source: {args.source}" + (f"   {args.label}" if args.label else ""))
     print("=" * width)
     header = (
         f"{'scenario':<9}{'conc':>5}  {'direct req/s':>12}  {'gateway req/s':>13}  "
         f"{'direct p50/p99 ms':>18}  {'gateway p50/p99 ms':>19}  {'added p50/p99 ms':>17}  "
-        f"{'gw CPU ms/req':>13}  {'gw RSS MB':>9}  {'host busy %':>11}  {'failed':>6}"
+        f"{'gw CPU ms/req':>13}  {'gw RSS MB':>9}  {'busy %':>6}  {'other % d/g':>11}  {'failed':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -955,8 +984,11 @@ def print_report(run: GatewayRun, args: argparse.Namespace) -> None:
             f"{_pair(direct.p50, direct.p99):>18}  {_pair(gateway.p50, gateway.p99):>19}  "
             f"{_pair(gateway.p50 - direct.p50, gateway.p99 - direct.p99):>17}  "
             f"{gateway.gateway_cpu_ms_per_request:>13.3f}  {gateway.gateway_rss_mb:>9.1f}  "
-            f"{gateway.host_busy_pct:>11.0f}  {gateway.failed + direct.failed:>6}"
+            f"{gateway.host_busy_pct:>6.0f}  {f'{direct.foreign_busy_pct:.0f} / {gateway.foreign_busy_pct:.0f}':>11}  "
+            f"{gateway.failed + direct.failed:>6}"
         )
+    print("(busy %: the machine during the gateway run; other %: CPU used by processes outside the benchmark,")
+    print(" during the direct / gateway run, in % of all CPUs; failed: non-200, invalid answers, client errors)")
     streams = [scenario for scenario in run.scenarios if scenario.stream]
     if streams:
         print()
@@ -1050,6 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the runs, sample the gateway with py-spy during one more json c=16 run "
                         "(raw collapsed stacks to PATH.<transport>.txt)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--label", default="", help="free text printed with the results (e.g. what else runs)")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs, databases)")
     args = parser.parse_args(argv)
     args.concurrency = [int(value) for value in args.concurrency.split(",") if value.strip()]
@@ -1059,6 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
     args.modes = [mode == "stream" for mode in modes]
     transports = ["aiohttp", "httpx"] if args.transport == "both" else [args.transport]
 
+    args.source = _source_state()
     workdir = Path(tempfile.mkdtemp(prefix="proxy-overhead-"))
     harness = Harness(args, workdir)
     runs: list[GatewayRun] = []

@@ -90,6 +90,7 @@ def _apply_migrations(settings: Settings) -> bool:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from fastapi import FastAPI
 
     from gateway.app import create_app
 
@@ -102,21 +103,25 @@ def _serve(args: argparse.Namespace) -> int:
         host = args.host or settings.server.host
         port = args.port or settings.server.port
         workers = args.workers or settings.server.workers
-        common = {
-            "host": host,
-            "port": port,
-            "log_config": None,
-            "access_log": False,
-            "server_header": False,
-            "timeout_graceful_shutdown": int(settings.server.shutdown_grace),
-        }
+        target: str | FastAPI
         if workers > 1:
-            # Each worker builds its own app from the same file.
+            # Each worker process builds its own app from the same file.
             if path:
                 os.environ["GATEWAY_CONFIG"] = str(Path(path).resolve())
-            uvicorn.run("gateway.app:app_from_environment", factory=True, workers=workers, **common)
+            target = "gateway.app:app_from_environment"
         else:
-            uvicorn.run(create_app(settings), **common)
+            target = create_app(settings)
+        uvicorn.run(
+            target,
+            factory=workers > 1,
+            workers=workers,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.server.shutdown_grace),
+        )
     finally:
         listener.stop()
     return 0
