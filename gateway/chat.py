@@ -8,6 +8,7 @@ before any upstream is asked. Everything else passes through untouched.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ class ChatRequest:
 
 def parse_chat_request(raw: bytes, *, header_user: str | None = None) -> ChatRequest:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_non_finite, parse_float=_finite_float)
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
@@ -93,6 +94,18 @@ def parse_chat_request(raw: bytes, *, header_user: str | None = None) -> ChatReq
     return ChatRequest(body=body, model=model, stream=stream, wants_usage=wants_usage, user=user_id)
 
 
+def _non_finite(literal: str) -> float:
+    raise ValueError(f"{literal} is not valid JSON")
+
+
+def _finite_float(literal: str) -> float:
+    # NaN, Infinity and overflowing numbers are not JSON; relayed, they would break the upstream.
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal} is out of range")
+    return value
+
+
 def _check_messages(messages: object) -> None:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
@@ -101,7 +114,7 @@ def _check_messages(messages: object) -> None:
         if not isinstance(message, dict):
             raise InvalidRequest(f"'{where}' must be an object", param=where)
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise InvalidRequest(
                 f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}", param=f"{where}.role"
             )

@@ -10,7 +10,9 @@ whose message starts with the key path, e.g.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import socket
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,8 +51,8 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
         raise ValueError(f"expected a duration like 500ms, 30s, 15m, 1h or 1d, got {value!r}")
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("a duration must be a positive, finite number of seconds")
     return seconds
 
 
@@ -99,7 +101,10 @@ class ProviderSettings(_Frozen):
 
     @model_validator(mode="after")
     def _safe_url(self) -> ProviderSettings:
-        check_upstream_url(self.base_url, allow_unsafe=self.allow_unsafe_url)
+        try:
+            check_upstream_url(self.base_url, allow_unsafe=self.allow_unsafe_url)
+        except ValueError as exc:
+            raise _KeyError("base_url", str(exc)) from None
         return self
 
 
@@ -118,15 +123,28 @@ def check_upstream_url(url: str, *, allow_unsafe: bool) -> None:
         raise ValueError("base_url must not have a query string")
     if allow_unsafe:
         return
-    host = parts.hostname.lower()
+    host = parts.hostname.lower().rstrip(".")
     if host in _METADATA_HOSTS:
         raise ValueError(f"base_url host {host!r} is a cloud metadata service (allow_unsafe_url to permit)")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _address_of(host)
+    if address is None:
         return
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     if address.is_link_local or address.is_multicast or address.is_unspecified:
         raise ValueError(f"base_url address {host} is link-local or unroutable (allow_unsafe_url to permit)")
+
+
+def _address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address a host literal denotes, including the numeric forms resolvers accept (2852039166, 0xa9fea9fe)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 class PriceSettings(_Frozen):
@@ -335,6 +353,8 @@ def load_settings(
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
