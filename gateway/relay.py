@@ -75,6 +75,7 @@ class Relay:
         self._max_concurrency = max_concurrency
         self._access_log = access_log
         self._unpriced_warned: set[str] = set()
+        self._closing: set[asyncio.Future[None]] = set()
         self.in_flight = 0
 
     def begin(self, chat: ChatRequest, *, request_id: str, received: float) -> Call:
@@ -161,7 +162,6 @@ class Relay:
             if tail:
                 yield tail
         finally:
-            await response.aclose()
             self._finish(
                 call,
                 status=status,
@@ -170,6 +170,12 @@ class Relay:
                 usage=translator.usage,
                 ttft=ttft,
             )
+            # The server cancels this generator when the client goes away, and
+            # keeps cancelling every await: close the upstream in a task of its own.
+            closing = asyncio.ensure_future(response.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            await asyncio.shield(closing)
 
     def _finish(
         self,

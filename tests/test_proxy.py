@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import time
@@ -374,3 +375,51 @@ def test_models_health_and_readiness(gateway: Gateway) -> None:
         assert http.get("/healthz").json() == {"status": "ok"}
         ready = http.get("/readyz").json()
     assert ready["status"] == "ready" and ready["deployments"] == 1
+
+
+def test_client_going_away_mid_stream_cancels_the_upstream(gateway: Gateway, fake: FakeUpstream) -> None:
+    fake.behaviour.chunks = 30
+    fake.behaviour.chunk_delay = 0.2
+    with gateway.client() as http, http.stream("POST", "/v1/chat/completions", json={
+        "model": "support-bot", "messages": MESSAGES, "stream": True, "user": "u"}) as answer:
+        first = next(answer.iter_raw())
+    assert first.startswith(b"data: ")
+    [row] = gateway.records(1, timeout=3)
+    assert row["status"] == "client_cancelled" and row["http_status"] == 499
+    time.sleep(0.5)
+    assert fake.stream_finished_at == []  # the upstream's stream was cut, not read to its end
+
+
+def test_a_dripping_stream_is_ended_by_the_total_deadline(make_gateway: Any, fake: FakeUpstream) -> None:
+    gateway = make_gateway({"providers": {"fake": {"timeout_s": 1.0, "idle_timeout_s": 0.5}}})
+    fake.behaviour.chunks = 50
+    fake.behaviour.chunk_delay = 0.3  # always under the idle timeout, never finishing in time
+    started = time.monotonic()
+    with pytest.raises(openai.APIError, match="did not answer in time"):
+        for _ in sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u",
+                                                      stream=True):
+            pass
+    assert time.monotonic() - started < 2.5
+    [row] = gateway.records(1)
+    assert row["status"] == "error" and row["error_kind"] == "timeout"
+
+
+def test_calls_beyond_the_concurrency_limit_are_refused_at_once(make_gateway: Any, fake: FakeUpstream) -> None:
+    gateway = make_gateway({"server": {"max_concurrency": 2}})
+    fake.behaviour.delay = 1.0
+
+    def call() -> int:
+        with gateway.client() as http:
+            return http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(call) for _ in range(2)]
+        time.sleep(0.3)
+        started = time.monotonic()
+        with gateway.client() as http:
+            refused = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
+        elapsed = time.monotonic() - started
+        assert [future.result() for future in slow] == [200, 200]
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert error_of(refused)["code"] == "gateway_overloaded"
+    assert elapsed < 0.5
