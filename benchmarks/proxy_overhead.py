@@ -47,6 +47,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -738,6 +739,8 @@ deployments:
         return config
 
     def gateway_command(self) -> list[str]:
+        if self.args.gateway_command:
+            return shlex.split(self.args.gateway_command)
         found = Path(sys.executable).with_name("canary-gateway")
         executable = str(found) if found.exists() else shutil.which("canary-gateway")
         if executable is None:
@@ -837,7 +840,7 @@ deployments:
         seconds = int(self.args.warmup + self.args.duration)
         print(f"  profiling gateway[{transport}] json c=16 with py-spy -> {output} ...", flush=True)
         recorder = subprocess.Popen(
-            [executable, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
+            [executable, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "500",
              "--nonblocking", "--format", "raw", "--output", str(output)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -1082,6 +1085,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the runs, sample the gateway with py-spy during one more json c=16 run "
                         "(raw collapsed stacks to PATH.<transport>.txt)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--gateway-only", action="store_true",
+                        help="skip the direct runs (no added latency then; for quick A/B runs of the gateway)")
+    parser.add_argument("--gateway-command", metavar="CMD",
+                        help="run CMD instead of canary-gateway ('serve --config FILE' is appended)")
     parser.add_argument("--label", default="", help="free text printed with the results (e.g. what else runs)")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs, databases)")
     args = parser.parse_args(argv)
@@ -1101,6 +1108,9 @@ def main(argv: list[str] | None = None) -> int:
         directs: dict[tuple[bool, int], Side] = {}
         for stream in args.modes:
             for concurrency in args.concurrency:
+                if args.gateway_only:
+                    directs[(stream, concurrency)] = Side()
+                    continue
                 print(f"  direct {'stream' if stream else 'json'} c={concurrency} ...", flush=True)
                 directs[(stream, concurrency)] = harness.run_load(
                     url=f"http://127.0.0.1:{harness.upstream_port}/v1/chat/completions",

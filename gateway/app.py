@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from contextlib import asynccontextmanager
 
 import httpx
@@ -23,10 +24,12 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
-from gateway.api import health, proxy
+from gateway.api import admin, health, proxy
+from gateway.api.admin import AdminGuard
 from gateway.api.deps import Services, error_response
 from gateway.config import Settings, declared_deployments, load_settings
-from gateway.errors import GatewayError
+from gateway.control import ControlPlane
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price
 from gateway.providers import create_provider
@@ -48,7 +51,7 @@ def create_app(
     """Build the ASGI app; raises ConfigError for a configuration it cannot serve."""
     providers = {name: create_provider(name, provider) for name, provider in settings.providers.items()}
     declared = declared_deployments(settings)
-    policies = {name: deployment.policy.model_dump(mode="json") for name, deployment in settings.deployments.items()}
+    policies = _policies(settings)
     prices = {model: Price(input=price.input, output=price.output) for model, price in settings.pricing.items()}
     salt = settings.user_id_salt.get_secret_value().encode()
     if not salt:
@@ -92,11 +95,10 @@ def create_app(
             max_concurrency=settings.server.max_concurrency,
             access_log=settings.logging.access_log,
         )
-        on_change(snapshot.deployments)
-        await snapshot.start()
-        recorder.start()
-        app.state.services = Services(
+        control = ControlPlane(store, snapshot, providers=providers.keys())
+        services = Services(
             relay=relay,
+            control=control,
             snapshot=snapshot,
             recorder=recorder,
             store=store,
@@ -104,11 +106,15 @@ def create_app(
             client_tokens=settings.client_tokens,
             max_body_bytes=settings.server.max_body_bytes,
         )
-        log.info("gateway ready", extra={"deployments": sorted(snapshot.deployments), "pid": os.getpid()})
+        app.state.services = services
+        on_change(snapshot.deployments)
         try:
+            await snapshot.start()
+            recorder.start()
+            log.info("gateway ready", extra={"deployments": sorted(snapshot.deployments), "pid": os.getpid()})
             yield
         finally:
-            app.state.services.shutting_down = True
+            services.shutting_down = True
             await snapshot.stop()
             await recorder.stop()
             for client in clients.values():
@@ -131,7 +137,11 @@ def create_app(
             allow_headers=["authorization", "content-type", "x-request-id", "x-user-id"],
             expose_headers=["x-request-id", "x-canary-deployment", "x-canary-version"],
         )
+    if not settings.admin_tokens:
+        log.warning("no admin token is configured: the admin API answers 403")
+    app.add_middleware(AdminGuard, tokens=settings.admin_tokens)
     app.include_router(proxy.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     _install_error_handlers(app)
     return app
@@ -155,7 +165,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+        location = list(first["loc"])
+        if location and location[0] in ("body", "query", "path", "header"):
+            location = location[1:]
+        param = ".".join(str(part) for part in location) or None
         return JSONResponse(
             {"error": {"message": f"{param}: {first['msg']}" if param else first["msg"],
                        "type": "invalid_request_error", "param": param, "code": "invalid_request"}},
@@ -170,6 +183,27 @@ def _install_error_handlers(app: FastAPI) -> None:
                        "param": None, "code": "internal_error"}},
             status_code=500,
         )
+
+
+async def sync_declared(settings: Settings) -> bool:
+    """Write the declared deployments into the database before serving.
+
+    Run by `serve` ahead of the server so that a version redefined in the file
+    stops the start with one line; False when the database is unreachable
+    (the gateway then serves the declared configuration and syncs later).
+    """
+    store = Store(create_engine(settings.database_url, settings.database))
+    try:
+        await store.sync_declared(deployments=declared_deployments(settings), policies=_policies(settings))
+    except StoreUnavailable:
+        return False
+    finally:
+        await store.close()
+    return True
+
+
+def _policies(settings: Settings) -> dict[str, Any]:
+    return {name: deployment.policy.model_dump(mode="json") for name, deployment in settings.deployments.items()}
 
 
 def app_from_environment() -> FastAPI:

@@ -7,6 +7,7 @@ print one line on stderr and exit with status 2; never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -92,14 +93,14 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from fastapi import FastAPI
 
-    from gateway.app import create_app
+    from gateway.app import create_app, sync_declared
 
     path = _config_path(args.config)
     settings = load_settings(path)
     listener = configure_logging(settings.logging.level)
     try:
-        if not args.no_migrate:
-            _apply_migrations(settings)
+        if not args.no_migrate and _apply_migrations(settings):
+            asyncio.run(sync_declared(settings))
         host = args.host or settings.server.host
         port = args.port or settings.server.port
         workers = args.workers or settings.server.workers

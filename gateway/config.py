@@ -63,7 +63,7 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _check_name(value: str, what: str) -> str:
+def check_name(value: str, what: str) -> str:
     if not _NAME.match(value):
         raise ValueError(
             f"{what} {value!r} must be 1-64 characters of letters, digits, '.', '_' or '-'"
@@ -228,7 +228,7 @@ class DeploymentSettings(_Frozen):
         if not versions:
             raise ValueError("a deployment needs at least one version")
         for name in versions:
-            _check_name(name, "version name")
+            check_name(name, "version name")
         return versions
 
     @model_validator(mode="after")
@@ -305,7 +305,7 @@ class Settings(_Frozen):
     @classmethod
     def _deployment_names(cls, deployments: dict[str, DeploymentSettings]) -> dict[str, DeploymentSettings]:
         for name in deployments:
-            _check_name(name, "deployment name")
+            check_name(name, "deployment name")
         return deployments
 
     @model_validator(mode="after")

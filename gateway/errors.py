@@ -9,8 +9,11 @@ boundary speaks only these types. The HTTP mapping lives in the API layer.
      ├── ClientError                 the caller's fault (4xx)
      │    ├── InvalidRequest         400, names the offending field
      │    ├── Unauthorized           401
-     │    ├── NotFound               404, unknown deployment, route or record
+     │    ├── Forbidden              403, the admin API is disabled
+     │    ├── NotFound               404, unknown deployment, version, route or record
+     │    ├── Conflict               409, the state changed or forbids the change
      │    ├── PayloadTooLarge        413
+     │    ├── RateLimited            429, too many failed attempts
      │    └── Overloaded             503, too many calls in flight
      ├── UpstreamError               the provider's fault, or a refusal it relays
      │    ├── UpstreamConnectError   502, connection refused or reset
@@ -67,9 +70,32 @@ class Unauthorized(ClientError):
     code = "invalid_api_key"
 
 
+class Forbidden(ClientError):
+    status = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(ClientError):
     status = 404
     code = "not_found"
+
+
+class Conflict(ClientError):
+    """Another change won the race (stale revision), or the rollout's state forbids this one."""
+
+    status = 409
+    code = "conflict"
+
+
+class RateLimited(ClientError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = str(retry_after)
 
 
 class PayloadTooLarge(ClientError):

@@ -53,6 +53,19 @@ class RolloutState:
     status: RolloutStatus = "stable"
     paused: bool = False
     revision: int = 0
+    # When the canary percentage last changed: how long the current stage has run.
+    stage_started_at: datetime | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The state as audit events and the admin API show it."""
+        return {
+            "stable": self.stable,
+            "canary": self.canary,
+            "canary_percent": self.canary_percent,
+            "stage": self.stage,
+            "status": self.status,
+            "paused": self.paused,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +74,67 @@ class Deployment:
     versions: Mapping[str, Version]
     rollout: RolloutState
     anonymous: Literal["stable", "random"] = "stable"
+    # The rollout policy in its JSON form (see config.PolicySettings).
+    policy: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutEvent:
+    """An append-only audit entry: who changed a rollout, from what, to what, and why."""
+
+    deployment: str
+    action: str
+    actor: str
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+    reason: str | None = None
+    snapshot: Mapping[str, Any] | None = None
+    at: datetime | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """One version's numbers over a time window; None where there is no data.
+
+    Client-cancelled calls are left out; latency percentiles cover answered calls only.
+    """
+
+    version: str
+    requests: int
+    errors: int
+    scored: int
+    avg_quality: float | None
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    p50_ttft_ms: float | None
+    p95_ttft_ms: float | None
+    avg_cost: float | None
+    total_cost: float | None
+    avg_prompt_tokens: float | None
+    avg_completion_tokens: float | None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "scored": self.scored,
+            "avg_quality": self.avg_quality,
+            "p50_latency_ms": self.p50_latency_ms,
+            "p95_latency_ms": self.p95_latency_ms,
+            "p50_ttft_ms": self.p50_ttft_ms,
+            "p95_ttft_ms": self.p95_ttft_ms,
+            "avg_cost": self.avg_cost,
+            "total_cost": self.total_cost,
+            "avg_prompt_tokens": self.avg_prompt_tokens,
+            "avg_completion_tokens": self.avg_completion_tokens,
+        }
 
 
 @dataclass(slots=True)

@@ -8,22 +8,23 @@ refused the values (retrying will not help).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import asdict
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway import rollout
 from gateway.config import DatabaseSettings
-from gateway.errors import ConfigError, StoreRejected, StoreUnavailable
-from gateway.models import Deployment, RequestRecord, RolloutState, Version
-from gateway.tables import DeploymentRow, RequestRecordRow, VersionRow
+from gateway.errors import ConfigError, Conflict, NotFound, StoreRejected, StoreUnavailable
+from gateway.models import Deployment, RequestRecord, RolloutEvent, RolloutState, Version, WindowStats
+from gateway.tables import DeploymentRow, RequestRecordRow, RolloutEventRow, VersionRow
 
 
 def create_engine(url: str, settings: DatabaseSettings) -> AsyncEngine:
@@ -99,7 +100,7 @@ class Store:
         async with translated_errors(), self.engine.begin() as connection:
             for name, deployment in deployments.items():
                 rollout = deployment.rollout
-                await connection.execute(
+                created = await connection.execute(
                     self._insert(DeploymentRow)
                     .values(
                         name=name,
@@ -117,6 +118,16 @@ class Store:
                     )
                     .on_conflict_do_nothing(index_elements=["name"])
                 )
+                if created.rowcount == 1:
+                    event = RolloutEvent(
+                        deployment=name,
+                        action="deployment_created",
+                        actor="config",
+                        before=None,
+                        after=rollout.public(),
+                        reason="declared in the configuration",
+                    )
+                    await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
                 for version in deployment.versions.values():
                     await connection.execute(
                         self._insert(VersionRow)
@@ -138,6 +149,39 @@ class Store:
                     .where(DeploymentRow.name == name)
                     .values(policy=policies[name], anonymous=deployment.anonymous)
                 )
+        for name, deployment in deployments.items():
+            if deployment.rollout.canary is not None:
+                await self._start_declared_canary(name, deployment.rollout.canary, policies[name]["stages"])
+
+    async def _start_declared_canary(self, name: str, canary: str, stages: Sequence[float]) -> None:
+        """A declared canary the database has not seen yet starts a new rollout at the first stage.
+
+        Several replicas may try at once: the compare-and-set lets one win, and
+        the others find the rollout already started when they look again.
+        """
+        for _ in range(3):
+            stored = await self.get_deployment(name)
+            assert stored is not None
+            state = stored.rollout
+            if canary in (state.canary, state.stable):
+                return
+            after = rollout.start_canary(
+                stored, version=canary, percent=None, stages=stages, now=datetime.now(UTC), replace_running=True
+            )
+            event = RolloutEvent(
+                deployment=name,
+                action="canary_started",
+                actor="config",
+                before=state.public(),
+                after=after.public(),
+                reason="declared in the configuration"
+                + (f" (replaces canary '{state.canary}')" if state.status == "canary" else ""),
+            )
+            try:
+                await self.apply_rollout(expected_revision=state.revision, state=after, event=event)
+                return
+            except Conflict:
+                continue
 
     async def load_deployments(self) -> dict[str, Deployment]:
         async with translated_errors(), self.engine.connect() as connection:
@@ -145,32 +189,103 @@ class Store:
             version_rows = (await connection.execute(select(VersionRow))).all()
         versions: dict[str, dict[str, Version]] = {}
         for row in version_rows:
-            versions.setdefault(row.deployment, {})[row.name] = Version(
-                name=row.name,
-                provider=row.provider,
-                model=row.model,
-                system_prompt=row.system_prompt,
-                few_shot=tuple(row.few_shot or ()),
-                params=dict(row.params or {}),
-                prompt_mode=row.prompt_mode,
+            versions.setdefault(row.deployment, {})[row.name] = _version_of(row)
+        return {row.name: _deployment_of(row, versions.get(row.name, {})) for row in deployment_rows}
+
+    async def get_deployment(self, name: str) -> Deployment | None:
+        """One deployment as stored now (not the snapshot): what a change is computed from."""
+        async with translated_errors(), self.engine.connect() as connection:
+            row = (await connection.execute(select(DeploymentRow).where(DeploymentRow.name == name))).first()
+            if row is None:
+                return None
+            version_rows = (await connection.execute(select(VersionRow).where(VersionRow.deployment == name))).all()
+        return _deployment_of(row, {version.name: _version_of(version) for version in version_rows})
+
+    async def apply_rollout(self, *, expected_revision: int, state: RolloutState, event: RolloutEvent) -> RolloutState:
+        """Store `state` if the revision is still `expected_revision`, with its audit event, atomically.
+
+        Raises Conflict when another change committed first.
+        """
+        now = event.at or datetime.now(UTC)
+        async with translated_errors(), self.engine.begin() as connection:
+            result = await connection.execute(
+                update(DeploymentRow)
+                .where(DeploymentRow.name == event.deployment, DeploymentRow.revision == expected_revision)
+                .values(
+                    stable_version=state.stable,
+                    canary_version=state.canary,
+                    canary_percent=state.canary_percent,
+                    stage=state.stage,
+                    status=state.status,
+                    paused=state.paused,
+                    stage_started_at=state.stage_started_at,
+                    revision=expected_revision + 1,
+                    updated_at=now,
+                )
             )
-        return {
-            row.name: Deployment(
-                name=row.name,
-                versions=versions.get(row.name, {}),
-                rollout=RolloutState(
-                    stable=row.stable_version,
-                    canary=row.canary_version,
-                    canary_percent=row.canary_percent,
-                    stage=row.stage,
-                    status=row.status,
-                    paused=row.paused,
-                    revision=row.revision,
-                ),
-                anonymous=row.anonymous,
+            if result.rowcount != 1:
+                raise Conflict(
+                    f"deployment '{event.deployment}' changed while this change was being made; "
+                    "reload and try again"
+                )
+            await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
+        return replace(state, revision=expected_revision + 1)
+
+    async def record_event(self, event: RolloutEvent) -> None:
+        """An event that changes no state (a version created, a check that held)."""
+        async with translated_errors(), self.engine.begin() as connection:
+            await connection.execute(insert(RolloutEventRow).values(**_event_values(event, event.at or datetime.now(UTC))))
+
+    async def create_version(self, *, deployment: str, version: Version, actor: str) -> None:
+        """Insert a new version; Conflict if the name is taken, NotFound if the deployment is unknown."""
+        now = datetime.now(UTC)
+        try:
+            async with translated_errors(), self.engine.begin() as connection:
+                exists = await connection.scalar(select(DeploymentRow.name).where(DeploymentRow.name == deployment))
+                if exists is None:
+                    raise NotFound(f"deployment '{deployment}' does not exist")
+                await connection.execute(
+                    insert(VersionRow).values(deployment=deployment, **_version_values(version), created_at=now)
+                )
+                event = RolloutEvent(
+                    deployment=deployment,
+                    action="version_created",
+                    actor=actor,
+                    before=None,
+                    after={"version": version.name, **version.content()},
+                )
+                await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
+        except StoreRejected:
+            raise Conflict(f"deployment '{deployment}' already has a version '{version.name}'", param="name") from None
+
+    async def list_events(self, *, deployment: str, limit: int, before_id: int | None = None) -> list[RolloutEvent]:
+        """Newest first."""
+        query = select(RolloutEventRow).where(RolloutEventRow.deployment == deployment)
+        if before_id is not None:
+            query = query.where(RolloutEventRow.id < before_id)
+        async with translated_errors(), self.engine.connect() as connection:
+            rows = (await connection.execute(query.order_by(RolloutEventRow.id.desc()).limit(limit))).all()
+        return [
+            RolloutEvent(
+                id=row.id,
+                at=row.at,
+                deployment=row.deployment,
+                action=row.action,
+                actor=row.actor,
+                before=row.from_state,
+                after=row.to_state,
+                reason=row.reason,
+                snapshot=row.snapshot,
             )
-            for row in deployment_rows
-        }
+            for row in rows
+        ]
+
+    async def window_stats(self, *, deployment: str, version: str, since: datetime) -> WindowStats:
+        """One version's numbers since `since` (see WindowStats for what counts)."""
+        async with translated_errors(), self.engine.connect() as connection:
+            if self.engine.dialect.name == "postgresql":
+                return await _stats_postgresql(connection, deployment, version, since)
+            return await _stats_sqlite(connection, deployment, version, since)
 
     async def revisions(self) -> dict[str, int]:
         """Each deployment's revision: a cheap way to tell whether anything changed."""
@@ -208,3 +323,149 @@ def _version_values(version: Version) -> dict[str, Any]:
         "prompt_mode": version.prompt_mode,
         "content_hash": version.content_hash(),
     }
+
+
+def _version_of(row: Any) -> Version:
+    return Version(
+        name=row.name,
+        provider=row.provider,
+        model=row.model,
+        system_prompt=row.system_prompt,
+        few_shot=tuple(row.few_shot or ()),
+        params=dict(row.params or {}),
+        prompt_mode=row.prompt_mode,
+    )
+
+
+def _deployment_of(row: Any, versions: dict[str, Version]) -> Deployment:
+    return Deployment(
+        name=row.name,
+        versions=versions,
+        rollout=RolloutState(
+            stable=row.stable_version,
+            canary=row.canary_version,
+            canary_percent=row.canary_percent,
+            stage=row.stage,
+            status=row.status,
+            paused=row.paused,
+            revision=row.revision,
+            stage_started_at=row.stage_started_at,
+        ),
+        anonymous=row.anonymous,
+        policy=dict(row.policy or {}),
+    )
+
+
+def _event_values(event: RolloutEvent, at: datetime) -> dict[str, Any]:
+    return {
+        "at": at,
+        "deployment": event.deployment,
+        "action": event.action,
+        "actor": event.actor,
+        "from_state": dict(event.before) if event.before is not None else None,
+        "to_state": dict(event.after) if event.after is not None else None,
+        "reason": event.reason,
+        "snapshot": dict(event.snapshot) if event.snapshot is not None else None,
+    }
+
+
+_COUNTED = RequestRecordRow.status != "client_cancelled"
+
+
+def _window(deployment: str, version: str, since: datetime) -> list[Any]:
+    return [
+        RequestRecordRow.deployment == deployment,
+        RequestRecordRow.version == version,
+        RequestRecordRow.created_at >= since,
+    ]
+
+
+def _aggregates() -> list[Any]:
+    return [
+        func.count().filter(_COUNTED).label("requests"),
+        func.count().filter(RequestRecordRow.status == "error").label("errors"),
+        func.count(RequestRecordRow.quality).filter(_COUNTED).label("scored"),
+        func.avg(RequestRecordRow.quality).filter(_COUNTED).label("avg_quality"),
+        func.avg(RequestRecordRow.cost_usd).filter(_COUNTED).label("avg_cost"),
+        func.sum(RequestRecordRow.cost_usd).filter(_COUNTED).label("total_cost"),
+        func.avg(RequestRecordRow.prompt_tokens).filter(_COUNTED).label("avg_prompt_tokens"),
+        func.avg(RequestRecordRow.completion_tokens).filter(_COUNTED).label("avg_completion_tokens"),
+    ]
+
+
+def _percentile(fraction: float, column: Any) -> Any:
+    return func.percentile_cont(fraction).within_group(column.asc())
+
+
+async def _stats_postgresql(connection: AsyncConnection, deployment: str, version: str, since: datetime) -> WindowStats:
+    answered = RequestRecordRow.status == "ok"
+    row = (
+        await connection.execute(
+            select(
+                *_aggregates(),
+                _percentile(0.5, RequestRecordRow.latency_ms).filter(answered).label("p50_latency_ms"),
+                _percentile(0.95, RequestRecordRow.latency_ms).filter(answered).label("p95_latency_ms"),
+                _percentile(0.5, RequestRecordRow.ttft_ms).filter(answered).label("p50_ttft_ms"),
+                _percentile(0.95, RequestRecordRow.ttft_ms).filter(answered).label("p95_ttft_ms"),
+            ).where(*_window(deployment, version, since))
+        )
+    ).one()
+    return _stats_of(version, dict(row._mapping))
+
+
+async def _stats_sqlite(connection: AsyncConnection, deployment: str, version: str, since: datetime) -> WindowStats:
+    # SQLite has no percentile function: aggregate in SQL, then interpolate the
+    # percentiles over the window's sorted values (SQLite serves one node's scale).
+    totals = (await connection.execute(select(*_aggregates()).where(*_window(deployment, version, since)))).one()
+    answered = [*_window(deployment, version, since), RequestRecordRow.status == "ok"]
+    latencies = (
+        await connection.scalars(
+            select(RequestRecordRow.latency_ms).where(*answered).order_by(RequestRecordRow.latency_ms)
+        )
+    ).all()
+    ttfts = (
+        await connection.scalars(
+            select(RequestRecordRow.ttft_ms)
+            .where(*answered, RequestRecordRow.ttft_ms.is_not(None))
+            .order_by(RequestRecordRow.ttft_ms)
+        )
+    ).all()
+    values = dict(totals._mapping)
+    ttft_values = [value for value in ttfts if value is not None]
+    values["p50_latency_ms"] = percentile_cont(latencies, 0.5)
+    values["p95_latency_ms"] = percentile_cont(latencies, 0.95)
+    values["p50_ttft_ms"] = percentile_cont(ttft_values, 0.5)
+    values["p95_ttft_ms"] = percentile_cont(ttft_values, 0.95)
+    return _stats_of(version, values)
+
+
+def percentile_cont(ordered: Sequence[float], fraction: float) -> float | None:
+    """PostgreSQL's percentile_cont: linear interpolation between the closest ranks."""
+    if not ordered:
+        return None
+    position = fraction * (len(ordered) - 1)
+    lower = int(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return float(ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower))
+
+
+def _stats_of(version: str, values: Mapping[str, Any]) -> WindowStats:
+    def number(key: str) -> float | None:
+        value = values.get(key)
+        return float(value) if value is not None else None
+
+    return WindowStats(
+        version=version,
+        requests=int(values["requests"] or 0),
+        errors=int(values["errors"] or 0),
+        scored=int(values["scored"] or 0),
+        avg_quality=number("avg_quality"),
+        p50_latency_ms=number("p50_latency_ms"),
+        p95_latency_ms=number("p95_latency_ms"),
+        p50_ttft_ms=number("p50_ttft_ms"),
+        p95_ttft_ms=number("p95_ttft_ms"),
+        avg_cost=number("avg_cost"),
+        total_cost=number("total_cost"),
+        avg_prompt_tokens=number("avg_prompt_tokens"),
+        avg_completion_tokens=number("avg_completion_tokens"),
+    )

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -108,3 +109,20 @@ class RequestRecordRow(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     quality: Mapped[float | None] = mapped_column(Float)
+
+
+class RolloutEventRow(Base):
+    """The audit trail: append-only, written in the transaction of the change it describes."""
+
+    __tablename__ = "rollout_events"
+    __table_args__ = (Index("ix_rollout_events_deployment_id", "deployment", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deployment: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(64))
+    before: Mapped[dict[str, Any] | None] = mapped_column("from_state", JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column("to_state", JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -32,7 +32,8 @@ from tests.fakes import FakeUpstream, free_port
 
 ADMIN_URL = os.environ.get("CANARY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 PROVIDER_KEY = "sk-test-SENTINEL-provider-key-0123456789"
-TABLES = ("request_records", "versions", "deployments")
+ADMIN_TOKEN = "admin-SENTINEL-token-9876543210"
+TABLES = ("rollout_events", "request_records", "versions", "deployments")
 
 
 def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -106,6 +107,7 @@ def base_config(database_url: str, upstream_url: str, spool_dir: Path) -> dict[s
     return {
         "database_url": database_url,
         "user_id_salt": "test-salt",
+        "admin_tokens": {"ops": ADMIN_TOKEN},
         "server": {"max_body_bytes": 65536},
         "database": {"refresh_interval": "200ms"},
         "recorder": {"flush_interval": "50ms", "spool_dir": str(spool_dir)},
@@ -189,6 +191,9 @@ class Gateway:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
+
+    def admin(self, token: str = ADMIN_TOKEN) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {token}"})
 
 
 @pytest.fixture

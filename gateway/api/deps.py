@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
+from gateway.control import ControlPlane
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized, UpstreamError
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
@@ -28,6 +29,7 @@ class Services:
     """Everything the lifespan built; routers reach it through `ServicesDep`."""
 
     relay: Relay
+    control: ControlPlane
     snapshot: Snapshot
     recorder: Recorder
     store: Store

@@ -1,0 +1,252 @@
+"""The admin API (`/admin`): rollout state, versions, compare and the audit trail.
+
+`AdminGuard` authenticates every path under /admin before routing, so an
+unknown route, a HEAD request or a trailing slash gets 401 like any other
+without a valid token. Tokens are named; the name is the audit actor.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.api.deps import ServicesDep, error_response
+from gateway.config import VersionSettings, check_name
+from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthorized
+from gateway.models import Deployment, RolloutEvent, Version
+
+router = APIRouter(prefix="/admin")
+
+
+class AdminGuard:
+    """Bearer-token check for /admin, constant-time, with a lockout for repeated failures per client IP."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tokens: Mapping[str, SecretStr],
+        max_failures: int = 20,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._app = app
+        self._tokens = [(name, token.get_secret_value().encode()) for name, token in tokens.items()]
+        self._max_failures = max_failures
+        self._window = window_s
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/admin" or path.startswith("/admin/")):
+            await self._app(scope, receive, send)
+            return
+        try:
+            scope.setdefault("state", {})["admin_actor"] = self._authenticate(scope)
+        except GatewayError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else {}
+            await error_response(exc, headers=headers)(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+    def _authenticate(self, scope: Scope) -> str:
+        if not self._tokens:
+            raise Forbidden("The admin API is disabled: no admin token is configured")
+        client = (scope.get("client") or ("unknown", 0))[0]
+        now = self._clock()
+        recent = self._failures.get(client)
+        if recent is not None:
+            while recent and recent[0] < now - self._window:
+                recent.popleft()
+            if len(recent) >= self._max_failures:
+                retry = max(1, int(recent[0] + self._window - now) + 1)
+                raise RateLimited("Too many failed admin authentications; retry later", retry_after=retry)
+        presented = b""
+        for key, value in scope.get("headers", ()):
+            if key == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    presented = credentials.strip()
+        actor = None
+        for name, token in self._tokens:
+            # Compare with every token, so the time taken does not tell which one is close.
+            if hmac.compare_digest(presented, token) and actor is None:
+                actor = name
+        if actor is None:
+            self._note_failure(client, now)
+            raise Unauthorized("Missing or invalid admin token")
+        return actor
+
+    def _note_failure(self, client: str, now: float) -> None:
+        if len(self._failures) > 10_000:
+            self._failures.clear()  # bounded memory under a spray of addresses
+        self._failures.setdefault(client, deque()).append(now)
+
+
+def admin_actor(request: Request) -> str:
+    actor = request.scope.get("state", {}).get("admin_actor")
+    if not isinstance(actor, str):
+        raise Unauthorized("Missing or invalid admin token")
+    return actor
+
+
+Actor = Annotated[str, Depends(admin_actor)]
+
+
+class VersionIn(VersionSettings):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_name(name, "version name")
+
+    def to_version(self) -> Version:
+        return Version(
+            name=self.name,
+            provider=self.provider,
+            model=self.model,
+            system_prompt=self.system_prompt,
+            few_shot=tuple({"role": shot.role, "content": shot.content} for shot in self.few_shot),
+            params=dict(self.params),
+            prompt_mode=self.prompt_mode,
+        )
+
+
+def _two_decimals(percent: float | None) -> float | None:
+    return None if percent is None else round(percent, 2)
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(None, max_length=2000)
+    # Optimistic concurrency: refuse with 409 unless the deployment is still at this revision.
+    revision: int | None = Field(None, ge=0)
+
+
+class CanaryIn(Reason):
+    version: str = Field(min_length=1, max_length=64)
+    percent: float | None = Field(None, gt=0, le=100)
+
+    _round = field_validator("percent")(_two_decimals)
+
+
+class PercentIn(Reason):
+    percent: float = Field(ge=0, le=100)
+
+    _round = field_validator("percent")(_two_decimals)
+
+
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+@router.get("/deployments")
+async def list_deployments(services: ServicesDep, _actor: Actor) -> JSONResponse:
+    return JSONResponse({"deployments": [deployment_view(d) for d in await services.control.deployments()]})
+
+
+@router.get("/deployments/{name}")
+async def get_deployment(name: Name, services: ServicesDep, _actor: Actor) -> JSONResponse:
+    return JSONResponse(deployment_view(await services.control.deployment(name)))
+
+
+@router.post("/deployments/{name}/versions", status_code=201)
+async def create_version(name: Name, body: VersionIn, services: ServicesDep, actor: Actor) -> JSONResponse:
+    version = await services.control.create_version(deployment=name, version=body.to_version(), actor=actor)
+    return JSONResponse(version_view(version), status_code=201)
+
+
+@router.post("/deployments/{name}/canary")
+async def start_canary(name: Name, body: CanaryIn, services: ServicesDep, actor: Actor) -> JSONResponse:
+    deployment = await services.control.start_canary(
+        deployment=name, version=body.version, percent=body.percent, actor=actor, reason=body.reason,
+        revision=body.revision,
+    )
+    return JSONResponse(deployment_view(deployment))
+
+
+@router.put("/deployments/{name}/canary-percent")
+async def set_percent(name: Name, body: PercentIn, services: ServicesDep, actor: Actor) -> JSONResponse:
+    deployment = await services.control.set_percent(
+        deployment=name, percent=body.percent, actor=actor, reason=body.reason, revision=body.revision
+    )
+    return JSONResponse(deployment_view(deployment))
+
+
+@router.post("/deployments/{name}/{action}")
+async def change(
+    name: Name,
+    action: Literal["promote", "rollback", "pause", "resume"],
+    services: ServicesDep,
+    actor: Actor,
+    body: Reason | None = None,
+) -> JSONResponse:
+    control = services.control
+    method = {"promote": control.promote, "rollback": control.rollback, "pause": control.pause,
+              "resume": control.resume}[action]
+    deployment = await method(
+        deployment=name, actor=actor, reason=body.reason if body else None, revision=body.revision if body else None
+    )
+    return JSONResponse(deployment_view(deployment))
+
+
+@router.get("/deployments/{name}/compare")
+async def compare(
+    name: Name,
+    services: ServicesDep,
+    _actor: Actor,
+    hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
+) -> JSONResponse:
+    return JSONResponse(await services.control.compare(deployment=name, hours=hours))
+
+
+@router.get("/deployments/{name}/events")
+async def events(
+    name: Name,
+    services: ServicesDep,
+    _actor: Actor,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1, description="only events with a smaller id (paging)")] = None,
+) -> JSONResponse:
+    found = await services.control.events(deployment=name, limit=limit, before_id=before)
+    return JSONResponse({"events": [event_view(event) for event in found]})
+
+
+def deployment_view(deployment: Deployment) -> dict[str, Any]:
+    state = deployment.rollout
+    return {
+        "name": deployment.name,
+        **state.public(),
+        "revision": state.revision,
+        "stage_started_at": state.stage_started_at.isoformat() if state.stage_started_at else None,
+        "anonymous": deployment.anonymous,
+        "versions": [version_view(version) for version in deployment.versions.values()],
+        "policy": dict(deployment.policy),
+    }
+
+
+def version_view(version: Version) -> dict[str, Any]:
+    return {"name": version.name, **version.content()}
+
+
+def event_view(event: RolloutEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": event.at.isoformat() if event.at else None,
+        "deployment": event.deployment,
+        "action": event.action,
+        "actor": event.actor,
+        "from": event.before,
+        "to": event.after,
+        "reason": event.reason,
+        "snapshot": event.snapshot,
+    }

@@ -1,0 +1,157 @@
+"""The control plane: rollout changes, versions, compare and the audit trail.
+
+Every change reads the deployment as stored now, computes the next state with
+a pure transition (`gateway.rollout`), and stores it with a compare-and-set on
+the revision together with its audit event. Two concurrent changes therefore
+never both apply: the second gets `Conflict` (409). After a change this
+replica refreshes its routing snapshot at once; the others follow within
+their refresh interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway import rollout
+from gateway.config import PolicySettings
+from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.models import Deployment, RolloutEvent, RolloutState, Version, WindowStats
+from gateway.snapshot import Snapshot
+from gateway.store import Store
+
+Clock = Callable[[], datetime]
+COMPARED = ("avg_quality", "p95_latency_ms", "avg_cost", "error_rate")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ControlPlane:
+    def __init__(
+        self, store: Store, snapshot: Snapshot, *, providers: Collection[str], clock: Clock = utc_now
+    ) -> None:
+        self._store = store
+        self._snapshot = snapshot
+        self._providers = providers
+        self._clock = clock
+
+    async def deployments(self) -> list[Deployment]:
+        return sorted((await self._store.load_deployments()).values(), key=lambda deployment: deployment.name)
+
+    async def deployment(self, name: str) -> Deployment:
+        deployment = await self._store.get_deployment(name)
+        if deployment is None:
+            raise NotFound(f"deployment '{name}' does not exist")
+        return deployment
+
+    async def create_version(self, *, deployment: str, version: Version, actor: str) -> Version:
+        if version.provider not in self._providers:
+            raise InvalidRequest(f"unknown provider '{version.provider}'", param="provider")
+        await self._store.create_version(deployment=deployment, version=version, actor=actor)
+        await self._snapshot.refresh_now()
+        return version
+
+    async def start_canary(self, *, deployment: str, version: str, percent: float | None, actor: str,
+                           reason: str | None, revision: int | None = None) -> Deployment:
+        def start(current: Deployment) -> RolloutState:
+            stages = _policy(current).stages
+            return rollout.start_canary(current, version=version, percent=percent, stages=stages, now=self._clock())
+
+        return await self._change(deployment, "canary_started", actor, reason, start, revision)
+
+    async def set_percent(self, *, deployment: str, percent: float, actor: str, reason: str | None,
+                          revision: int | None = None) -> Deployment:
+        def move(current: Deployment) -> RolloutState:
+            return rollout.set_percent(current, percent=percent, stages=_policy(current).stages, now=self._clock())
+
+        return await self._change(deployment, "percent_set", actor, reason, move, revision)
+
+    async def promote(self, *, deployment: str, actor: str, reason: str | None,
+                      revision: int | None = None) -> Deployment:
+        return await self._change(
+            deployment, "promoted", actor, reason, lambda current: rollout.promote(current, now=self._clock()), revision
+        )
+
+    async def rollback(self, *, deployment: str, actor: str, reason: str | None,
+                      revision: int | None = None) -> Deployment:
+        return await self._change(
+            deployment, "rolled_back", actor, reason, lambda current: rollout.rollback(current, now=self._clock()), revision
+        )
+
+    async def pause(self, *, deployment: str, actor: str, reason: str | None,
+                    revision: int | None = None) -> Deployment:
+        return await self._change(deployment, "paused", actor, reason, rollout.pause, revision)
+
+    async def resume(self, *, deployment: str, actor: str, reason: str | None,
+                    revision: int | None = None) -> Deployment:
+        return await self._change(deployment, "resumed", actor, reason, rollout.resume, revision)
+
+    async def compare(self, *, deployment: str, hours: float) -> dict[str, Any]:
+        current = await self.deployment(deployment)
+        since = self._clock() - timedelta(hours=hours)
+        stable = await self._store.window_stats(deployment=deployment, version=current.rollout.stable, since=since)
+        canary: WindowStats | None = None
+        if current.rollout.canary is not None:
+            canary = await self._store.window_stats(deployment=deployment, version=current.rollout.canary, since=since)
+        return {
+            "deployment": deployment,
+            "hours": hours,
+            "stable": stable.public(),
+            "canary": canary.public() if canary is not None else None,
+            "diff_pct": {key: diff_pct(stable.public()[key], canary.public()[key] if canary else None)
+                         for key in COMPARED},
+        }
+
+    async def events(self, *, deployment: str, limit: int, before_id: int | None) -> list[RolloutEvent]:
+        await self.deployment(deployment)
+        return await self._store.list_events(deployment=deployment, limit=limit, before_id=before_id)
+
+    async def _change(
+        self,
+        name: str,
+        action: str,
+        actor: str,
+        reason: str | None,
+        transition: Callable[[Deployment], RolloutState],
+        revision: int | None,
+    ) -> Deployment:
+        current = await self.deployment(name)
+        if revision is not None and revision != current.rollout.revision:
+            raise Conflict(
+                f"deployment '{name}' is at revision {current.rollout.revision}, not {revision}", param="revision"
+            )
+        after = transition(current)
+        if after == current.rollout:
+            return current  # nothing to change, nothing to record
+        event = RolloutEvent(
+            deployment=name,
+            action=action,
+            actor=actor,
+            before=current.rollout.public(),
+            after=after.public(),
+            reason=reason,
+            at=self._clock(),
+        )
+        stored = await self._store.apply_rollout(expected_revision=current.rollout.revision, state=after, event=event)
+        await self._snapshot.refresh_now()
+        return Deployment(
+            name=current.name,
+            versions=current.versions,
+            rollout=stored,
+            anonymous=current.anonymous,
+            policy=current.policy,
+        )
+
+
+def diff_pct(stable: float | None, canary: float | None) -> float | None:
+    """How much larger the canary's value is, in percent of stable's; None when undefined."""
+    if stable is None or canary is None or stable == 0:
+        return None
+    return round((canary - stable) / stable * 100, 2)
+
+
+def _policy(deployment: Deployment) -> PolicySettings:
+    return PolicySettings.model_validate(deployment.policy) if deployment.policy else PolicySettings()
