@@ -1,7 +1,9 @@
-"""The command line: `canary-gateway serve | migrate`.
+"""The command line: `canary-gateway serve | migrate | status | compare | set-percent | ...`.
 
-Errors a user can fix (a bad config, an unreachable database for `migrate`)
-print one line on stderr and exit with status 2; never a traceback.
+`serve` and `migrate` work on the config file; the other commands talk to a
+running gateway's admin API (`--url`, `--token`). Errors a user can fix (a
+bad config, an unreachable gateway, a refused token, a conflict) print one
+line on stderr and exit non-zero; never a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
@@ -29,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"canary-gateway: config error: {exc}", file=sys.stderr)
         return 2
+    except AdminError as exc:
+        print(f"canary-gateway: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -48,7 +55,45 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
     _config_option(migrate)
     migrate.set_defaults(handler=_migrate)
+
+    status = _admin_command(commands, "status", "show deployments and their rollout state", _status)
+    status.add_argument("deployment", nargs="?", help="one deployment, with its versions")
+
+    compare = _admin_command(commands, "compare", "canary vs stable over a window", _compare)
+    compare.add_argument("deployment")
+    compare.add_argument("--hours", type=float, default=24.0, help="window length (default 24)")
+
+    percent = _admin_command(commands, "set-percent", "set the canary percentage (0-100)", _set_percent)
+    percent.add_argument("deployment")
+    percent.add_argument("percent", type=float)
+    percent.add_argument("--reason")
+
+    for name, help_text in (
+        ("promote", "make the canary the stable version now"),
+        ("rollback", "send every user back to stable now"),
+        ("pause", "stop automatic decisions for this rollout"),
+        ("resume", "restart automatic decisions for this rollout"),
+    ):
+        command = _admin_command(commands, name, help_text, _action)
+        command.add_argument("deployment")
+        command.add_argument("--reason")
+        command.set_defaults(action=name)
     return parser
+
+
+def _admin_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    handler: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("--url", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"),
+                         help="the gateway (default: $GATEWAY_URL, else http://127.0.0.1:8080)")
+    command.add_argument("--token", default=os.environ.get("GATEWAY_ADMIN_TOKEN"),
+                         help="admin token (default: $GATEWAY_ADMIN_TOKEN)")
+    command.set_defaults(handler=handler)
+    return command
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -126,3 +171,91 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         listener.stop()
     return 0
+
+
+class AdminError(Exception):
+    """A failed admin call, worded for the person at the terminal."""
+
+
+def _admin(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    url = args.url.rstrip("/")
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    try:
+        answer = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=30)
+    except httpx.ConnectError:
+        raise AdminError(f"cannot connect to {url}: is the gateway running?") from None
+    except httpx.TimeoutException:
+        raise AdminError(f"{url} did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise AdminError(f"cannot talk to {url} ({type(exc).__name__})") from None
+    if answer.status_code == 401:
+        raise AdminError("the admin token was refused (401): pass --token or set GATEWAY_ADMIN_TOKEN")
+    if answer.status_code >= 400:
+        try:
+            message = answer.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = answer.reason_phrase
+        raise AdminError(f"{message} ({answer.status_code})")
+    return answer.json()
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.deployment:
+        deployments = [_admin(args, "GET", f"/admin/deployments/{args.deployment}")]
+    else:
+        deployments = _admin(args, "GET", "/admin/deployments")["deployments"]
+    rows = [["Deployment", "Stable", "Canary", "Percent", "Stage", "Status", "Paused", "Revision"]]
+    for d in deployments:
+        rows.append([d["name"], d["stable"], d["canary"] or "-", f"{d['canary_percent']:.2f}", str(d["stage"]),
+                     d["status"], "yes" if d["paused"] else "no", str(d["revision"])])
+    print(_table(rows))
+    if args.deployment:
+        print()
+        versions = [["Version", "Provider", "Model", "Prompt mode"]]
+        versions += [[v["name"], v["provider"], v["model"], v["prompt_mode"]] for v in deployments[0]["versions"]]
+        print(_table(versions))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    result = _admin(args, "GET", f"/admin/deployments/{args.deployment}/compare?hours={args.hours:g}")
+    stable, canary, diff = result["stable"], result["canary"] or {}, result["diff_pct"]
+    print(f"{args.deployment}: {stable['version']} (stable) vs {canary.get('version', 'no canary')}, "
+          f"last {args.hours:g} h")
+    print(f"{'Metric':<20}{'Stable':>11}{'Canary':>11}{'Diff':>11}")
+    print("-" * 51)
+    print(f"{'requests':<20}{stable['requests']:>11}{_cell(canary.get('requests'), '{:d}'):>11}{'':>11}")
+    for key, label in (("avg_quality", "avg_quality"), ("p95_latency_ms", "p95_latency"),
+                       ("avg_cost", "avg_cost"), ("error_rate", "error_rate")):
+        change = diff.get(key)
+        print(f"{label:<20}{_cell(stable[key]):>11}{_cell(canary.get(key)):>11}"
+              f"{'-' if change is None else f'{change:+.1f}%':>11}")
+    return 0
+
+
+def _set_percent(args: argparse.Namespace) -> int:
+    deployment = _admin(args, "PUT", f"/admin/deployments/{args.deployment}/canary-percent",
+                        {"percent": args.percent, "reason": args.reason})
+    print(f"{deployment['name']}: canary {deployment['canary']} at {deployment['canary_percent']:.2f} %")
+    return 0
+
+
+def _action(args: argparse.Namespace) -> int:
+    deployment = _admin(args, "POST", f"/admin/deployments/{args.deployment}/{args.action}",
+                        {"reason": args.reason})
+    print(f"{deployment['name']}: stable {deployment['stable']}, canary {deployment['canary'] or '-'} "
+          f"at {deployment['canary_percent']:.2f} %, status {deployment['status']}"
+          + (", paused" if deployment["paused"] else ""))
+    return 0
+
+
+def _cell(value: Any, spec: str = "{:.3f}") -> str:
+    return "-" if value is None else spec.format(value)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)

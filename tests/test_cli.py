@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from tests.conftest import query
+from tests.conftest import ADMIN_TOKEN, query
 from tests.fakes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +85,47 @@ def test_serve_runs_the_example_config_on_sqlite(tmp_path: Path) -> None:
     assert "Traceback" not in stderr and "sk-example-SENTINEL" not in stderr
     rows = query(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}", "SELECT status, error_kind FROM request_records")
     assert len(rows) == 1 and rows[0]["status"] == "error"
+
+
+def admin_cli(gateway: Any, *args: str, token: str = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, "--url", gateway.url, "--token", token, cwd=ROOT)
+
+
+def test_admin_commands_against_a_running_gateway(gateway: Any) -> None:
+    status = admin_cli(gateway, "status")
+    assert status.returncode == 0, status.stderr
+    header, row = status.stdout.splitlines()
+    assert header.split() == ["Deployment", "Stable", "Canary", "Percent", "Stage", "Status", "Paused", "Revision"]
+    assert row.split()[:6] == ["support-bot", "v1", "v2", "5.00", "0", "canary"]
+
+    moved = admin_cli(gateway, "set-percent", "support-bot", "25", "--reason", "ramp up")
+    assert moved.returncode == 0 and "25.00 %" in moved.stdout
+
+    compare = admin_cli(gateway, "compare", "support-bot", "--hours", "24")
+    assert compare.returncode == 0, compare.stderr
+    lines = compare.stdout.splitlines()
+    assert lines[1] == f"{'Metric':<20}{'Stable':>11}{'Canary':>11}{'Diff':>11}"
+    assert lines[2] == "-" * 51
+    assert [line.split()[0] for line in lines[3:]] == ["requests", "avg_quality", "p95_latency", "avg_cost",
+                                                        "error_rate"]
+
+    paused = admin_cli(gateway, "pause", "support-bot")
+    assert paused.returncode == 0 and "paused" in paused.stdout
+    rolled = admin_cli(gateway, "rollback", "support-bot", "--reason", "bad answers")
+    assert rolled.returncode == 0 and "status rolled_back" in rolled.stdout
+    with gateway.admin() as http:
+        events = http.get("/admin/deployments/support-bot/events").json()["events"]
+    assert (events[0]["action"], events[0]["actor"], events[0]["reason"]) == ("rolled_back", "ops", "bad answers")
+    assert (events[2]["action"], events[2]["reason"]) == ("percent_set", "ramp up")
+
+
+def test_admin_command_errors_are_one_line(gateway: Any) -> None:
+    refused = run_cli("status", "--url", f"http://127.0.0.1:{free_port()}", "--token", "x", cwd=ROOT)
+    wrong = admin_cli(gateway, "status", token="wrong")
+    missing = admin_cli(gateway, "promote", "no-such-bot")
+    admin_cli(gateway, "promote", "support-bot")
+    conflict = admin_cli(gateway, "promote", "support-bot")
+    for result, text in ((refused, "cannot connect"), (wrong, "401"), (missing, "(404)"), (conflict, "(409)")):
+        assert result.returncode == 1
+        assert len(result.stderr.strip().splitlines()) == 1 and text in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
