@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import __version__
 from gateway.api import admin, health, proxy
+from gateway.alerts import Alerts
 from gateway.api.admin import AdminGuard
 from gateway.api.deps import Services, error_response
 from gateway.config import Settings, declared_deployments, load_settings
@@ -35,6 +36,7 @@ from gateway.models import Deployment, Price
 from gateway.providers import create_provider
 from gateway.recorder import Recorder
 from gateway.relay import Relay
+from gateway.scheduler import CheckScheduler, RolloutChecker
 from gateway.snapshot import Snapshot
 from gateway.store import Store, create_engine
 from gateway.upstream import UpstreamClient, default_transport
@@ -96,9 +98,13 @@ def create_app(
             access_log=settings.logging.access_log,
         )
         control = ControlPlane(store, snapshot, providers=providers.keys())
+        alerts = Alerts(settings.alerts.webhooks, metrics)
+        checker = RolloutChecker(store, snapshot, alerts=alerts, metrics=metrics)
+        scheduler = CheckScheduler(checker)
         services = Services(
             relay=relay,
             control=control,
+            checker=checker,
             snapshot=snapshot,
             recorder=recorder,
             store=store,
@@ -111,10 +117,14 @@ def create_app(
         try:
             await snapshot.start()
             recorder.start()
+            alerts.start()
+            scheduler.start(snapshot.deployments)
             log.info("gateway ready", extra={"deployments": sorted(snapshot.deployments), "pid": os.getpid()})
             yield
         finally:
             services.shutting_down = True
+            scheduler.stop()
+            await alerts.stop()
             await snapshot.stop()
             await recorder.stop()
             for client in clients.values():

@@ -191,6 +191,11 @@ class PolicySettings(_Frozen):
         return stages
 
 
+def policy_of(stored: Mapping[str, Any]) -> PolicySettings:
+    """A policy from its stored JSON form; the defaults when none was stored."""
+    return PolicySettings.model_validate(stored) if stored else PolicySettings()
+
+
 class FewShotMessage(_Frozen):
     role: Literal["user", "assistant"]
     content: str
@@ -245,6 +250,15 @@ class DeploymentSettings(_Frozen):
 
 class AlertSettings(_Frozen):
     webhooks: tuple[str, ...] = ()
+
+    @field_validator("webhooks")
+    @classmethod
+    def _http_urls(cls, webhooks: tuple[str, ...]) -> tuple[str, ...]:
+        for url in webhooks:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"webhook {url!r} is not an http(s) URL")
+        return webhooks
 
 
 class RecorderSettings(_Frozen):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway import rollout
-from gateway.config import PolicySettings
+from gateway.config import PolicySettings, policy_of
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.models import Deployment, RolloutEvent, RolloutState, Version, WindowStats
 from gateway.snapshot import Snapshot
@@ -154,4 +154,4 @@ def diff_pct(stable: float | None, canary: float | None) -> float | None:
 
 
 def _policy(deployment: Deployment) -> PolicySettings:
-    return PolicySettings.model_validate(deployment.policy) if deployment.policy else PolicySettings()
+    return policy_of(deployment.policy)

@@ -73,6 +73,21 @@ class Metrics:
             ["deployment"],
             registry=r,
         )
+        self.decisions = Counter(
+            "canary_decisions",
+            "Rollout check decisions by outcome.",
+            ["deployment", "outcome"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "canary_rollbacks", "Automatic rollbacks applied.", ["deployment"], registry=r
+        )
+        self.promotions = Counter(
+            "canary_promotions", "Automatic promotions applied.", ["deployment"], registry=r
+        )
+        self.alerts = Counter(
+            "canary_alerts", "Webhook alert deliveries by outcome.", ["outcome"], registry=r
+        )
         self.record_queue = Gauge(
             "canary_record_queue_depth",
             "Request records held in memory, waiting to be written.",

@@ -7,13 +7,15 @@ refused the values (retrying will not help).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
@@ -69,6 +71,10 @@ async def translated_errors() -> AsyncIterator[None]:
         raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from None
 
 
+# Advisory-lock namespace of the rollout checks ("CGTW").
+_LOCK_NAMESPACE = 0x43475457
+
+
 def _refused_values(exc: DBAPIError) -> bool:
     """A data exception or constraint violation (SQLSTATE classes 22 and 23), not an outage."""
     if isinstance(exc, IntegrityError | DataError):
@@ -80,6 +86,7 @@ def _refused_values(exc: DBAPIError) -> bool:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._local_locks: dict[str, asyncio.Lock] = {}
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     async def close(self) -> None:
@@ -279,6 +286,28 @@ class Store:
             )
             for row in rows
         ]
+
+    @contextlib.asynccontextmanager
+    async def decision_lock(self, deployment: str) -> AsyncIterator[bool]:
+        """Whether this process may decide for `deployment` now; held until the block ends.
+
+        PostgreSQL: a transaction-level advisory lock, so one replica decides at a
+        time and a lost session releases it. SQLite is one process: a local lock.
+        """
+        if self.engine.dialect.name != "postgresql":
+            lock = self._local_locks.setdefault(deployment, asyncio.Lock())
+            if lock.locked():
+                yield False
+                return
+            async with lock:
+                yield True
+            return
+        key = zlib.crc32(deployment.encode()) - 2**31
+        async with translated_errors(), self.engine.connect() as connection, connection.begin():
+            acquired = await connection.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"), {"namespace": _LOCK_NAMESPACE, "key": key}
+            )
+            yield bool(acquired)
 
     async def window_stats(self, *, deployment: str, version: str, since: datetime) -> WindowStats:
         """One version's numbers since `since` (see WindowStats for what counts)."""

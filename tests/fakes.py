@@ -42,36 +42,25 @@ class Behaviour:
     cut_after: int | None = None
     crlf: bool = False
     usage_in_last_chunk: bool = False
+    # Upstream models that answer `status` (default 500) while others answer normally.
+    fail_models: frozenset[str] = frozenset()
 
 
-@dataclass
-class FakeUpstream:
-    behaviour: Behaviour = field(default_factory=Behaviour)
-    received: list[Received] = field(default_factory=list)
-    # When the last streamed chunk (or the [DONE] event) was written, per call.
-    stream_finished_at: list[float] = field(default_factory=list)
-    port: int = 0
+class ServerThread:
+    """An aiohttp application served on 127.0.0.1 from a thread with its own event loop."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, app: web.Application) -> None:
+        self.port = free_port()
+        self._app = app
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._serve, name="fake-upstream", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="fake-server", daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def hits(self) -> int:
-        return len(self.received)
-
-    def start(self) -> FakeUpstream:
-        self.port = free_port()
+    def start(self) -> None:
         self._thread.start()
         if not self._ready.wait(10):
-            raise RuntimeError("fake upstream did not start")
-        return self
+            raise RuntimeError("fake server did not start")
 
     def stop(self) -> None:
         async def shutdown() -> None:
@@ -83,23 +72,50 @@ class FakeUpstream:
         self._thread.join(10)
         self._loop.close()
 
-    def reset(self) -> None:
-        self.behaviour = Behaviour()
-        self.received.clear()
-        self.stream_finished_at.clear()
-
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
+        # Handlers are cancelled when their client goes away, like a real server's would stop sending.
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
+            self._app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5
         )
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         self._loop.run_until_complete(site.start())
         self._ready.set()
         self._loop.run_forever()
+
+
+@dataclass
+class FakeUpstream:
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    received: list[Received] = field(default_factory=list)
+    # When the last streamed chunk (or the [DONE] event) was written, per call.
+    stream_finished_at: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._server = ServerThread(app)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.port}/v1"
+
+    @property
+    def hits(self) -> int:
+        return len(self.received)
+
+    def start(self) -> FakeUpstream:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def reset(self) -> None:
+        self.behaviour = Behaviour()
+        self.received.clear()
+        self.stream_finished_at.clear()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -112,12 +128,13 @@ class FakeUpstream:
         if b.mode == "redirect":
             return web.Response(status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
         failing = b.status >= 400 and (b.fail_first == 0 or len(self.received) <= b.fail_first)
-        if failing:
+        if failing or body.get("model") in b.fail_models:
+            status = b.status if b.status >= 400 else 500
             headers = {"Retry-After": b.retry_after} if b.retry_after else {}
             text = b.error_body or json.dumps(
-                {"error": {"message": f"fake failure {b.status}", "type": "server_error", "code": None}}
+                {"error": {"message": f"fake failure {status}", "type": "server_error", "code": None}}
             )
-            return web.Response(status=b.status, text=text, content_type="application/json", headers=headers)
+            return web.Response(status=status, text=text, content_type="application/json", headers=headers)
         if b.mode == "html":
             return web.Response(text="<html><body>Bad gateway</body></html>", content_type="text/html")
         if b.mode == "truncated":
@@ -162,6 +179,36 @@ class FakeUpstream:
         self.stream_finished_at.append(time.monotonic())
         await response.write_eof()
         return response
+
+
+class WebhookReceiver:
+    """A real HTTP server that collects the JSON POSTed to it (alert webhooks)."""
+
+    def __init__(self, *, fail_first: int = 0) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.attempts = 0
+        self._fail_first = fail_first
+        app = web.Application()
+        app.router.add_post("/hook", self._collect)
+        self._server = ServerThread(app)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.port}/hook"
+
+    def start(self) -> WebhookReceiver:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    async def _collect(self, request: web.Request) -> web.StreamResponse:
+        self.attempts += 1
+        if self.attempts <= self._fail_first:
+            return web.Response(status=503)
+        self.received.append(await request.json())
+        return web.json_response({"ok": True})
 
 
 def completion(body: dict[str, Any], *, usage: Any) -> dict[str, Any]:

@@ -221,6 +221,13 @@ async def events(
     return JSONResponse({"events": [event_view(event) for event in found]})
 
 
+@router.post("/check")
+async def check(services: ServicesDep, _actor: Actor) -> JSONResponse:
+    """Run the scheduled rollout check now; `applied` tells whether this call changed anything."""
+    results = await services.checker.check_all()
+    return JSONResponse({"decisions": [result.public() for result in results]})
+
+
 def deployment_view(deployment: Deployment) -> dict[str, Any]:
     state = deployment.rollout
     return {

@@ -18,6 +18,7 @@ from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauth
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.relay import Relay
+from gateway.scheduler import RolloutChecker
 from gateway.snapshot import Snapshot
 from gateway.store import Store
 
@@ -30,6 +31,7 @@ class Services:
 
     relay: Relay
     control: ControlPlane
+    checker: RolloutChecker
     snapshot: Snapshot
     recorder: Recorder
     store: Store
