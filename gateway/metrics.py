@@ -73,6 +73,13 @@ class Metrics:
             ["deployment"],
             registry=r,
         )
+        self.quality = Histogram(
+            "canary_quality_score",
+            "Quality scores in [0, 1] by the version they judge and their source.",
+            ["deployment", "version", "source"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
         self.decisions = Counter(
             "canary_decisions",
             "Rollout check decisions by outcome.",

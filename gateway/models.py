@@ -25,10 +25,12 @@ class Version:
     few_shot: tuple[Mapping[str, str], ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     prompt_mode: PromptMode = "replace"
+    # A JSON schema the version's answers must satisfy (checked by the `json` evaluator).
+    response_schema: Mapping[str, Any] | None = None
 
     def content(self) -> dict[str, Any]:
         """Everything that defines the version, in a stable JSON-able shape."""
-        return {
+        content: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "system_prompt": self.system_prompt,
@@ -36,6 +38,10 @@ class Version:
             "params": dict(self.params),
             "prompt_mode": self.prompt_mode,
         }
+        if self.response_schema is not None:
+            # Only when set, so versions stored before the key existed keep their hash.
+            content["response_schema"] = dict(self.response_schema)
+        return content
 
     def content_hash(self) -> str:
         canonical = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
@@ -113,6 +119,8 @@ class WindowStats:
     total_cost: float | None
     avg_prompt_tokens: float | None
     avg_completion_tokens: float | None
+    # source → (average score, how many scores), for the calls in the window.
+    quality_by_source: Mapping[str, tuple[float, int]] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float | None:
@@ -134,6 +142,10 @@ class WindowStats:
             "total_cost": self.total_cost,
             "avg_prompt_tokens": self.avg_prompt_tokens,
             "avg_completion_tokens": self.avg_completion_tokens,
+            "quality_by_source": {
+                source: {"avg": average, "count": count}
+                for source, (average, count) in sorted(self.quality_by_source.items())
+            },
         }
 
 
@@ -162,6 +174,20 @@ class RequestRecord:
     completion_tokens: int | None
     cost_usd: float | None
     quality: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QualityScore:
+    """One score in [0, 1] for a recorded call, from user feedback, an evaluator or the judge."""
+
+    id: str
+    request_id: str
+    source: str
+    score: float
+    created_at: datetime
+    comment: str | None = None
+    # What producing the score cost (the judge's call); never part of the version's cost.
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

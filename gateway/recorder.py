@@ -1,10 +1,11 @@
-"""The background batch writer: request records leave the hot path here.
+"""The background batch writer: request records and quality scores leave the hot path here.
 
-`submit` never waits: it appends to an in-memory buffer. A writer task
+`submit` (a record) and `submit_score` never wait: they append to an
+in-memory buffer. A writer task
 flushes the buffer in batches (by size or time). While the database is away,
 records stay in memory up to `max_buffer`; beyond that the oldest go to an
 on-disk spool (JSON lines), which is written back when the database returns.
-A batch the database rejects is retried record by record so one bad record
+A batch the database rejects is retried item by item so one bad record
 cannot sink the others. Ids are unique and inserts skip existing ids, so a
 record written twice (a retry after a lost commit acknowledgement, a spool
 file drained by two workers) is stored once. `stop` writes everything held,
@@ -27,10 +28,13 @@ from typing import Any
 from gateway.config import RecorderSettings
 from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.models import RequestRecord
+from gateway.models import QualityScore, RequestRecord
 from gateway.store import Store
 
 log = logging.getLogger("gateway.recorder")
+
+
+Item = RequestRecord | QualityScore
 
 
 class Recorder:
@@ -38,11 +42,10 @@ class Recorder:
         self._store = store
         self._settings = settings
         self._metrics = metrics
-        self._buffer: deque[RequestRecord] = deque()
-        # Records taken from the buffer whose write has not committed yet.
-        self._in_flight: dict[str, RequestRecord] = {}
-        self._pending: dict[str, RequestRecord] = {}
-        self._late_quality: dict[str, float] = {}
+        self._buffer: deque[Item] = deque()
+        # The records held here (buffered or being written) by id, for feedback checks.
+        self._held: dict[str, RequestRecord] = {}
+        self._writing = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._spool = Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes)
@@ -55,32 +58,40 @@ class Recorder:
 
     @property
     def depth(self) -> int:
-        return len(self._buffer) + len(self._in_flight)
+        """Items held in memory: buffered, or taken by a write not yet committed."""
+        return len(self._buffer) + self._writing
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="recorder")
 
     def submit(self, record: RequestRecord) -> None:
         """Hold a record for writing; never blocks, never raises."""
+        if self._accept(record):
+            self._held[record.id] = record
+
+    def submit_score(self, score: QualityScore) -> None:
+        """Hold a quality score for writing; never blocks, never raises."""
+        self._accept(score)
+
+    def held(self, request_id: str) -> RequestRecord | None:
+        """The record with this id if it is held here, not yet written."""
+        return self._held.get(request_id)
+
+    def _accept(self, item: Item) -> bool:
         if len(self._buffer) >= 2 * self._settings.max_buffer:
             # The writer cannot even spool fast enough: memory stays bounded.
             self._lose(1, "buffer_full")
-            return
-        self._buffer.append(record)
-        self._pending[record.id] = record
+            return False
+        self._buffer.append(item)
         self._metrics.record_queue.set(len(self._buffer))
         if len(self._buffer) >= self._settings.batch_size or len(self._buffer) > self._settings.max_buffer:
             self._wake.set()
-
-    def note_quality(self, request_id: str, score: float) -> bool:
-        """Attach a score to a record not written yet; False if this process holds no such record."""
-        record = self._pending.get(request_id) or self._in_flight.get(request_id)
-        if record is None:
-            return False
-        record.quality = score
-        if request_id in self._in_flight:
-            self._late_quality[request_id] = score
         return True
+
+    def _release(self, items: list[Item]) -> None:
+        for item in items:
+            if isinstance(item, RequestRecord) and self._held.get(item.id) is item:
+                del self._held[item.id]
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Write everything held; spool what the database would not take in time."""
@@ -135,9 +146,7 @@ class Recorder:
 
     async def _write_batch(self) -> None:
         batch = [self._buffer.popleft() for _ in range(min(self._settings.batch_size, len(self._buffer)))]
-        for record in batch:
-            self._pending.pop(record.id, None)
-            self._in_flight[record.id] = record
+        self._writing = len(batch)
         try:
             await self._write(batch)
         except BaseException as exc:
@@ -145,39 +154,34 @@ class Recorder:
             # did commit, writing it again later is harmless (ids are unique).
             if isinstance(exc, StoreUnavailable):
                 self._database_up = False
-            for record in batch:
-                self._in_flight.pop(record.id, None)
-                self._pending[record.id] = record
             self._buffer.extendleft(reversed(batch))
             raise
         finally:
+            self._writing = 0
             self._metrics.record_queue.set(len(self._buffer))
         self._database_up = True
-        late = {rid: self._late_quality.pop(rid) for rid in list(self._late_quality) if rid in self._in_flight}
-        for record in batch:
-            self._in_flight.pop(record.id, None)
-        for request_id, score in late.items():
-            # Feedback that arrived while this batch was being written.
-            with contextlib.suppress(StoreUnavailable, StoreRejected):
-                await self._store.set_quality(request_id=request_id, score=score)
+        self._release(batch)
 
-    async def _write(self, batch: list[RequestRecord]) -> None:
+    async def _write(self, batch: list[Item]) -> None:
         try:
-            await self._store.insert_records(batch)
-            self._metrics.records_written.inc(len(batch))
+            await self._insert(batch)
         except StoreRejected:
-            for record in batch:
+            for item in batch:
                 try:
-                    await self._store.insert_records([record])
-                    self._metrics.records_written.inc()
+                    await self._insert([item])
                 except StoreRejected:
                     self._metrics.records_dropped.labels(reason="rejected").inc()
-                    log.error("the database rejected request record %s; it is dropped", record.id)
+                    log.error("the database rejected %s %s; it is dropped", type(item).__name__, item.id)
+
+    async def _insert(self, items: list[Item]) -> None:
+        records = [item for item in items if isinstance(item, RequestRecord)]
+        scores = [item for item in items if isinstance(item, QualityScore)]
+        await self._store.insert_batch(records=records, scores=scores)
+        self._metrics.records_written.inc(len(records))
 
     async def _spill(self, count: int) -> None:
         records = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
-        for record in records:
-            self._pending.pop(record.id, None)
+        self._release(records)
         lines = [json.dumps(_to_json(record)) for record in records]
         written = await asyncio.to_thread(self._spool.append, lines)
         self._metrics.records_spooled.inc(written)
@@ -292,12 +296,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _to_json(record: RequestRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data["created_at"] = record.created_at.isoformat()
+def _to_json(item: Item) -> dict[str, Any]:
+    data = asdict(item)
+    data["created_at"] = item.created_at.isoformat()
+    data["kind"] = "score" if isinstance(item, QualityScore) else "record"
     return data
 
 
-def _from_json(data: dict[str, Any]) -> RequestRecord:
+def _from_json(data: dict[str, Any]) -> Item:
     data["created_at"] = datetime.fromisoformat(data["created_at"])
-    return RequestRecord(**data)
+    kind = data.pop("kind", "record")
+    return QualityScore(**data) if kind == "score" else RequestRecord(**data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,8 +25,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from gateway import rollout
 from gateway.config import DatabaseSettings
 from gateway.errors import ConfigError, Conflict, NotFound, StoreRejected, StoreUnavailable
-from gateway.models import Deployment, RequestRecord, RolloutEvent, RolloutState, Version, WindowStats
-from gateway.tables import DeploymentRow, RequestRecordRow, RolloutEventRow, VersionRow
+from gateway.models import (
+    Deployment,
+    QualityScore,
+    RequestRecord,
+    RolloutEvent,
+    RolloutState,
+    Version,
+    WindowStats,
+)
+from gateway.tables import DeploymentRow, QualityScoreRow, RequestRecordRow, RolloutEventRow, VersionRow
 
 
 def create_engine(url: str, settings: DatabaseSettings) -> AsyncEngine:
@@ -313,8 +321,18 @@ class Store:
         """One version's numbers since `since` (see WindowStats for what counts)."""
         async with translated_errors(), self.engine.connect() as connection:
             if self.engine.dialect.name == "postgresql":
-                return await _stats_postgresql(connection, deployment, version, since)
-            return await _stats_sqlite(connection, deployment, version, since)
+                stats = await _stats_postgresql(connection, deployment, version, since)
+            else:
+                stats = await _stats_sqlite(connection, deployment, version, since)
+            if not stats.scored:
+                return stats
+            by_source = await connection.execute(
+                select(QualityScoreRow.source, func.avg(QualityScoreRow.score), func.count())
+                .join(RequestRecordRow, RequestRecordRow.id == QualityScoreRow.request_id)
+                .where(*_window(deployment, version, since), _COUNTED)
+                .group_by(QualityScoreRow.source)
+            )
+            return replace(stats, quality_by_source={source: (float(avg), int(n)) for source, avg, n in by_source})
 
     async def revisions(self) -> dict[str, int]:
         """Each deployment's revision: a cheap way to tell whether anything changed."""
@@ -322,23 +340,45 @@ class Store:
             rows = await connection.execute(select(DeploymentRow.name, DeploymentRow.revision))
             return {name: revision for name, revision in rows}
 
-    async def insert_records(self, records: Iterable[RequestRecord]) -> None:
-        """Insert records; an id already stored is skipped, so a retried batch lands once."""
-        values = [asdict(record) for record in records]
-        if not values:
+    async def insert_batch(self, *, records: Sequence[RequestRecord], scores: Sequence[QualityScore]) -> None:
+        """Insert records and quality scores in one transaction, then derive the calls' quality.
+
+        Ids already stored are skipped, so a retried batch lands once. Scores
+        may arrive before or after their call's record: both orders end with
+        the record's `quality` following QUALITY_RULE.
+        """
+        if not records and not scores:
             return
         async with translated_errors(), self.engine.begin() as connection:
+            if records:
+                await connection.execute(
+                    self._insert(RequestRecordRow).on_conflict_do_nothing(index_elements=["id"]),
+                    [asdict(record) for record in records],
+                )
+            if scores:
+                await connection.execute(
+                    self._insert(QualityScoreRow).on_conflict_do_nothing(index_elements=["id"]),
+                    [asdict(score) for score in scores],
+                )
+            touched = {score.request_id for score in scores} | {record.id for record in records}
             await connection.execute(
-                self._insert(RequestRecordRow).on_conflict_do_nothing(index_elements=["id"]), values
+                update(RequestRecordRow)
+                .where(RequestRecordRow.id.in_(touched), _HAS_SCORES)
+                .values(quality=_QUALITY),
+                execution_options={"synchronize_session": False},
             )
 
-    async def set_quality(self, *, request_id: str, score: float) -> bool:
-        """Attach a quality score to a stored record; False if no such record is stored."""
-        async with translated_errors(), self.engine.begin() as connection:
-            result = await connection.execute(
-                update(RequestRecordRow).where(RequestRecordRow.id == request_id).values(quality=score)
-            )
-            return bool(result.rowcount)
+    async def record_labels(self, request_id: str) -> tuple[str, str] | None:
+        """The deployment and version of a stored call, or None if no such call is stored."""
+        async with translated_errors(), self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(RequestRecordRow.deployment, RequestRecordRow.version).where(
+                        RequestRecordRow.id == request_id
+                    )
+                )
+            ).first()
+            return (row.deployment, row.version) if row is not None else None
 
 
 def _version_values(version: Version) -> dict[str, Any]:
@@ -398,6 +438,16 @@ def _event_values(event: RolloutEvent, at: datetime) -> dict[str, Any]:
     }
 
 
+# QUALITY_RULE: a call's quality is its user feedback when it has any (the
+# average of its feedback scores), else the average of its automatic scores
+# (evaluators and the judge).
+_HAS_SCORES = select(QualityScoreRow.id).where(QualityScoreRow.request_id == RequestRecordRow.id).exists()
+_QUALITY = func.coalesce(
+    select(func.avg(QualityScoreRow.score))
+    .where(QualityScoreRow.request_id == RequestRecordRow.id, QualityScoreRow.source == "feedback")
+    .scalar_subquery(),
+    select(func.avg(QualityScoreRow.score)).where(QualityScoreRow.request_id == RequestRecordRow.id).scalar_subquery(),
+)
 _COUNTED = RequestRecordRow.status != "client_cancelled"
 
 

@@ -126,3 +126,19 @@ class RolloutEventRow(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column("to_state", JSON)
     reason: Mapped[str | None] = mapped_column(Text)
     snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class QualityScoreRow(Base):
+    """Scores for recorded calls; a call's `quality` is derived from them (see store.QUALITY_RULE)."""
+
+    __tablename__ = "quality_scores"
+    __table_args__ = (Index("ix_quality_scores_request", "request_id"),)
+
+    # Made by the gateway, so a retried write of the same score lands once.
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(80))
+    score: Mapped[float] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

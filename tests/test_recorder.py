@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import DatabaseSettings, RecorderSettings, settings_from_dict
 from gateway.metrics import Metrics
-from gateway.models import RequestRecord
+from gateway.models import QualityScore, RequestRecord
 from gateway.recorder import Recorder
 from gateway.store import Store, create_engine
 from tests.conftest import Gateway, base_config, query
@@ -75,8 +75,8 @@ async def test_records_are_written_in_batches(database_url: str, tmp_path: Path)
 async def test_writing_the_same_records_again_stores_them_once(database_url: str, tmp_path: Path) -> None:
     store = Store(create_engine(database_url, FAST_DB))
     batch = [record() for _ in range(5)]
-    await store.insert_records(batch)
-    await store.insert_records(batch + [record()])
+    await store.insert_batch(records=batch, scores=[])
+    await store.insert_batch(records=[*batch, record()], scores=[])
     await store.close()
     assert query(database_url, "SELECT count(*) AS n FROM request_records")[0]["n"] == 6
 
@@ -152,15 +152,29 @@ async def test_a_full_spool_counts_the_loss(tmp_path: Path) -> None:
     assert sample(metrics, "canary_records_dropped_total", reason="spool_full") == 20 - spooled
 
 
-async def test_feedback_before_the_write_lands_in_the_record(database_url: str, tmp_path: Path) -> None:
+def score(request_id: str, source: str, value: float) -> QualityScore:
+    return QualityScore(id=uuid.uuid4().hex, request_id=request_id, source=source, score=value,
+                        created_at=datetime.now(UTC))
+
+
+async def test_quality_follows_its_scores_whatever_arrives_first(database_url: str, tmp_path: Path) -> None:
     recorder, store, _ = recorder_for(database_url, tmp_path / "spool")
-    item = record()
-    recorder.submit(item)
-    assert recorder.note_quality(item.id, 0.25)
-    assert not recorder.note_quality("unknown", 0.25)
+    early, late = record(), record()
+    recorder.submit_score(score(early.id, "judge", 0.4))  # before its record
+    recorder.submit(early)
+    recorder.submit_score(score(early.id, "evaluator:non_empty", 1.0))
+    assert recorder.held(early.id) is early and recorder.held("unknown") is None
+    recorder.submit(late)
+    await recorder.flush()
+    assert recorder.held(early.id) is None
+    recorder.submit_score(score(late.id, "judge", 0.2))  # after its record was written
+    recorder.submit_score(score(late.id, "feedback", 0.9))
+    recorder.submit_score(score(late.id, "feedback", 0.7))
     await recorder.flush()
     await store.close()
-    assert query(database_url, "SELECT quality FROM request_records")[0]["quality"] == 0.25
+    quality = {row["id"]: row["quality"] for row in query(database_url, "SELECT id, quality FROM request_records")}
+    assert quality[early.id] == pytest.approx(0.7)  # automatic scores only: their average
+    assert quality[late.id] == pytest.approx(0.8)  # feedback wins over the judge
 
 
 def test_database_down_at_start_the_proxy_serves_and_keeps_the_records(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -11,10 +14,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gateway.api.deps import ServicesDep, check_client_token, error_response, read_body, request_id_of
 from gateway.chat import parse_chat_request
 from gateway.errors import ClientError, InvalidRequest, NotFound, StoreUnavailable, UpstreamError
+from gateway.models import QualityScore
 
 router = APIRouter()
 
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_COMMENT_CHARS = 2000
 
 
 @router.post("/v1/chat/completions")
@@ -64,19 +69,50 @@ async def list_models(request: Request, services: ServicesDep) -> Response:
 
 @router.post("/v1/feedback")
 async def feedback(request: Request, services: ServicesDep) -> Response:
-    """Attach a quality score in [0, 1] to a recorded call, by its X-Request-Id."""
+    """Attach a user's score (or thumbs up/down) to a recorded call, by its X-Request-Id.
+
+    The score is written by the background writer, so it survives a database
+    outage; while the database cannot say whether the call exists, the score
+    is accepted (202) rather than lost.
+    """
     try:
         check_client_token(request, services.client_tokens)
-        request_id, score = _parse_feedback(await read_body(request, services.max_body_bytes))
-        if not services.recorder.note_quality(request_id, score):
-            if not await services.store.set_quality(request_id=request_id, score=score):
-                raise NotFound(f"No recorded request has the id '{request_id}'", param="request_id")
-    except (ClientError, StoreUnavailable) as exc:
+        given = _parse_feedback(await read_body(request, services.max_body_bytes))
+        record = services.recorder.held(given.request_id)
+        status_code = 200
+        if record is not None:
+            labels: tuple[str, str] | None = (record.deployment, record.version)
+        else:
+            try:
+                labels = await services.store.record_labels(given.request_id)
+            except StoreUnavailable:
+                labels, status_code = None, 202
+            else:
+                if labels is None:
+                    raise NotFound(f"No recorded request has the id '{given.request_id}'", param="request_id")
+    except ClientError as exc:
         return error_response(exc)
-    return JSONResponse({"request_id": request_id, "score": score, "status": "recorded"})
+    services.recorder.submit_score(
+        QualityScore(id=uuid.uuid4().hex, request_id=given.request_id, source="feedback", score=given.score,
+                     created_at=datetime.now(UTC), comment=given.comment)
+    )
+    if labels is not None:
+        services.metrics.quality.labels(*labels, "feedback").observe(given.score)
+    return JSONResponse(
+        {"request_id": given.request_id, "score": given.score,
+         "status": "recorded" if status_code == 200 else "accepted"},
+        status_code=status_code,
+    )
 
 
-def _parse_feedback(raw: bytes) -> tuple[str, float]:
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    request_id: str
+    score: float
+    comment: str | None
+
+
+def _parse_feedback(raw: bytes) -> Feedback:
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -86,7 +122,19 @@ def _parse_feedback(raw: bytes) -> tuple[str, float]:
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
         raise InvalidRequest("'request_id' must be a non-empty string of at most 128 characters", param="request_id")
-    score = body.get("score")
+    score, thumbs = body.get("score"), body.get("thumbs")
+    if (score is None) == (thumbs is None):
+        raise InvalidRequest("give exactly one of 'score' (0 to 1) or 'thumbs' ('up' or 'down')", param="score")
+    if thumbs is not None:
+        if thumbs not in ("up", "down"):
+            raise InvalidRequest("'thumbs' must be 'up' or 'down'", param="thumbs")
+        score = 1.0 if thumbs == "up" else 0.0
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0:
         raise InvalidRequest("'score' must be a number between 0 and 1", param="score")
-    return request_id, float(score)
+    comment = body.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
+        raise InvalidRequest(f"'comment' must be a string of at most {MAX_COMMENT_CHARS} characters",
+                             param="comment")
+    if comment is not None:
+        comment = comment.replace("\x00", "")  # PostgreSQL text refuses NUL
+    return Feedback(request_id=request_id, score=float(score), comment=comment)
