@@ -14,7 +14,8 @@ Set-up, all on 127.0.0.1 and all torn down at the end:
 - two gateway processes, `canary-gateway serve --config <temp yaml> --port <p>`,
   sharing that database, with an admin token, one deployment `support-bot`
   with stable v1 and canary v2 (started after the first is ready, so that
-  only one applies the migrations).
+  only one applies the migrations), and a policy check_interval of 24h so
+  that no automatic rollout check changes the percentage during the run.
 
 A probe user is chosen whose bucket `int(md5(f"{deployment}:{user}"), 16) % 10000`
 lies in [low*100, high*100): at --low percent it is routed to v1, at --high
@@ -196,7 +197,8 @@ def gateway_config(database_url: str, upstream_url: str, spool: Path, refresh_in
                     "v1": {"provider": "fake", "model": "fake-small", "system_prompt": "You are v1."},
                     "v2": {"provider": "fake", "model": "fake-small", "system_prompt": "You are v2."},
                 },
-                "policy": {"stages": [5, 25, 50, 100]},
+                # No automatic rollout check during the run: only the benchmark changes the percentage.
+                "policy": {"stages": [5, 25, 50, 100], "check_interval": "24h"},
             }
         },
     }
@@ -458,7 +460,9 @@ def print_trials(label: str, trials: list[Trial], info: dict[str, Any]) -> None:
     )
     wrong_a = sum(1 for t in trials if t.a_version != t.expected)
     print(f"A routed the new value right after its answer in {len(trials) - wrong_a}/{len(trials)} changes; "
-          f"failed probes: {info['probe_failures']}; gateway exit codes: A {info['exit_A']}, B {info['exit_B']}")
+          f"failed probes: {info['probe_failures']}; gateway exit codes: A {info['exit_A']}, B {info['exit_B']}"
+          + (" (-15: uvicorn re-raises SIGTERM after its graceful shutdown)"
+             if -signal.SIGTERM in (info["exit_A"], info["exit_B"]) else ""))
 
 
 def summary_row(label: str, values: list[float]) -> list[str]:

@@ -30,13 +30,15 @@ What the script does, in a throwaway database on the server given by --url:
 4. times `Store.window_stats` (the project's own engine and query, through
    asyncpg) for a 1-hour and a 24-hour window, for the largest version
    (support-bot's stable v2, ~45 % of all traffic) and the canary v3:
-   - evicted: the first call on a new connection after the table and its
-     indexes were pushed out of shared_buffers (pg_prewarm of a filler table
-     ~6x shared_buffers, checked with pg_buffercache) and out of the OS page
-     cache (CHECKPOINT, then posix_fadvise(DONTNEED) on their files): a cold
-     start. Needs superuser, the contrib extensions and read access to the
-     data directory (the script on the database host as root or postgres);
-     otherwise skipped with a note (--no-evict skips it);
+   - evicted: the first call on a new connection after the tables
+     (request_records, quality_scores) and their indexes were pushed out of
+     shared_buffers (pg_prewarm of a filler table ~6x shared_buffers, checked
+     with pg_buffercache) and out of the OS page cache (CHECKPOINT, then
+     posix_fadvise(DONTNEED) on their files): a cold start. Needs superuser,
+     the contrib extensions and read access to the data directory (the
+     script on the database host as root or postgres); otherwise skipped
+     with a note (--no-evict skips it). It churns the whole server's
+     shared_buffers: use a test server;
    - new conn: the first call on a new connection (no prepared statement,
      cold backend caches) with the data cached;
    - warm: --runs more calls on one pooled connection (min / median / max;
@@ -305,7 +307,7 @@ async def insert_scores(connection: Any, plan: Plan, lo: int, hi: int) -> None:
     await connection.execute(
         text(
             f"INSERT INTO {SCORES} (id, request_id, source, score, comment, cost_usd, created_at) "
-            "SELECT id || ':' || source, id, source, quality, NULL, "
+            "SELECT md5(id || source), id, source, quality, NULL, "
             "       CASE WHEN source = 'judge' THEN 0.0004 END, created_at + interval '20 seconds' "
             "FROM (SELECT id, quality, created_at, "
             "             CASE WHEN random() < 0.4 THEN 'feedback' ELSE 'judge' END AS source "
@@ -402,8 +404,17 @@ class Result:
     plans: dict[str, list[str]] = field(default_factory=dict)
 
 
+# The tables named in :tables (those that exist), their indexes and TOAST tables.
+_RELATIONS = (
+    "WITH t AS (SELECT to_regclass(name) AS oid FROM unnest(CAST(:tables AS text[])) AS name) "
+    "SELECT oid FROM t WHERE oid IS NOT NULL "
+    "UNION SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT oid FROM t) "
+    "UNION SELECT reltoastrelid FROM pg_class WHERE oid IN (SELECT oid FROM t) AND reltoastrelid <> 0"
+)
+
+
 class Evictor:
-    """Pushes request_records out of shared_buffers and out of the OS page cache.
+    """Pushes request_records (and quality_scores) out of shared_buffers and out of the OS page cache.
 
     shared_buffers: pg_prewarm reads a filler table of ~6x shared_buffers into
     them (normal buffer replacement, no ring), so the clock sweep passes often
@@ -439,15 +450,13 @@ class Evictor:
             self.unavailable = f"{type(exc).__name__}: {exc}"
 
     async def evict(self) -> int:
-        """Evict; return how many request_records pages are still in shared_buffers."""
+        """Evict; return how many of their pages are still in shared_buffers."""
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT pg_prewarm('bench_filler', 'buffer')"))
             await connection.execute(text("CHECKPOINT"))
             paths = (await connection.execute(text(
-                "SELECT pg_relation_filepath(oid) FROM pg_class WHERE oid = CAST(:t AS regclass) "
-                "OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = CAST(:t AS regclass)) "
-                "OR oid = (SELECT reltoastrelid FROM pg_class WHERE oid = CAST(:t AS regclass))"
-            ), {"t": TABLE})).scalars().all()
+                f"SELECT pg_relation_filepath(oid) FROM pg_class WHERE oid IN ({_RELATIONS})"
+            ), {"tables": [TABLE, SCORES]})).scalars().all()
             for relative in paths:
                 base = Path(self.data_directory) / relative
                 for path in [base, *base.parent.glob(base.name + ".*"), *base.parent.glob(base.name + "_*")]:
@@ -459,9 +468,8 @@ class Evictor:
             left = await connection.scalar(text(
                 "SELECT count(*) FROM pg_buffercache b JOIN pg_class c ON b.relfilenode = pg_relation_filenode(c.oid) "
                 "WHERE b.reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND (c.oid = CAST(:t AS regclass) OR c.oid IN "
-                "(SELECT indexrelid FROM pg_index WHERE indrelid = CAST(:t AS regclass)))"
-            ), {"t": TABLE})
+                f"AND c.oid IN ({_RELATIONS})"
+            ), {"tables": [TABLE, SCORES]})
         return int(left or 0)
 
     async def close(self) -> None:
@@ -674,12 +682,27 @@ def print_state(info: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------
 
 
+# (key, label, covering index instead of the existing one, vacuumed); measured in this order.
 STATES = [
-    ("a", "existing indexes, recent rows not vacuumed", None),
-    ("b", "covering index, recent rows not vacuumed", [COVERING_DDL, f"DROP INDEX {EXISTING_INDEX}", f"ANALYZE {TABLE}"]),
-    ("c", "covering index, after VACUUM", [f"VACUUM (ANALYZE) {TABLE}"]),
-    ("d", "existing indexes, after VACUUM", [EXISTING_DDL, f"DROP INDEX {COVERING_INDEX}", f"ANALYZE {TABLE}"]),
+    ("a", "existing indexes, recent rows not vacuumed", False, False),
+    ("b", "covering index, recent rows not vacuumed", True, False),
+    ("c", "covering index, after VACUUM", True, True),
+    ("d", "existing indexes, after VACUUM", False, True),
 ]
+
+
+def transition(covering_now: bool, vacuumed_now: bool, covering: bool, vacuumed: bool) -> list[str]:
+    """The statements that take the table from one index state to another (a VACUUM cannot be undone)."""
+    statements = []
+    if covering and not covering_now:
+        statements += [COVERING_DDL, f"DROP INDEX {EXISTING_INDEX}"]
+    if covering_now and not covering:
+        statements += [EXISTING_DDL, f"DROP INDEX {COVERING_INDEX}"]
+    if vacuumed and not vacuumed_now:
+        statements.append(f"VACUUM (ANALYZE) {TABLE}")
+    elif statements:
+        statements.append(f"ANALYZE {TABLE}")
+    return statements
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -710,7 +733,8 @@ async def run(args: argparse.Namespace) -> int:
                 await evictor.close()
                 evictor = None
             else:
-                print("\neviction available: pg_prewarm filler + posix_fadvise(DONTNEED) on request_records' files")
+                print("\neviction available: pg_prewarm filler + posix_fadvise(DONTNEED) on the files of "
+                      f"{TABLE}, {SCORES} (if present) and their indexes")
 
         now = plan.end
         print()
@@ -730,11 +754,14 @@ async def run(args: argparse.Namespace) -> int:
             Case("24 h", "v2", now - timedelta(hours=24)),
             Case("24 h", "v3", now - timedelta(hours=24)),
         ]
-        for key, label, statements in STATES:
+        covering_now = vacuumed_now = False
+        for key, label, covering, vacuumed in STATES:
             if key not in args.states:
                 continue
             print()
             print(f"=== state {key}: {label} ===")
+            statements = transition(covering_now, vacuumed_now, covering, vacuumed)
+            covering_now, vacuumed_now = covering, vacuumed_now or vacuumed
             if statements:
                 started = time.perf_counter()
                 await autocommit_bulk(url, statements)
@@ -744,7 +771,7 @@ async def run(args: argparse.Namespace) -> int:
                 url, f"{key}. {label}", cases, args.runs, evictor, composite_only=key in args.composite_only
             )
             if left:
-                print(f"  request_records pages left in shared_buffers after each eviction: {sorted(set(left))}")
+                print(f"  {TABLE}/{SCORES} pages left in shared_buffers after each eviction: {sorted(set(left))}")
             results.extend(state_results)
             for result in state_results:
                 if result.case.version != "v2" and not args.explain_all:
@@ -762,8 +789,8 @@ async def run(args: argparse.Namespace) -> int:
         print()
         print(f"=== Store.window_stats timings (ms), {plan.rows:,} rows, deployment support-bot "
               f"(v2 = stable, v3 = 25 % canary), {args.runs} warm runs ===")
-        print("evicted = first call on a new connection after evicting the table and its indexes from shared_buffers "
-              "and the OS page cache;")
+        print("evicted = first call on a new connection after evicting the tables and their indexes from "
+              "shared_buffers and the OS page cache;")
         print("new conn = first call on a new connection (no prepared statement), data cached; "
               "warm = the same pooled connection again")
         rows = []
@@ -783,7 +810,7 @@ async def run(args: argparse.Namespace) -> int:
         print()
         print(f"target: 1-hour window under {TARGET_MS:.0f} ms (worst over both versions)")
         verdict = []
-        for key, label, _ in STATES:
+        for key, label, _, _ in STATES:
             hour = [r for r in results if r.state.startswith(key + ".") and r.case.window == "1 h"]
             if not hour:
                 continue

@@ -34,6 +34,7 @@ from gateway.errors import GatewayError, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price
 from gateway.providers import create_provider
+from gateway.quality import QualityMonitor
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.scheduler import CheckScheduler, RolloutChecker
@@ -87,6 +88,14 @@ def create_app(
             on_change=on_change,
         )
         recorder = Recorder(store, settings.recorder, metrics)
+        quality = QualityMonitor(
+            {name: deployment.quality for name, deployment in settings.deployments.items()},
+            judges=clients,
+            prices=prices,
+            recorder=recorder,
+            metrics=metrics,
+            settings=settings.evaluation,
+        )
         relay = Relay(
             snapshot=snapshot,
             clients=clients,
@@ -95,6 +104,7 @@ def create_app(
             metrics=metrics,
             user_id_salt=salt,
             max_concurrency=settings.server.max_concurrency,
+            quality=quality,
             access_log=settings.logging.access_log,
         )
         control = ControlPlane(store, snapshot, providers=providers.keys())
@@ -117,6 +127,7 @@ def create_app(
         try:
             await snapshot.start()
             recorder.start()
+            quality.start()
             alerts.start()
             scheduler.start(snapshot.deployments)
             log.info("gateway ready", extra={"deployments": sorted(snapshot.deployments), "pid": os.getpid()})
@@ -124,6 +135,7 @@ def create_app(
         finally:
             services.shutting_down = True
             scheduler.stop()
+            await quality.stop()
             await alerts.stop()
             await snapshot.stop()
             await recorder.stop()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import jsonschema
 import yaml
 from pydantic import (
     BaseModel,
@@ -208,6 +209,18 @@ class VersionSettings(_Frozen):
     few_shot: tuple[FewShotMessage, ...] = ()
     params: dict[str, Any] = Field(default_factory=dict)
     prompt_mode: Literal["replace", "prepend", "append"] = "replace"
+    # A JSON schema the answers must satisfy; the `json` evaluator checks it.
+    response_schema: dict[str, Any] | None = None
+
+    @field_validator("response_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"not a valid JSON schema: {exc.message}") from None
+        return schema
 
     @field_validator("params")
     @classmethod
@@ -218,11 +231,71 @@ class VersionSettings(_Frozen):
         return params
 
 
+class EvaluatorSettings(_Frozen):
+    """A built-in evaluator; its scores are recorded as source `evaluator:<name>`."""
+
+    type: Literal["non_empty", "refusal", "json", "length", "regex"]
+    name: str | None = None  # defaults to the type
+    min_chars: int = Field(0, ge=0)  # length
+    max_chars: int | None = Field(None, ge=1)  # length
+    must_match: str | None = None  # regex
+    must_not_match: str | None = None  # regex
+    languages: tuple[Literal["en", "de", "fr", "es"], ...] = ("en", "de", "fr", "es")  # refusal
+
+    @field_validator("must_match", "must_not_match")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return pattern
+
+    @property
+    def source(self) -> str:
+        return f"evaluator:{self.name or self.type}"
+
+
+class JudgeSettings(_Frozen):
+    """An LLM that scores sampled answers against a rubric."""
+
+    provider: str
+    model: str = Field(min_length=1)
+    sample_rate: float = Field(0.05, ge=0, le=1)
+    max_per_minute: int = Field(60, ge=1)
+    max_concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+    rubric: str | None = None  # None: the shipped default rubric
+    params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0})
+
+
+class QualitySettings(_Frozen):
+    sample_rate: float = Field(0.0, ge=0, le=1)  # share of answered calls the evaluators see
+    evaluators: tuple[EvaluatorSettings, ...] = ()
+    judge: JudgeSettings | None = None
+
+    @field_validator("evaluators")
+    @classmethod
+    def _unique(cls, evaluators: tuple[EvaluatorSettings, ...]) -> tuple[EvaluatorSettings, ...]:
+        sources = [evaluator.source for evaluator in evaluators]
+        duplicates = sorted({source for source in sources if sources.count(source) > 1})
+        if duplicates:
+            raise ValueError(f"evaluator names must be unique: {', '.join(duplicates)} (set `name`)")
+        return evaluators
+
+
+class EvaluationSettings(_Frozen):
+    queue_size: int = Field(1000, ge=1)  # samples waiting; beyond it they are skipped and counted
+    workers: int = Field(2, ge=1, le=64)
+
+
 class DeploymentSettings(_Frozen):
     stable: str
     canary: str | None = None
     versions: dict[str, VersionSettings]
     policy: PolicySettings = PolicySettings()
+    quality: QualitySettings = QualitySettings()
     # Requests without a user id: "stable" (sticky, deterministic) or
     # "random" (split by the percentage per request, not sticky).
     anonymous: Literal["stable", "random"] = "stable"
@@ -306,6 +379,7 @@ class Settings(_Frozen):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     pricing: dict[str, PriceSettings] = Field(default_factory=dict)
     alerts: AlertSettings = AlertSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=dict)
 
     @field_validator("database_url")
@@ -331,6 +405,9 @@ class Settings(_Frozen):
                         f"deployments.{name}.versions.{version_name}.provider",
                         f"unknown provider {version.provider!r}",
                     )
+            judge = deployment.quality.judge
+            if judge is not None and judge.provider not in self.providers:
+                raise _KeyError(f"deployments.{name}.quality.judge.provider", f"unknown provider {judge.provider!r}")
         return self
 
 
@@ -444,6 +521,7 @@ def declared_deployments(settings: Settings) -> dict[str, Deployment]:
                 few_shot=tuple({"role": shot.role, "content": shot.content} for shot in version.few_shot),
                 params=dict(version.params),
                 prompt_mode=version.prompt_mode,
+                response_schema=version.response_schema,
             )
             for version_name, version in declared.versions.items()
         }

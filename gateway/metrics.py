@@ -80,6 +80,24 @@ class Metrics:
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=r,
         )
+        self.evaluations_skipped = Counter(
+            "canary_evaluations_skipped",
+            "Sampled answers not evaluated, by reason (queue_full, judge_rate_limit).",
+            ["deployment", "reason"],
+            registry=r,
+        )
+        self.judge_calls = Counter(
+            "canary_judge_calls",
+            "LLM judge calls by outcome (scored, unparsable, failed).",
+            ["deployment", "outcome"],
+            registry=r,
+        )
+        self.judge_cost = Counter(
+            "canary_judge_cost_usd",
+            "Cost of the LLM judge's calls, kept apart from the versions' cost.",
+            ["deployment"],
+            registry=r,
+        )
         self.decisions = Counter(
             "canary_decisions",
             "Rollout check decisions by outcome.",

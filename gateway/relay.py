@@ -22,11 +22,13 @@ import httpx
 
 from gateway.chat import ChatRequest
 from gateway.errors import NotFound, Overloaded, UpstreamBadResponse, UpstreamError
+from gateway.evaluators import Sample, wants_json
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
 from gateway.prompts import build_upstream_body
 from gateway.providers import Answer
 from gateway.providers.base import sse_error_event
+from gateway.quality import QualityMonitor, Wanted
 from gateway.recorder import Recorder
 from gateway.routing import choose_version
 from gateway.snapshot import Snapshot
@@ -51,6 +53,8 @@ class Call:
     received: float
     deadline: float
     created_at: datetime
+    # Whether quality checks look at this call's answer.
+    wanted: Wanted | None = None
 
 
 class Relay:
@@ -64,6 +68,7 @@ class Relay:
         metrics: Metrics,
         user_id_salt: bytes,
         max_concurrency: int,
+        quality: QualityMonitor | None = None,
         access_log: bool = True,
     ) -> None:
         self._snapshot = snapshot
@@ -74,6 +79,7 @@ class Relay:
         self._salt = user_id_salt
         self._max_concurrency = max_concurrency
         self._access_log = access_log
+        self._quality = quality
         self._unpriced_warned: set[str] = set()
         self._closing: set[asyncio.Future[None]] = set()
         self.in_flight = 0
@@ -107,6 +113,7 @@ class Relay:
             received=received,
             deadline=_loop_deadline(received, client.settings.timeout_s),
             created_at=datetime.now(UTC),
+            wanted=self._quality.draw(deployment.name) if self._quality is not None else None,
         )
 
     async def complete(self, call: Call) -> Answer:
@@ -124,6 +131,8 @@ class Relay:
             self._finish(call, status="client_cancelled", http_status=CLIENT_CLOSED, error_kind="client_cancelled")
             raise
         self._finish(call, status="ok", http_status=200, usage=answer.usage)
+        if call.wanted is not None:
+            self._sample(call, call.client.provider.answer_text(answer.content))
         return answer
 
     async def open_stream(self, call: Call) -> httpx.Response:
@@ -139,7 +148,9 @@ class Relay:
 
     async def stream(self, call: Call, response: httpx.Response) -> AsyncIterator[bytes]:
         """Relay the upstream stream event by event; a failure mid-stream ends in an SSE error event."""
-        translator = call.client.provider.stream_translator(wants_usage=call.chat.wants_usage)
+        translator = call.client.provider.stream_translator(
+            wants_usage=call.chat.wants_usage, collect_text=call.wanted is not None
+        )
         status: RecordStatus = "client_cancelled"
         error_kind: str | None = "client_cancelled"
         http_status = CLIENT_CLOSED
@@ -159,6 +170,8 @@ class Relay:
                 tail = sse_error_event(exc.message, exc.kind)
                 error_kind = exc.kind
             status, http_status = ("error" if error_kind else "ok"), 200
+            if status == "ok" and call.wanted is not None:
+                self._sample(call, translator.text)
             if tail:
                 yield tail
         finally:
@@ -239,6 +252,23 @@ class Relay:
                 "error_kind": error_kind,
                 "latency_ms": round(latency * 1000, 2),
             },
+        )
+
+    def _sample(self, call: Call, answer: str | None) -> None:
+        """Hand an answered call to the quality checks (off the hot path)."""
+        assert self._quality is not None and call.wanted is not None
+        json_asked, schema = wants_json(call.chat.body)
+        self._quality.submit(
+            Sample(
+                request_id=call.request_id,
+                deployment=call.deployment.name,
+                version=call.version.name,
+                messages=call.body["messages"],
+                answer=answer,
+                wants_json=json_asked,
+                schema=call.version.response_schema or schema,
+            ),
+            call.wanted,
         )
 
     def _cost(self, model: str, usage: Usage) -> float | None:

@@ -390,6 +390,7 @@ def _version_values(version: Version) -> dict[str, Any]:
         "few_shot": [dict(shot) for shot in version.few_shot],
         "params": dict(version.params),
         "prompt_mode": version.prompt_mode,
+        "response_schema": dict(version.response_schema) if version.response_schema is not None else None,
         "content_hash": version.content_hash(),
     }
 
@@ -403,6 +404,7 @@ def _version_of(row: Any) -> Version:
         few_shot=tuple(row.few_shot or ()),
         params=dict(row.params or {}),
         prompt_mode=row.prompt_mode,
+        response_schema=row.response_schema,
     )
 
 

@@ -79,6 +79,7 @@ class VersionRow(Base):
     few_shot: Mapped[list[dict[str, str]]] = mapped_column(JSON)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     prompt_mode: Mapped[str] = mapped_column(String(16), default="replace")
+    response_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     content_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

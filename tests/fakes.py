@@ -44,6 +44,11 @@ class Behaviour:
     usage_in_last_chunk: bool = False
     # Upstream models that answer `status` (default 500) while others answer normally.
     fail_models: frozenset[str] = frozenset()
+    # Upstream models whose answers are empty.
+    empty_models: frozenset[str] = frozenset()
+    # Judge mode: the answer is a verdict; the first key found in the judged text picks the score.
+    judge_scores: dict[str, float] | None = None
+    judge_text: str | None = None  # a verdict to send verbatim instead
 
 
 class ServerThread:
@@ -141,7 +146,20 @@ class FakeUpstream:
             return web.Response(text='{"id": "chatcmpl-1", "choices": [{"mes', content_type="application/json")
         if body.get("stream"):
             return await self._stream(request, body)
-        return web.json_response(completion(body, usage=self._usage()))
+        answer = completion(body, usage=self._usage())
+        if body.get("model") in b.empty_models:
+            answer["choices"][0]["message"]["content"] = ""
+        if b.judge_scores is not None or b.judge_text is not None:
+            answer["choices"][0]["message"]["content"] = self._verdict(body)
+        return web.json_response(answer)
+
+    def _verdict(self, body: dict[str, Any]) -> str:
+        b = self.behaviour
+        if b.judge_text is not None:
+            return b.judge_text
+        judged = body["messages"][-1]["content"]
+        score = next((value for key, value in (b.judge_scores or {}).items() if key in judged), 0.0)
+        return json.dumps({"score": score, "reason": "fake verdict"})
 
     def _usage(self) -> Any:
         mode = self.behaviour.mode

@@ -119,6 +119,7 @@ class VersionIn(VersionSettings):
             few_shot=tuple({"role": shot.role, "content": shot.content} for shot in self.few_shot),
             params=dict(self.params),
             prompt_mode=self.prompt_mode,
+            response_schema=self.response_schema,
         )
 
 

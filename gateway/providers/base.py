@@ -51,6 +51,8 @@ class StreamTranslator(ABC):
     # Set by feed() once the first event carrying an answer has been produced.
     started: bool = False
     error_kind: str | None = None
+    # The answer's text reassembled from the stream, when asked for (`collect_text`).
+    text: str | None = None
 
     @abstractmethod
     def feed(self, chunk: bytes) -> bytes: ...
@@ -75,7 +77,11 @@ class Provider(ABC):
         """Raises UpstreamBadResponse when `content` is not a valid answer."""
 
     @abstractmethod
-    def stream_translator(self, *, wants_usage: bool) -> StreamTranslator: ...
+    def answer_text(self, content: bytes) -> str | None:
+        """The text of the first choice of a complete answer, for evaluation."""
+
+    @abstractmethod
+    def stream_translator(self, *, wants_usage: bool, collect_text: bool = False) -> StreamTranslator: ...
 
     @abstractmethod
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:

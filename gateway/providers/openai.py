@@ -54,8 +54,16 @@ class OpenAIProvider(Provider):
             raise UpstreamBadResponse("upstream answered with JSON that is not a chat completion")
         return Answer(content=content, usage=usage_from(data.get("usage"), "prompt_tokens", "completion_tokens"))
 
-    def stream_translator(self, *, wants_usage: bool) -> StreamTranslator:
-        return OpenAIStreamRelay(wants_usage=wants_usage)
+    def answer_text(self, content: bytes) -> str | None:
+        try:
+            message = json.loads(content)["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+            return None
+        text = message.get("content") if isinstance(message, dict) else None
+        return text if isinstance(text, str) else None
+
+    def stream_translator(self, *, wants_usage: bool, collect_text: bool = False) -> StreamTranslator:
+        return OpenAIStreamRelay(wants_usage=wants_usage, collect_text=collect_text)
 
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
         message, error_type, code = f"HTTP {status}", None, None
@@ -75,10 +83,11 @@ class OpenAIProvider(Provider):
 
 
 class OpenAIStreamRelay(StreamTranslator):
-    def __init__(self, *, wants_usage: bool) -> None:
+    def __init__(self, *, wants_usage: bool, collect_text: bool = False) -> None:
         self._wants_usage = wants_usage
         self._buffer = b""
         self._done = False
+        self._parts: list[str] | None = [] if collect_text else None
 
     def feed(self, chunk: bytes) -> bytes:
         buffer = self._buffer + chunk if self._buffer else chunk
@@ -99,6 +108,8 @@ class OpenAIStreamRelay(StreamTranslator):
             # The upstream ended without the final blank line; judge what it sent.
             tail = self._event(self._buffer + b"\n\n", b"\n\n")
             self._buffer = b""
+        if self._parts is not None:
+            self.text = "".join(self._parts)
         if self._done:
             return tail
         self.error_kind = "stream_truncated"
@@ -115,9 +126,20 @@ class OpenAIStreamRelay(StreamTranslator):
             event = self._take_usage(event, payload, terminator)
         elif b'"error"' in payload and _is_error(payload):
             self.error_kind = "stream_error"
+        if self._parts is not None:
+            self._collect(payload)
         if event and not self.started:
             self.started = True
         return event
+
+    def _collect(self, payload: bytes) -> None:
+        try:
+            delta = json.loads(payload)["choices"][0]["delta"]
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+            return
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str) and self._parts is not None:
+            self._parts.append(content)
 
     def _take_usage(self, event: bytes, payload: bytes, terminator: bytes) -> bytes:
         try:

@@ -1,4 +1,4 @@
-"""Quality scores: several per call (feedback, evaluators, judge).
+"""Quality scores: several per call (feedback, evaluators, judge); a version's response schema.
 
 Revision ID: 0003
 Revises: 0002
@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
     )
     op.create_index("ix_quality_scores_request", "quality_scores", ["request_id"])
+    with op.batch_alter_table("versions") as versions:
+        versions.add_column(sa.Column("response_schema", sa.JSON(), nullable=True))
     # Feedback given before this table existed becomes a feedback score.
     op.execute(
         sa.text(
@@ -41,4 +43,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("versions") as versions:
+        versions.drop_column("response_schema")
     op.drop_table("quality_scores")
