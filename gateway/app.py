@@ -33,6 +33,7 @@ from gateway.control import ControlPlane
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price
+from gateway.pricing import PriceTable
 from gateway.providers import create_provider
 from gateway.quality import QualityMonitor
 from gateway.recorder import Recorder
@@ -55,7 +56,11 @@ def create_app(
     providers = {name: create_provider(name, provider) for name, provider in settings.providers.items()}
     declared = declared_deployments(settings)
     policies = _policies(settings)
-    prices = {model: Price(input=price.input, output=price.output) for model, price in settings.pricing.items()}
+    prices = PriceTable({
+        model: Price(input=price.input, output=price.output, cache_read=price.cache_read,
+                     cache_write=price.cache_write)
+        for model, price in settings.pricing.items()
+    })
     salt = settings.user_id_salt.get_secret_value().encode()
     if not salt:
         log.warning("user_id_salt is not set: user ids are hashed with a per-process salt")

@@ -149,10 +149,12 @@ def _address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 
 
 class PriceSettings(_Frozen):
-    """USD per 1M tokens."""
+    """USD per 1M tokens; cache prices default to the input price."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    cache_read: float | None = Field(None, ge=0)
+    cache_write: float | None = Field(None, ge=0)
 
 
 class PromoteWhen(_Frozen):

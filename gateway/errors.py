@@ -163,7 +163,7 @@ class UpstreamStatusError(UpstreamError):
 
     @property
     def retryable(self) -> bool:
-        return self.upstream_status in (500, 502, 503, 504)
+        return self.upstream_status in (500, 502, 503, 504, 529)
 
 
 class StoreError(GatewayError):

@@ -192,18 +192,34 @@ class QualityScore:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one call. `prompt_tokens` counts every input token, cached ones included."""
+
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per 1M tokens."""
+    """USD per 1M tokens; cache prices default to the input price."""
 
     input: float
     output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
 
     def cost(self, usage: Usage) -> float | None:
         if usage.prompt_tokens is None or usage.completion_tokens is None:
             return None
-        return (usage.prompt_tokens * self.input + usage.completion_tokens * self.output) / 1_000_000
+        cached = usage.cache_read_tokens + usage.cache_write_tokens
+        fresh = max(usage.prompt_tokens - cached, 0)
+        cache_read = self.input if self.cache_read is None else self.cache_read
+        cache_write = self.input if self.cache_write is None else self.cache_write
+        total = (
+            fresh * self.input
+            + usage.cache_read_tokens * cache_read
+            + usage.cache_write_tokens * cache_write
+            + usage.completion_tokens * self.output
+        )
+        return total / 1_000_000

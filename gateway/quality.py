@@ -27,7 +27,8 @@ from gateway.config import EvaluationSettings, JudgeSettings, QualitySettings
 from gateway.errors import UpstreamError
 from gateway.evaluators import Evaluator, Sample, build_evaluators, judge_body, parse_verdict
 from gateway.metrics import Metrics
-from gateway.models import Price, QualityScore
+from gateway.models import QualityScore
+from gateway.pricing import PriceTable
 from gateway.recorder import Recorder
 from gateway.upstream import UpstreamClient
 
@@ -77,7 +78,7 @@ class QualityMonitor:
         plans: Mapping[str, QualitySettings],
         *,
         judges: Mapping[str, UpstreamClient],
-        prices: Mapping[str, Price],
+        prices: PriceTable,
         recorder: Recorder,
         metrics: Metrics,
         settings: EvaluationSettings,

@@ -24,7 +24,8 @@ from gateway.chat import ChatRequest
 from gateway.errors import NotFound, Overloaded, UpstreamBadResponse, UpstreamError
 from gateway.evaluators import Sample, wants_json
 from gateway.metrics import Metrics
-from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
+from gateway.models import Deployment, RecordStatus, RequestRecord, Usage, Version
+from gateway.pricing import PriceTable
 from gateway.prompts import build_upstream_body
 from gateway.providers import Answer
 from gateway.providers.base import sse_error_event
@@ -63,7 +64,7 @@ class Relay:
         *,
         snapshot: Snapshot,
         clients: Mapping[str, UpstreamClient],
-        prices: Mapping[str, Price],
+        prices: PriceTable,
         recorder: Recorder,
         metrics: Metrics,
         user_id_salt: bytes,

@@ -272,3 +272,100 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@dataclass
+class AnthropicBehaviour:
+    status: int = 200
+    error_type: str = "api_error"
+    retry_after: str | None = None
+    # Streams: send an `error` event after this many text deltas.
+    error_after: int | None = None
+    chunk_delay: float = 0.0
+
+
+@dataclass
+class FakeAnthropic:
+    """A fake Anthropic Messages API: plain and SSE answers, tool use, errors."""
+
+    behaviour: AnthropicBehaviour = field(default_factory=AnthropicBehaviour)
+    received: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._messages)
+        self._server = ServerThread(app)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.port}"
+
+    def start(self) -> FakeAnthropic:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def reset(self) -> None:
+        self.behaviour = AnthropicBehaviour()
+        self.received.clear()
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.received.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        b = self.behaviour
+        if b.status >= 400:
+            headers = {"retry-after": b.retry_after} if b.retry_after else {}
+            error = {"type": "error", "error": {"type": b.error_type, "message": f"fake anthropic {b.status}"}}
+            return web.json_response(error, status=b.status, headers=headers)
+        text = f"claude answer to [{body.get('system', '')}]"
+        tool = body["tools"][0]["name"] if body.get("tools") else None
+        if body.get("stream"):
+            return await self._stream(request, body, text, tool)
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        if tool:
+            content.append({"type": "tool_use", "id": "toolu_fake1", "name": tool, "input": {"city": "Paris"}})
+        return web.json_response({
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"], "content": content,
+            "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 20, "output_tokens": 9, "cache_read_input_tokens": 5,
+                      "cache_creation_input_tokens": 2},
+        })
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], text: str,
+                      tool: str | None) -> web.StreamResponse:
+        b = self.behaviour
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def send(kind: str, data: dict[str, Any]) -> None:
+            await response.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode())
+            if b.chunk_delay:
+                await asyncio.sleep(b.chunk_delay)
+
+        await send("message_start", {"message": {
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"], "content": [],
+            "stop_reason": None, "usage": {"input_tokens": 20, "output_tokens": 1, "cache_read_input_tokens": 5,
+                                           "cache_creation_input_tokens": 2}}})
+        await send("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        await send("ping", {})
+        for index, piece in enumerate(text.split(" ")):
+            if b.error_after is not None and index >= b.error_after:
+                await send("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
+                return response
+            await send("content_block_delta", {"index": 0, "delta": {
+                "type": "text_delta", "text": piece if index == 0 else " " + piece}})
+        await send("content_block_stop", {"index": 0})
+        if tool:
+            await send("content_block_start", {"index": 1, "content_block": {
+                "type": "tool_use", "id": "toolu_fake1", "name": tool, "input": {}}})
+            for part in ('{"city":', ' "Paris"}'):
+                await send("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta",
+                                                                         "partial_json": part}})
+            await send("content_block_stop", {"index": 1})
+        await send("message_delta", {"delta": {"stop_reason": "tool_use" if tool else "end_turn",
+                                               "stop_sequence": None}, "usage": {"output_tokens": 9}})
+        await send("message_stop", {})
+        await response.write_eof()
+        return response

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.config import ProviderSettings
-from gateway.errors import ConfigError
+from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Answer, Provider, StreamTranslator, UpstreamRequest
 from gateway.providers.openai import OpenAIProvider
 
@@ -11,6 +11,5 @@ __all__ = ["Answer", "Provider", "StreamTranslator", "UpstreamRequest", "create_
 
 
 def create_provider(name: str, settings: ProviderSettings) -> Provider:
-    if settings.kind == "openai":
-        return OpenAIProvider(name, api_key=settings.api_key.get_secret_value(), headers=settings.headers)
-    raise ConfigError(f"providers.{name}.kind: '{settings.kind}' is not supported by this build")
+    kind = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}[settings.kind]
+    return kind(name, api_key=settings.api_key.get_secret_value(), headers=settings.headers)

@@ -39,26 +39,76 @@ class Answer:
 
 
 class StreamTranslator(ABC):
-    """Incremental, per-call translation of an upstream stream into OpenAI SSE bytes.
+    """Incremental, per-call translation of an upstream SSE stream into OpenAI SSE bytes.
 
     `feed` gets raw upstream bytes in arbitrary pieces and returns the bytes to
-    send to the client now (possibly empty). `finish` is called once the
-    upstream stream ends and returns the closing bytes; if the stream ended
-    before its terminator, it returns an SSE error event and sets `error_kind`.
+    send to the client now (possibly empty): every complete SSE event goes to
+    `_event` as soon as its terminating blank line has arrived. `finish` is
+    called once the upstream stream ends and returns the closing bytes; if the
+    stream ended before its terminator, they end in an SSE error event and
+    `error_kind` is set.
     """
 
     usage: Usage = Usage()
-    # Set by feed() once the first event carrying an answer has been produced.
+    # Set once the first event carrying an answer has been produced.
     started: bool = False
     error_kind: str | None = None
     # The answer's text reassembled from the stream, when asked for (`collect_text`).
     text: str | None = None
+    # Set by the subclass when the upstream's end-of-stream marker arrived.
+    done: bool = False
+
+    def __init__(self, *, collect_text: bool = False) -> None:
+        self._buffer = b""
+        self._parts: list[str] | None = [] if collect_text else None
+
+    def feed(self, chunk: bytes) -> bytes:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        out: list[bytes] = []
+        start = 0
+        while match := EVENT_END.search(buffer, start):
+            relayed = self._event(buffer[start : match.end()], buffer[match.start() : match.end()])
+            start = match.end()
+            if relayed:
+                out.append(relayed)
+        self._buffer = buffer[start:]
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        tail = b""
+        if self._buffer.strip():
+            # The upstream ended without the final blank line; judge what it sent.
+            tail = self._event(self._buffer + b"\n\n", b"\n\n")
+            self._buffer = b""
+        if self._parts is not None:
+            self.text = "".join(self._parts)
+        if self.done:
+            return tail
+        self.error_kind = self.error_kind or "stream_truncated"
+        return tail + sse_error_event("the upstream stream ended before it was complete", "stream_truncated")
+
+    def _collect(self, text: str) -> None:
+        if self._parts is not None:
+            self._parts.append(text)
 
     @abstractmethod
-    def feed(self, chunk: bytes) -> bytes: ...
+    def _event(self, event: bytes, terminator: bytes) -> bytes:
+        """Bytes for the client for one complete upstream event (with its terminator)."""
 
-    @abstractmethod
-    def finish(self) -> bytes: ...
+
+# An SSE event ends at the first empty line, whatever the line endings.
+EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r|\r\n\n|\n\r\n")
+_LINE_END = re.compile(rb"\r\n|\n|\r")
+
+
+def data_of(event: bytes) -> bytes | None:
+    """The joined `data:` lines of an SSE event, or None if it has none."""
+    if event.startswith(b"data: ") and b"\ndata:" not in event and b"\rdata:" not in event:
+        return event[6:].rstrip(b"\r\n")
+    lines = [line for line in _LINE_END.split(event) if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines)
 
 
 class Provider(ABC):

@@ -9,7 +9,6 @@ asked for on the client's behalf, which a client that did not ask never sees.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,13 +19,10 @@ from gateway.providers.base import (
     Provider,
     StreamTranslator,
     UpstreamRequest,
-    sse_error_event,
+    data_of,
     usage_from,
 )
 
-# An SSE event ends at the first empty line, whatever the line endings.
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r|\r\n\n|\n\r\n")
-_LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
 class OpenAIProvider(Provider):
@@ -52,7 +48,7 @@ class OpenAIProvider(Provider):
             raise UpstreamBadResponse("upstream answered with a body that is not JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamBadResponse("upstream answered with JSON that is not a chat completion")
-        return Answer(content=content, usage=usage_from(data.get("usage"), "prompt_tokens", "completion_tokens"))
+        return Answer(content=content, usage=openai_usage(data.get("usage")))
 
     def answer_text(self, content: bytes) -> str | None:
         try:
@@ -84,62 +80,34 @@ class OpenAIProvider(Provider):
 
 class OpenAIStreamRelay(StreamTranslator):
     def __init__(self, *, wants_usage: bool, collect_text: bool = False) -> None:
+        super().__init__(collect_text=collect_text)
         self._wants_usage = wants_usage
-        self._buffer = b""
-        self._done = False
-        self._parts: list[str] | None = [] if collect_text else None
-
-    def feed(self, chunk: bytes) -> bytes:
-        buffer = self._buffer + chunk if self._buffer else chunk
-        out: list[bytes] = []
-        start = 0
-        while match := _EVENT_END.search(buffer, start):
-            event = buffer[start : match.end()]
-            start = match.end()
-            relayed = self._event(event, buffer[match.start() : match.end()])
-            if relayed:
-                out.append(relayed)
-        self._buffer = buffer[start:]
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        tail = b""
-        if self._buffer.strip():
-            # The upstream ended without the final blank line; judge what it sent.
-            tail = self._event(self._buffer + b"\n\n", b"\n\n")
-            self._buffer = b""
-        if self._parts is not None:
-            self.text = "".join(self._parts)
-        if self._done:
-            return tail
-        self.error_kind = "stream_truncated"
-        return tail + sse_error_event("the upstream stream ended before it was complete", "stream_truncated")
 
     def _event(self, event: bytes, terminator: bytes) -> bytes:
-        payload = _data_of(event)
+        payload = data_of(event)
         if payload is None:
             return event  # comments, keep-alives, retry hints
         if payload == b"[DONE]":
-            self._done = True
+            self.done = True
             return event
         if b'"usage"' in payload and b'"usage":null' not in payload and b'"usage": null' not in payload:
             event = self._take_usage(event, payload, terminator)
         elif b'"error"' in payload and _is_error(payload):
             self.error_kind = "stream_error"
         if self._parts is not None:
-            self._collect(payload)
+            self._collect_delta(payload)
         if event and not self.started:
             self.started = True
         return event
 
-    def _collect(self, payload: bytes) -> None:
+    def _collect_delta(self, payload: bytes) -> None:
         try:
             delta = json.loads(payload)["choices"][0]["delta"]
         except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             return
         content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str) and self._parts is not None:
-            self._parts.append(content)
+        if isinstance(content, str):
+            self._collect(content)
 
     def _take_usage(self, event: bytes, payload: bytes, terminator: bytes) -> bytes:
         try:
@@ -148,7 +116,7 @@ class OpenAIStreamRelay(StreamTranslator):
             return event
         if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
             return event
-        self.usage = usage_from(data["usage"], "prompt_tokens", "completion_tokens")
+        self.usage = openai_usage(data["usage"])
         if self._wants_usage:
             return event
         if not data.get("choices"):
@@ -157,14 +125,13 @@ class OpenAIStreamRelay(StreamTranslator):
         return b"data: " + json.dumps(data, separators=(",", ":")).encode() + terminator
 
 
-def _data_of(event: bytes) -> bytes | None:
-    """The joined `data:` lines of an SSE event, or None if it has none."""
-    if event.startswith(b"data: ") and b"\ndata:" not in event and b"\rdata:" not in event:
-        return event[6:].rstrip(b"\r\n")
-    lines = [line for line in _LINE_END.split(event) if line.startswith(b"data:")]
-    if not lines:
-        return None
-    return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines)
+def openai_usage(data: object) -> Usage:
+    usage = usage_from(data, "prompt_tokens", "completion_tokens")
+    details = data.get("prompt_tokens_details") if isinstance(data, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0:
+        return Usage(usage.prompt_tokens, usage.completion_tokens, cache_read_tokens=cached)
+    return usage
 
 
 def _is_error(payload: bytes) -> bool:

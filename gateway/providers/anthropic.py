@@ -1,0 +1,382 @@
+"""Anthropic Messages, translated both ways, so an OpenAI client can call a Claude version.
+
+Request: system messages → top-level `system`; user/assistant turns merged
+where Anthropic requires alternation; tool results → `tool_result` blocks;
+image parts → image blocks; function tools and `tool_choice` → Anthropic
+tools; `stop` → `stop_sequences`; `max_tokens` from the request, else the
+version's params, else DEFAULT_MAX_TOKENS (Anthropic requires one).
+Answer: text and `tool_use` blocks → message content and `tool_calls`;
+`stop_reason` → `finish_reason`; usage (with cache tokens) → OpenAI usage.
+Stream: Anthropic's events → `chat.completion.chunk` events ending in
+`data: [DONE]`; an `error` event ends the stream with an SSE error event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.errors import UpstreamBadResponse, UpstreamStatusError
+from gateway.models import Usage
+from gateway.providers.base import (
+    Answer,
+    Provider,
+    StreamTranslator,
+    UpstreamRequest,
+    data_of,
+    sse_error_event,
+)
+
+API_VERSION = "2023-06-01"
+# Anthropic requires max_tokens; used when neither the app nor the version sets one.
+DEFAULT_MAX_TOKENS = 4096
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Anthropic's 529 means overloaded: the client should come back later, like a 503.
+_STATUS = {529: 503}
+
+
+class AnthropicProvider(Provider):
+    def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+        headers = {
+            **self._extra_headers,
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "accept-encoding": "identity",
+            "anthropic-version": API_VERSION,
+        }
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        return UpstreamRequest(
+            path="/v1/messages",
+            headers=headers,
+            content=json.dumps(to_messages_request(body, stream=stream), separators=(",", ":")).encode(),
+        )
+
+    def parse_answer(self, content: bytes) -> Answer:
+        try:
+            message = json.loads(content)
+        except (ValueError, RecursionError):
+            raise UpstreamBadResponse("upstream answered with a body that is not JSON") from None
+        if not isinstance(message, dict) or message.get("type") != "message" or not isinstance(
+            message.get("content"), list
+        ):
+            raise UpstreamBadResponse("upstream answered with JSON that is not an Anthropic message")
+        completion, usage = to_chat_completion(message)
+        return Answer(content=json.dumps(completion, separators=(",", ":")).encode(), usage=usage)
+
+    def answer_text(self, content: bytes) -> str | None:
+        try:
+            text = json.loads(content)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+            return None
+        return text if isinstance(text, str) else None
+
+    def stream_translator(self, *, wants_usage: bool, collect_text: bool = False) -> StreamTranslator:
+        return AnthropicStreamTranslator(wants_usage=wants_usage, collect_text=collect_text)
+
+    def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
+        message, error_type = f"HTTP {status}", None
+        try:
+            error = json.loads(content).get("error")
+        except (ValueError, AttributeError, RecursionError):
+            error = None
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            error_type = error.get("type") if isinstance(error.get("type"), str) else None
+        retry_after = headers.get("retry-after")
+        if status in _STATUS:
+            return UpstreamStatusError(
+                self.scrub(f"upstream provider '{self.name}' is overloaded: {message}")[:2000],
+                status=_STATUS[status],
+                upstream_status=status,
+                error_type="server_error",
+                code=error_type or "overloaded_error",
+                retry_after=retry_after,
+            )
+        return self.status_error(
+            status, message, error_type=_openai_type(error_type), code=error_type, retry_after=retry_after
+        )
+
+
+def _openai_type(anthropic_type: str | None) -> str | None:
+    return {"invalid_request_error": "invalid_request_error", "rate_limit_error": "rate_limit_error",
+            "request_too_large": "invalid_request_error"}.get(anthropic_type or "")
+
+
+def to_messages_request(body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
+    """An OpenAI chat-completions body as an Anthropic Messages request."""
+    system_parts: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in body["messages"]:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            text = _plain_text(message.get("content"))
+            if text:
+                system_parts.append(text)
+            continue
+        if role in ("tool", "function"):
+            block = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id") or message.get("name")),
+                     "content": _plain_text(message.get("content"))}
+            _append(turns, "user", [block])
+        elif role == "assistant":
+            _append(turns, "assistant", _assistant_blocks(message))
+        else:
+            _append(turns, "user", _user_blocks(message.get("content")))
+
+    request: dict[str, Any] = {
+        "model": body["model"],
+        "messages": turns,
+        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
+    }
+    if system_parts:
+        request["system"] = "\n\n".join(system_parts)
+    for name in ("temperature", "top_p", "top_k"):
+        if body.get(name) is not None:
+            request[name] = body[name]
+    stop = body.get("stop")
+    if stop:
+        request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if isinstance(body.get("tools"), list):
+        request["tools"] = [_tool(tool) for tool in body["tools"] if isinstance(tool, dict)]
+    choice = _tool_choice(body.get("tool_choice"))
+    if choice is not None:
+        request["tool_choice"] = choice
+    if isinstance(body.get("user"), str):
+        request["metadata"] = {"user_id": body["user"]}
+    if stream:
+        request["stream"] = True
+    return request
+
+
+def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Anthropic wants user and assistant turns to alternate: merge neighbours of one role."""
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1]["content"].extend(blocks)
+    else:
+        turns.append({"role": role, "content": blocks})
+
+
+def _user_blocks(content: object) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content if isinstance(content, list) else []:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str):
+                blocks.append({"type": "image", "source": _image_source(url)})
+    return blocks
+
+
+def _image_source(url: str) -> dict[str, Any]:
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = url[5:].split(";base64,", 1)
+        return {"type": "base64", "media_type": media_type, "data": data}
+    return {"type": "url", "url": url}
+
+
+def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    text = _plain_text(message.get("content"))
+    if text:
+        blocks.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or []:
+        if not isinstance(call, dict):
+            continue
+        function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except (ValueError, TypeError, RecursionError):
+            arguments = {}
+        blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
+                       "input": arguments if isinstance(arguments, dict) else {"value": arguments}})
+    return blocks
+
+
+def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    assert isinstance(function, Mapping)
+    converted: dict[str, Any] = {
+        "name": function.get("name"),
+        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if function.get("description"):
+        converted["description"] = function["description"]
+    return converted
+
+
+def _tool_choice(choice: object) -> dict[str, Any] | None:
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "none":
+        return {"type": "none"}
+    if choice == "required":
+        return {"type": "any"}
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return {"type": "tool", "name": choice["function"].get("name")}
+    return None
+
+
+def _plain_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(part["text"] for part in content
+                         if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return ""
+
+
+def anthropic_usage(data: object) -> Usage:
+    if not isinstance(data, dict):
+        return Usage()
+
+    def count(key: str) -> int | None:
+        value = data.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    fresh, output = count("input_tokens"), count("output_tokens")
+    read, write = count("cache_read_input_tokens") or 0, count("cache_creation_input_tokens") or 0
+    return Usage(
+        prompt_tokens=fresh + read + write if fresh is not None else None,
+        completion_tokens=output,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+    )
+
+
+def _openai_usage(usage: Usage) -> dict[str, Any] | None:
+    if usage.prompt_tokens is None or usage.completion_tokens is None:
+        return None
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+    }
+
+
+def to_chat_completion(message: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+    texts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in message["content"]:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_use":
+            tool_calls.append({"id": block.get("id"), "type": "function", "function": {
+                "name": block.get("name"), "arguments": json.dumps(block.get("input") or {})}})
+    usage = anthropic_usage(message.get("usage"))
+    reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
+    if tool_calls:
+        reply["tool_calls"] = tool_calls
+    completion = {
+        "id": message.get("id"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": message.get("model"),
+        "choices": [{"index": 0, "message": reply,
+                     "finish_reason": FINISH_REASONS.get(str(message.get("stop_reason")), "stop")}],
+        "usage": _openai_usage(usage),
+    }
+    return completion, usage
+
+
+class AnthropicStreamTranslator(StreamTranslator):
+    def __init__(self, *, wants_usage: bool, collect_text: bool = False) -> None:
+        super().__init__(collect_text=collect_text)
+        self._wants_usage = wants_usage
+        self._id = ""
+        self._model = ""
+        self._created = int(time.time())
+        self._input: Mapping[str, Any] = {}
+        self._output_tokens: int | None = None
+        # Anthropic content block index → OpenAI tool call index.
+        self._tools: dict[int, int] = {}
+
+    def _event(self, event: bytes, terminator: bytes) -> bytes:
+        payload = data_of(event)
+        if payload is None:
+            return b""
+        try:
+            data = json.loads(payload)
+        except (ValueError, RecursionError):
+            return b""
+        if not isinstance(data, dict):
+            return b""
+        kind = data.get("type")
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self._id, self._model = str(message.get("id", "")), str(message.get("model", ""))
+            self._input = message.get("usage") or {}
+            self.usage = anthropic_usage(self._input)
+            return self._chunk({"role": "assistant", "content": ""})
+        if kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                index = self._tools.setdefault(int(data.get("index", 0)), len(self._tools))
+                return self._chunk({"tool_calls": [{"index": index, "id": block.get("id"), "type": "function",
+                                                    "function": {"name": block.get("name"), "arguments": ""}}]})
+            return b""
+        if kind == "content_block_delta":
+            return self._delta(data)
+        if kind == "message_delta":
+            usage = data.get("usage") or {}
+            if isinstance(usage.get("output_tokens"), int):
+                self._output_tokens = usage["output_tokens"]
+                self.usage = anthropic_usage({**self._input, **usage})
+            reason = (data.get("delta") or {}).get("stop_reason")
+            return self._chunk({}, finish=FINISH_REASONS.get(str(reason), "stop"))
+        if kind == "message_stop":
+            self.done = True
+            closing = b""
+            if self._wants_usage:
+                closing = self._frame({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                                       "model": self._model, "choices": [], "usage": _openai_usage(self.usage)})
+            return closing + b"data: [DONE]\n\n"
+        if kind == "error":
+            error = data.get("error") or {}
+            self.error_kind = "stream_error"
+            self.done = True  # the stream ends here, with this error
+            return sse_error_event(str(error.get("message") or "upstream stream error"),
+                                   str(error.get("type") or "stream_error"))
+        if kind == "ping":
+            return b": ping\n\n"
+        return b""
+
+    def _delta(self, data: Mapping[str, Any]) -> bytes:
+        delta = data.get("delta") or {}
+        if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+            self.started = True
+            self._collect(delta["text"])
+            return self._chunk({"content": delta["text"]})
+        if delta.get("type") == "input_json_delta":
+            index = self._tools.get(int(data.get("index", 0)))
+            if index is not None:
+                return self._chunk({"tool_calls": [{"index": index,
+                                                    "function": {"arguments": delta.get("partial_json", "")}}]})
+        return b""
+
+    def _chunk(self, delta: dict[str, Any], *, finish: str | None = None) -> bytes:
+        return self._frame({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                            "model": self._model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    @staticmethod
+    def _frame(payload: Mapping[str, Any]) -> bytes:
+        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
