@@ -24,14 +24,14 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
-from gateway.api import admin, health, proxy
+from gateway.api import admin, dashboard, health, proxy
 from gateway.alerts import Alerts
 from gateway.api.admin import AdminGuard
 from gateway.api.deps import Services, error_response
 from gateway.config import Settings, declared_deployments, load_settings
 from gateway.control import ControlPlane
 from gateway.errors import GatewayError, StoreUnavailable
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, forget_process
 from gateway.models import Deployment, Price
 from gateway.pricing import PriceTable
 from gateway.providers import create_provider
@@ -147,6 +147,7 @@ def create_app(
             for client in clients.values():
                 await client.aclose()
             await store.close()
+            forget_process()
             log.info("gateway stopped")
 
     app = FastAPI(
@@ -170,6 +171,7 @@ def create_app(
     app.include_router(proxy.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     _install_error_handlers(app)
     return app
 

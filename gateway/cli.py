@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     settings = load_settings(path)
     listener = configure_logging(settings.logging.level)
+    metrics_dir = None
     try:
         if not args.no_migrate and _apply_migrations(settings):
             asyncio.run(sync_declared(settings))
@@ -151,9 +154,13 @@ def _serve(args: argparse.Namespace) -> int:
         workers = args.workers or settings.server.workers
         target: str | FastAPI
         if workers > 1:
-            # Each worker process builds its own app from the same file.
+            # Each worker process builds its own app from the same file, and
+            # shares its metrics through prometheus-client's multiprocess mode.
             if path:
                 os.environ["GATEWAY_CONFIG"] = str(Path(path).resolve())
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                metrics_dir = tempfile.mkdtemp(prefix="canary-gateway-metrics-")
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
             target = "gateway.app:app_from_environment"
         else:
             target = create_app(settings)
@@ -169,6 +176,8 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=int(settings.server.shutdown_grace),
         )
     finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         listener.stop()
     return 0
 

@@ -105,6 +105,12 @@ class ControlPlane:
                          for key in COMPARED},
         }
 
+    async def timeseries(self, *, deployment: str, hours: float, step_s: int) -> dict[str, Any]:
+        await self.deployment(deployment)
+        since = self._clock() - timedelta(hours=hours)
+        series = await self._store.timeseries(deployment=deployment, since=since, step_s=step_s)
+        return {"deployment": deployment, "hours": hours, "step": step_s, "series": series}
+
     async def events(self, *, deployment: str, limit: int, before_id: int | None) -> list[RolloutEvent]:
         await self.deployment(deployment)
         return await self._store.list_events(deployment=deployment, limit=limit, before_id=before_id)

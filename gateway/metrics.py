@@ -2,11 +2,18 @@
 
 Label values come only from the configuration (deployment, version, provider)
 or from fixed sets (status, kind); never from what a client sent.
+
+Several uvicorn workers: `canary-gateway serve --workers N` points
+PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers start, so
+prometheus-client's multiprocess mode adds every worker's numbers up and
+`/metrics` answers the same totals whichever worker serves the scrape.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 # 50 ms to 120 s: LLM calls are slow, and their tail is long.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 120.0)
@@ -130,3 +137,22 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+
+def multiprocess_directory() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition(metrics: Metrics) -> bytes:
+    """The text a scrape gets: this process's registry, or every worker's in multiprocess mode."""
+    if multiprocess_directory() is None:
+        return generate_latest(metrics.registry)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def forget_process() -> None:
+    """Drop this worker's live gauges at exit (multiprocess mode only)."""
+    if multiprocess_directory() is not None:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -15,7 +15,7 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy import Integer, event, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
@@ -333,6 +333,63 @@ class Store:
                 .group_by(QualityScoreRow.source)
             )
             return replace(stats, quality_by_source={source: (float(avg), int(n)) for source, avg, n in by_source})
+
+    async def timeseries(
+        self, *, deployment: str, since: datetime, step_s: int
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Per version, one point per `step_s` bucket since `since`: traffic, errors, p95 latency, quality, cost.
+
+        Buckets without calls are absent; the chart draws gaps.
+        """
+        step = max(int(step_s), 1)
+        postgres = self.engine.dialect.name == "postgresql"
+        epoch: Any = (
+            func.floor(func.extract("epoch", RequestRecordRow.created_at) / step)
+            if postgres
+            else func.cast(func.strftime("%s", RequestRecordRow.created_at), Integer) / step
+        )
+        bucket = epoch.label("bucket")
+        columns = [
+            bucket,
+            RequestRecordRow.version,
+            func.count().filter(_COUNTED).label("requests"),
+            func.count().filter(RequestRecordRow.status == "error").label("errors"),
+            func.avg(RequestRecordRow.quality).filter(_COUNTED).label("avg_quality"),
+            func.avg(RequestRecordRow.cost_usd).filter(_COUNTED).label("avg_cost"),
+        ]
+        if postgres:
+            columns.append(
+                _percentile(0.95, RequestRecordRow.latency_ms).filter(RequestRecordRow.status == "ok").label("p95")
+            )
+        window = [RequestRecordRow.deployment == deployment, RequestRecordRow.created_at >= since]
+        async with translated_errors(), self.engine.connect() as connection:
+            rows = (await connection.execute(
+                select(*columns).where(*window).group_by(bucket, RequestRecordRow.version).order_by(bucket)
+            )).all()
+            latencies: dict[tuple[int, str], list[float]] = {}
+            if not postgres:
+                # SQLite: the p95 of each bucket from its sorted latencies.
+                for point, version, latency in await connection.execute(
+                    select(bucket, RequestRecordRow.version, RequestRecordRow.latency_ms)
+                    .where(*window, RequestRecordRow.status == "ok")
+                    .order_by(RequestRecordRow.latency_ms)
+                ):
+                    latencies.setdefault((int(point), version), []).append(latency)
+        series: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            point = int(row.bucket)
+            requests = int(row.requests)
+            p95 = row.p95 if postgres else percentile_cont(latencies.get((point, row.version), []), 0.95)
+            series.setdefault(row.version, []).append({
+                "t": datetime.fromtimestamp(point * step, UTC).isoformat(),
+                "requests": requests,
+                "errors": int(row.errors),
+                "error_rate": row.errors / requests if requests else None,
+                "p95_latency_ms": float(p95) if p95 is not None else None,
+                "avg_quality": float(row.avg_quality) if row.avg_quality is not None else None,
+                "avg_cost": float(row.avg_cost) if row.avg_cost is not None else None,
+            })
+        return series
 
     async def revisions(self) -> dict[str, int]:
         """Each deployment's revision: a cheap way to tell whether anything changed."""

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.deps import ServicesDep, error_response
 from gateway.config import VersionSettings, check_name
-from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthorized
+from gateway.errors import Forbidden, GatewayError, InvalidRequest, RateLimited, Unauthorized
 from gateway.models import Deployment, RolloutEvent, Version
 
 router = APIRouter(prefix="/admin")
@@ -208,6 +208,21 @@ async def compare(
     hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
 ) -> JSONResponse:
     return JSONResponse(await services.control.compare(deployment=name, hours=hours))
+
+
+@router.get("/deployments/{name}/timeseries")
+async def timeseries(
+    name: Name,
+    services: ServicesDep,
+    _actor: Actor,
+    hours: Annotated[float, Query(gt=0, le=24 * 90)] = 6.0,
+    step: Annotated[int, Query(ge=10, le=86400, description="bucket width in seconds")] = 300,
+) -> JSONResponse:
+    """Per-version points over time, for charts; at most 2,000 buckets."""
+    if hours * 3600 / step > 2000:
+        raise InvalidRequest("too many points: widen `step` or shorten `hours` (at most 2000 buckets)",
+                             param="step")
+    return JSONResponse(await services.control.timeseries(deployment=name, hours=hours, step_s=step))
 
 
 @router.get("/deployments/{name}/events")

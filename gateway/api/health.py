@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api.deps import ServicesDep
+from gateway.metrics import exposition
 
 router = APIRouter()
 
@@ -36,4 +37,4 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(services: ServicesDep) -> Response:
     services.metrics.record_queue.set(services.recorder.depth)
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(services.metrics), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,229 @@
+// canary-gateway dashboard: plain JavaScript over the admin API, no dependencies.
+// The admin token lives in sessionStorage (this tab only) and is sent only to this origin.
+"use strict";
+
+const TOKEN_KEY = "canary-gateway-admin-token";
+const REFRESH_MS = 10000;
+const state = { selected: null, timer: null };
+
+const $ = (selector) => document.querySelector(selector);
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: { Authorization: `Bearer ${token()}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    signOut("The admin token was refused.");
+    throw new Error("unauthorized");
+  }
+  if (!response.ok) throw new Error((data.error && data.error.message) || `HTTP ${response.status}`);
+  return data;
+}
+
+function showError(message) { $("#error").textContent = message || ""; }
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  clearInterval(state.timer);
+  $("#app").hidden = true;
+  $("#session").hidden = true;
+  $("#sign-in").hidden = false;
+  $("#sign-in-error").textContent = message || "";
+}
+
+async function signIn(value) {
+  sessionStorage.setItem(TOKEN_KEY, value);
+  try {
+    await api("GET", "/admin/deployments");
+  } catch (error) {
+    if (error.message !== "unauthorized") $("#sign-in-error").textContent = error.message;
+    return;
+  }
+  $("#sign-in").hidden = true;
+  $("#app").hidden = false;
+  $("#session").hidden = false;
+  await refresh();
+  state.timer = setInterval(refresh, REFRESH_MS);
+}
+
+async function refresh() {
+  try {
+    const { deployments } = await api("GET", "/admin/deployments");
+    renderDeployments(deployments);
+    const chosen = deployments.find((d) => d.name === state.selected) || deployments[0];
+    if (chosen) await renderDetail(chosen);
+    showError("");
+  } catch (error) {
+    if (error.message !== "unauthorized") showError(error.message);
+  }
+}
+
+function renderDeployments(deployments) {
+  const nav = $("#deployments");
+  nav.replaceChildren(...deployments.map((d) => {
+    const button = element("button", { type: "button", "data-deployment": d.name,
+      class: d.name === state.selected ? "selected" : "" },
+      element("strong", {}, d.name), element("br"),
+      `${d.stable}${d.canary ? ` → ${d.canary} at ${d.canary_percent}%` : ""} `,
+      element("span", { class: `badge ${d.status}` }, d.status),
+      d.paused ? element("span", { class: "badge paused" }, "paused") : "");
+    button.addEventListener("click", () => { state.selected = d.name; refresh(); });
+    return button;
+  }));
+}
+
+async function renderDetail(deployment) {
+  state.selected = deployment.name;
+  for (const button of document.querySelectorAll("#deployments button")) {
+    button.classList.toggle("selected", button.dataset.deployment === deployment.name);
+  }
+  $("#detail").hidden = false;
+  $("#deployment-name").textContent = deployment.name;
+  const fields = [["Stable", deployment.stable], ["Canary", deployment.canary || "–"],
+    ["Percent", `${deployment.canary_percent}%`], ["Stage", deployment.stage], ["Status", deployment.status],
+    ["Paused", deployment.paused ? "yes" : "no"]];
+  $("#state").replaceChildren(...fields.flatMap(([label]) => [element("dt", {}, label)]),
+    ...fields.map(([, value]) => element("dd", {}, value)));
+  const running = deployment.status === "canary";
+  for (const button of document.querySelectorAll("#actions button")) {
+    const action = button.dataset.action;
+    button.disabled = !running || (action === "pause" && deployment.paused) ||
+      (action === "resume" && !deployment.paused);
+  }
+  const hours = Number($("#window").value);
+  const step = Math.max(60, Math.ceil((hours * 3600) / 120 / 60) * 60);
+  const base = `/admin/deployments/${encodeURIComponent(deployment.name)}`;
+  const [series, compare, events] = await Promise.all([
+    api("GET", `${base}/timeseries?hours=${hours}&step=${step}`),
+    api("GET", `${base}/compare?hours=${hours}`),
+    api("GET", `${base}/events?limit=50`),
+  ]);
+  renderCharts(series, deployment, hours);
+  renderCompare(compare);
+  renderEvents(events.events);
+}
+
+function roleOf(version, deployment) {
+  return version === deployment.canary ? "canary" : "stable";
+}
+
+function renderCharts(data, deployment, hours) {
+  const end = Date.now();
+  const start = end - hours * 3600 * 1000;
+  for (const figure of document.querySelectorAll(".chart")) {
+    const metric = figure.dataset.metric;
+    const lines = Object.entries(data.series)
+      .filter(([version]) => version === deployment.stable || version === deployment.canary)
+      .map(([version, points]) => ({
+        version, role: roleOf(version, deployment),
+        points: points.filter((p) => p[metric] !== null).map((p) => [Date.parse(p.t), p[metric]]),
+      }));
+    figure.replaceChildren(element("h3", {}, figure.dataset.title), chart(lines, start, end),
+      element("div", { class: "legend" }, ...lines.map((line) =>
+        element("span", { class: line.role }, `■ ${line.version} (${line.role})  `))));
+  }
+}
+
+function chart(lines, start, end) {
+  const svgNs = "http://www.w3.org/2000/svg";
+  const width = 560, height = 180, left = 44, bottom = 18;
+  const svg = document.createElementNS(svgNs, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const values = lines.flatMap((line) => line.points.map(([, y]) => y));
+  const top = Math.max(...values, 0) * 1.1 || 1;
+  const x = (t) => left + ((t - start) / (end - start)) * (width - left - 4);
+  const y = (v) => (height - bottom) - (v / top) * (height - bottom - 8);
+  const add = (tag, attributes, text) => {
+    const node = document.createElementNS(svgNs, tag);
+    for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+  };
+  add("line", { class: "axis", x1: left, y1: height - bottom, x2: width, y2: height - bottom });
+  add("line", { class: "axis", x1: left, y1: 0, x2: left, y2: height - bottom });
+  for (const fraction of [0, 0.5, 1]) {
+    const value = top * fraction;
+    add("text", { x: 2, y: y(value) + 3 }, value >= 100 ? value.toFixed(0) : value.toPrecision(2));
+  }
+  add("text", { x: left, y: height - 4 }, new Date(start).toLocaleTimeString());
+  add("text", { x: width - 60, y: height - 4 }, new Date(end).toLocaleTimeString());
+  for (const line of lines) {
+    if (!line.points.length) continue;
+    add("polyline", { class: `series-${line.role}`, "data-version": line.version,
+      points: line.points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ") });
+  }
+  return svg;
+}
+
+function format(value, digits = 3) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
+function renderCompare(result) {
+  const stable = result.stable, canary = result.canary || {};
+  const rows = [
+    ["requests", stable.requests, canary.requests, null, 0],
+    ["avg_quality", stable.avg_quality, canary.avg_quality, result.diff_pct.avg_quality, 3],
+    ["p95_latency_ms", stable.p95_latency_ms, canary.p95_latency_ms, result.diff_pct.p95_latency_ms, 1],
+    ["avg_cost", stable.avg_cost, canary.avg_cost, result.diff_pct.avg_cost, 6],
+    ["error_rate", stable.error_rate, canary.error_rate, result.diff_pct.error_rate, 3],
+  ];
+  $("#compare").replaceChildren(
+    element("tr", {}, element("th", {}, "Metric"), element("th", {}, `Stable (${stable.version})`),
+      element("th", {}, `Canary (${canary.version || "none"})`), element("th", {}, "Diff")),
+    ...rows.map(([name, a, b, diff, digits]) => element("tr", { "data-metric": name },
+      element("td", {}, name), element("td", {}, format(a, digits)), element("td", {}, format(b, digits)),
+      element("td", {}, diff === null || diff === undefined ? "–" : `${diff > 0 ? "+" : ""}${diff.toFixed(1)}%`))));
+}
+
+function renderEvents(events) {
+  $("#events").replaceChildren(...events.map((event) => element("li", {},
+    element("span", { class: "when" }, new Date(event.at).toLocaleString()),
+    element("strong", {}, event.action), ` by ${event.actor}`,
+    event.to ? ` → ${event.to.canary || event.to.stable} at ${event.to.canary_percent}%` : "",
+    event.reason ? element("span", { class: "reason" }, event.reason) : "")));
+}
+
+async function act(action) {
+  const name = state.selected;
+  const base = `/admin/deployments/${encodeURIComponent(name)}`;
+  try {
+    if (action === "percent") {
+      const value = prompt(`New canary percentage for ${name} (0-100):`);
+      if (value === null) return;
+      await api("PUT", `${base}/canary-percent`, { percent: Number(value), reason: "set from the dashboard" });
+    } else {
+      const words = { pause: "Pause automatic decisions for", resume: "Resume automatic decisions for",
+        promote: "Promote the canary of", rollback: "Roll back the canary of" }[action];
+      if (!confirm(`${words} ${name}?`)) return;
+      const reason = action === "rollback" ? (prompt("Reason for the rollback:", "rolled back from the dashboard")
+        || "rolled back from the dashboard") : `${action} from the dashboard`;
+      await api("POST", `${base}/${action}`, { reason });
+    }
+    await refresh();
+  } catch (error) {
+    if (error.message !== "unauthorized") showError(error.message);
+  }
+}
+
+$("#sign-in").addEventListener("submit", (event) => { event.preventDefault(); signIn($("#token").value); });
+$("#sign-out").addEventListener("click", () => signOut(""));
+$("#window").addEventListener("change", refresh);
+for (const button of document.querySelectorAll("#actions button")) {
+  button.addEventListener("click", () => act(button.dataset.action));
+}
+if (token()) signIn(token());
