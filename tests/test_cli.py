@@ -129,3 +129,41 @@ def test_admin_command_errors_are_one_line(gateway: Any) -> None:
         assert result.returncode == 1
         assert len(result.stderr.strip().splitlines()) == 1 and text in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_several_workers_report_one_set_of_metrics(tmp_path: Path, fake: Any) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "database_url: sqlite+aiosqlite:///" + str(tmp_path / "gateway.db") + "\n"
+        "providers:\n  fake: {kind: openai, base_url: '" + fake.url + "', api_key: sk-x-0000000000}\n"
+        "deployments:\n  bot:\n    stable: v1\n    versions:\n      v1: {provider: fake, model: model-a}\n"
+        f"recorder: {{spool_dir: '{tmp_path / 'spool'}'}}\n"
+    )
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the gateway did not become ready"
+            time.sleep(0.1)
+        for _ in range(40):  # new connections, so both workers answer some
+            httpx.post(f"{url}/v1/chat/completions", json={"model": "bot", "messages": [{"role": "user", "content": "x"}]})
+        totals = set()
+        for _ in range(6):
+            text = httpx.get(f"{url}/metrics").text
+            totals.add(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("canary_requests_total{")))
+        assert totals == {40.0}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
