@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -145,6 +146,9 @@ def _serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     settings = load_settings(path)
     listener = configure_logging(settings.logging.level)
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done; turning it
+    # into SystemExit lets the `finally` below flush the last log lines.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     metrics_dir = None
     try:
         if not args.no_migrate and _apply_migrations(settings):
@@ -180,6 +184,10 @@ def _serve(args: argparse.Namespace) -> int:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         listener.stop()
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 class AdminError(Exception):

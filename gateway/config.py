@@ -214,6 +214,18 @@ class VersionSettings(_Frozen):
     # A JSON schema the answers must satisfy; the `json` evaluator checks it.
     response_schema: dict[str, Any] | None = None
 
+    def to_version(self, name: str) -> Version:
+        return Version(
+            name=name,
+            provider=self.provider,
+            model=self.model,
+            system_prompt=self.system_prompt,
+            few_shot=tuple({"role": shot.role, "content": shot.content} for shot in self.few_shot),
+            params=dict(self.params),
+            prompt_mode=self.prompt_mode,
+            response_schema=self.response_schema,
+        )
+
     @field_validator("response_schema")
     @classmethod
     def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -514,19 +526,7 @@ def declared_deployments(settings: Settings) -> dict[str, Deployment]:
     """The deployments as the file declares them: the state before any rollout ran."""
     deployments = {}
     for name, declared in settings.deployments.items():
-        versions = {
-            version_name: Version(
-                name=version_name,
-                provider=version.provider,
-                model=version.model,
-                system_prompt=version.system_prompt,
-                few_shot=tuple({"role": shot.role, "content": shot.content} for shot in version.few_shot),
-                params=dict(version.params),
-                prompt_mode=version.prompt_mode,
-                response_schema=version.response_schema,
-            )
-            for version_name, version in declared.versions.items()
-        }
+        versions = {version_name: version.to_version(version_name) for version_name, version in declared.versions.items()}
         rollout = RolloutState(
             stable=declared.stable,
             canary=declared.canary,

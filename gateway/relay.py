@@ -9,6 +9,7 @@ answered, failed upstream, or abandoned by the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -119,18 +120,12 @@ class Relay:
 
     async def complete(self, call: Call) -> Answer:
         """A non-streaming answer; raises UpstreamError after recording the failure."""
-        try:
+        async with self._failures_recorded(call):
             response = await call.client.open(call.body, stream=False, deadline=call.deadline)
             try:
                 answer = call.client.provider.parse_answer(response.content)
             finally:
                 await response.aclose()
-        except UpstreamError as exc:
-            self._finish(call, status="error", http_status=exc.status, error_kind=exc.kind)
-            raise
-        except BaseException:
-            self._finish(call, status="client_cancelled", http_status=CLIENT_CLOSED, error_kind="client_cancelled")
-            raise
         self._finish(call, status="ok", http_status=200, usage=answer.usage)
         if call.wanted is not None:
             self._sample(call, call.client.provider.answer_text(answer.content))
@@ -138,8 +133,14 @@ class Relay:
 
     async def open_stream(self, call: Call) -> httpx.Response:
         """Open the upstream stream; failures before the first byte raise with their status."""
-        try:
+        async with self._failures_recorded(call):
             return await call.client.open(call.body, stream=True, deadline=call.deadline)
+
+    @contextlib.asynccontextmanager
+    async def _failures_recorded(self, call: Call) -> AsyncIterator[None]:
+        """A call that fails before any byte reached the client is recorded, then re-raised."""
+        try:
+            yield
         except UpstreamError as exc:
             self._finish(call, status="error", http_status=exc.status, error_kind=exc.kind)
             raise

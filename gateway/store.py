@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -410,20 +410,20 @@ class Store:
             if records:
                 await connection.execute(
                     self._insert(RequestRecordRow).on_conflict_do_nothing(index_elements=["id"]),
-                    [asdict(record) for record in records],
+                    [_values(record, _RECORD_FIELDS) for record in records],
                 )
             if scores:
                 await connection.execute(
                     self._insert(QualityScoreRow).on_conflict_do_nothing(index_elements=["id"]),
-                    [asdict(score) for score in scores],
+                    [_values(score, _SCORE_FIELDS) for score in scores],
                 )
-            touched = {score.request_id for score in scores} | {record.id for record in records}
-            await connection.execute(
-                update(RequestRecordRow)
-                .where(RequestRecordRow.id.in_(touched), _HAS_SCORES)
-                .values(quality=_QUALITY),
-                execution_options={"synchronize_session": False},
-            )
+                # A score is written after (or with) its call's record: the recorder keeps
+                # them in order, so only the scored calls need their quality derived again.
+                await connection.execute(
+                    update(RequestRecordRow)
+                    .where(RequestRecordRow.id.in_({score.request_id for score in scores}))
+                    .values(quality=_QUALITY)
+                )
 
     async def record_labels(self, request_id: str) -> tuple[str, str] | None:
         """The deployment and version of a stored call, or None if no such call is stored."""
@@ -436,6 +436,15 @@ class Store:
                 )
             ).first()
             return (row.deployment, row.version) if row is not None else None
+
+
+_RECORD_FIELDS = tuple(field.name for field in fields(RequestRecord))
+_SCORE_FIELDS = tuple(field.name for field in fields(QualityScore))
+
+
+def _values(item: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    # Flat dataclasses: cheaper than dataclasses.asdict, which deep-copies.
+    return {name: getattr(item, name) for name in names}
 
 
 def _version_values(version: Version) -> dict[str, Any]:
@@ -500,7 +509,6 @@ def _event_values(event: RolloutEvent, at: datetime) -> dict[str, Any]:
 # QUALITY_RULE: a call's quality is its user feedback when it has any (the
 # average of its feedback scores), else the average of its automatic scores
 # (evaluators and the judge).
-_HAS_SCORES = select(QualityScoreRow.id).where(QualityScoreRow.request_id == RequestRecordRow.id).exists()
 _QUALITY = func.coalesce(
     select(func.avg(QualityScoreRow.score))
     .where(QualityScoreRow.request_id == RequestRecordRow.id, QualityScoreRow.source == "feedback")

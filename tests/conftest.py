@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import uvicorn
 from sqlalchemy import text
@@ -162,6 +163,7 @@ class Gateway:
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+        self._sdk_clients: list[openai.OpenAI] = []
 
     @property
     def url(self) -> str:
@@ -177,8 +179,17 @@ class Gateway:
         return self
 
     def stop(self) -> None:
+        for client in self._sdk_clients:
+            client.close()
+        self._sdk_clients.clear()
         self.server.should_exit = True
         self._thread.join(30)
+
+    def openai(self, api_key: str = "client-secret-never-forwarded") -> openai.OpenAI:
+        """The official OpenAI SDK pointed at this gateway; closed when the gateway stops."""
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=20)
+        self._sdk_clients.append(client)
+        return client
 
     def records(self, expected: int, *, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Wait until `expected` request records are stored, then return them all."""

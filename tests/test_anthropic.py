@@ -216,7 +216,7 @@ CANARY_USER = users_in(50, canary=True, count=1)[0]
 
 
 def sdk(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client-secret", max_retries=0)
+    return gateway.openai("client-secret")
 
 
 @pytest.mark.parametrize("user", [STABLE_USER, CANARY_USER])

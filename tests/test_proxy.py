@@ -20,7 +20,7 @@ MESSAGES = [{"role": "system", "content": "app prompt"}, {"role": "user", "conte
 
 
 def sdk(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20)
+    return gateway.openai(CLIENT_KEY)
 
 
 def formula_version(user: str, percent: float) -> str:

@@ -92,7 +92,7 @@ class AdminGuard:
         self._failures.setdefault(client, deque()).append(now)
 
 
-def admin_actor(request: Request) -> str:
+async def admin_actor(request: Request) -> str:
     actor = request.scope.get("state", {}).get("admin_actor")
     if not isinstance(actor, str):
         raise Unauthorized("Missing or invalid admin token")
@@ -109,18 +109,6 @@ class VersionIn(VersionSettings):
     @classmethod
     def _name(cls, name: str) -> str:
         return check_name(name, "version name")
-
-    def to_version(self) -> Version:
-        return Version(
-            name=self.name,
-            provider=self.provider,
-            model=self.model,
-            system_prompt=self.system_prompt,
-            few_shot=tuple({"role": shot.role, "content": shot.content} for shot in self.few_shot),
-            params=dict(self.params),
-            prompt_mode=self.prompt_mode,
-            response_schema=self.response_schema,
-        )
 
 
 def _two_decimals(percent: float | None) -> float | None:
@@ -162,7 +150,7 @@ async def get_deployment(name: Name, services: ServicesDep, _actor: Actor) -> JS
 
 @router.post("/deployments/{name}/versions", status_code=201)
 async def create_version(name: Name, body: VersionIn, services: ServicesDep, actor: Actor) -> JSONResponse:
-    version = await services.control.create_version(deployment=name, version=body.to_version(), actor=actor)
+    version = await services.control.create_version(deployment=name, version=body.to_version(body.name), actor=actor)
     return JSONResponse(version_view(version), status_code=201)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hmac
 import re
-import uuid
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -25,6 +25,22 @@ from gateway.store import Store
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+class RequestIds:
+    """Unguessable request ids (128 random bits), drawn from the OS in blocks rather than per call."""
+
+    _BLOCK = 4096
+
+    def __init__(self) -> None:
+        self._random = b""
+        self._used = 0
+
+    def new(self) -> str:
+        if self._used >= len(self._random):
+            self._random, self._used = os.urandom(self._BLOCK), 0
+        self._used += 16
+        return self._random[self._used - 16 : self._used].hex()
+
+
 @dataclass
 class Services:
     """Everything the lifespan built; routers reach it through `ServicesDep`."""
@@ -38,10 +54,12 @@ class Services:
     metrics: Metrics
     client_tokens: Mapping[str, SecretStr]
     max_body_bytes: int
+    request_ids: RequestIds = field(default_factory=RequestIds)
     shutting_down: bool = False
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI would run a plain function in a worker thread on every request.
     services: Services = request.app.state.services
     return services
 
@@ -59,12 +77,12 @@ def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = Non
     return JSONResponse({"error": error}, status_code=exc.status, headers=answer_headers)
 
 
-def request_id_of(request: Request) -> str:
+def request_id_of(request: Request, ids: RequestIds) -> str:
     """The client's X-Request-Id when it is a sane token, else a new one."""
     given = request.headers.get("x-request-id")
     if given and _REQUEST_ID.match(given):
         return given
-    return uuid.uuid4().hex
+    return ids.new()
 
 
 def check_client_token(request: Request, tokens: Mapping[str, SecretStr]) -> None:
