@@ -31,9 +31,15 @@ Run from the project root with the project's virtualenv:
     python benchmarks/proxy_overhead.py --transport both --duration 8 --concurrency 1,16,64
     python benchmarks/proxy_overhead.py --json results.json  # also save the raw figures
 
+    python benchmarks/proxy_overhead.py --profile /tmp/prof    # + py-spy during a json c=16 run
+
 On a small machine the load generator and the fake upstream share the CPUs
 with the gateway; `--pin` puts the gateway on its own CPU (the last one) and
-the rest on the others. Standard library and aiohttp only (uvloop is used for
+the rest on the others. The "other %" column is CPU used by processes outside
+the benchmark during each window: when it is high, throughput and latency are
+understated (CPU per request is the least sensitive figure). `--gateway-only`
+skips the direct runs and `--gateway-command` runs another server that takes
+`serve --config FILE` (a bare relay, a patched build) under the same load. Standard library and aiohttp only (uvloop is used for
 the harness processes when it is importable; `--no-uvloop` to avoid it).
 Nothing is asserted: the targets are printed next to the figures.
 """
@@ -1074,7 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="measurement window per run, seconds (default 8)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window, seconds (default 2)")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated concurrencies (default 1,16,64)")
-    parser.add_argument("--modes", default="json,stream", help="json, stream or both (default json,stream)")
+    parser.add_argument("--modes", default="json,stream", help="json, stream or json,stream (default json,stream)")
     parser.add_argument("--load-processes", type=int, default=1, help="load generator processes per run (default 1)")
     parser.add_argument("--stream-events", type=int, default=8, help="content events per streamed answer (default 8)")
     parser.add_argument("--stream-gap-ms", type=float, default=0.0,

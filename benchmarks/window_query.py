@@ -44,11 +44,17 @@ What the script does, in a throwaway database on the server given by --url:
    - warm: --runs more calls on one pooled connection (min / median / max;
      more than 5, so a switch to a generic plan would show);
 5. prints `EXPLAIN (ANALYZE, BUFFERS)` of every statement `window_stats`
-   sent (captured from the engine, re-run with its parameters) for v2: warm,
-   right after an eviction (with track_io_timing), and, where the existing
-   indexes are in place, with only (deployment, version, created_at) (the
+   sent (captured from the engine, re-run with its parameters): by default
+   the 1-hour window of v2, warm, and, where the existing indexes are in
+   place, statement 1 with only (deployment, version, created_at) (the
    planner otherwise prefers ix_request_records_created; that index is
-   dropped inside a rolled-back transaction for the EXPLAIN);
+   dropped inside a rolled-back transaction for the EXPLAIN); with
+   --plans all, every case and window, and the 1-hour plans right after an
+   eviction (track_io_timing on);
+   then times each statement alone on one connection, and, when there is a
+   second statement (quality by source, joined with quality_scores), two
+   rewrites of it that return the same rows (checked), for the decision
+   between an index and a query change;
 6. repeats 4-5 with the index states a migration could choose from:
      a. existing indexes, recent rows not vacuumed
      b. covering index (deployment, version, created_at) INCLUDE (status,
@@ -402,6 +408,7 @@ class Result:
     warm_ms: list[float]
     access: str
     plans: dict[str, list[str]] = field(default_factory=dict)
+    statements: list[tuple[str, Any]] = field(default_factory=list)
 
 
 # The tables named in :tables (those that exist), their indexes and TOAST tables.
@@ -493,7 +500,7 @@ async def fresh_call(url: str, case: Case) -> tuple[float, int]:
 
 
 async def measure(url: str, state: str, cases: list[Case], runs: int, evictor: Evictor | None,
-                  composite_only: bool) -> tuple[list[Result], list[int]]:
+                  composite_only: bool, all_plans: bool) -> tuple[list[Result], list[int]]:
     engine = create_engine(url, DatabaseSettings())  # the gateway's defaults: pool, 5 s statement timeout
     store = Store(engine)
     recording: list[tuple[str, Any]] | None = None
@@ -530,18 +537,18 @@ async def measure(url: str, state: str, cases: list[Case], runs: int, evictor: E
             for number, (sql, params) in enumerate(statements, 1):
                 tag = f"statement {number} of {len(statements)}"
                 plans[f"{tag}, warm"] = await explain(url, sql, params)
-                if evictor is not None and case.window == "1 h":
+                if evictor is not None and case.window == "1 h" and all_plans:
                     left_in_buffers.append(await evictor.evict())
                     plans[f"{tag}, right after an eviction (track_io_timing on)"] = await explain(
                         url, sql, params, io_timing=True
                     )
-                if composite_only:
+                if composite_only and (all_plans or (case.window == "1 h" and number == 1)):
                     plans[f"{tag}, warm, {EXISTING_INDEX} only ({OTHER_INDEX} dropped in a rolled-back transaction)"] = (
                         await explain(url, sql, params, without=OTHER_INDEX)
                     )
             first = next(iter(plans.values()))
             access = access_path(first) + (f" (+{len(statements) - 1} more statement)" if len(statements) > 1 else "")
-            results.append(Result(state, case, rows, evicted_ms, cold_ms, warm, access, plans))
+            results.append(Result(state, case, rows, evicted_ms, cold_ms, warm, access, plans, statements))
     finally:
         await store.close()
     return results, left_in_buffers
@@ -643,6 +650,80 @@ async def profile(url: str, now: datetime) -> list[tuple[str, str, int, int, int
 
 
 # --------------------------------------------------------------------------
+# Statement by statement, and rewrites of the quality-by-source statement
+# --------------------------------------------------------------------------
+
+# The quality-by-source statement of window_stats (schemas with quality_scores)
+# joins every score to the window's records; the planner tends to hash-join a
+# full scan of quality_scores. Two rewrites with the same result, for comparison
+# (parameters: deployment, version, since): only scored calls have scores (a
+# call's `quality` is derived from its scores), and ANY(ARRAY(...)) makes the
+# window's ids an InitPlan so that quality_scores is probed through its index.
+REWRITES = {
+    "rewrite A: + AND request_records.quality IS NOT NULL": (
+        f"SELECT {SCORES}.source, avg({SCORES}.score) AS avg_1, count(*) AS count_1 "
+        f"FROM {SCORES} JOIN {TABLE} ON {TABLE}.id = {SCORES}.request_id "
+        f"WHERE {TABLE}.deployment = $1 AND {TABLE}.version = $2 AND {TABLE}.created_at >= $3 "
+        f"AND {TABLE}.status != 'client_cancelled' AND {TABLE}.quality IS NOT NULL "
+        f"GROUP BY {SCORES}.source"
+    ),
+    "rewrite B: request_id = ANY(ARRAY(SELECT id ... AND quality IS NOT NULL))": (
+        f"SELECT source, avg(score) AS avg_1, count(*) AS count_1 FROM {SCORES} "
+        f"WHERE request_id = ANY(ARRAY(SELECT id FROM {TABLE} WHERE deployment = $1 AND version = $2 "
+        "AND created_at >= $3 AND status != 'client_cancelled' AND quality IS NOT NULL)) "
+        "GROUP BY source"
+    ),
+}
+
+
+def by_source(rows: Any) -> list[tuple[str, float, int]]:
+    return sorted((str(row[0]), round(float(row[1]), 9), int(row[2])) for row in rows)
+
+
+async def statement_timings(url: str, results: list[Result], runs: int, plan_windows: set[str]) -> list[list[str]]:
+    """Each statement window_stats sent (v2), and the rewrites, timed alone on one connection."""
+    rows: list[list[str]] = []
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            for result in results:
+                if result.case.version != "v2":
+                    continue
+                candidates: list[tuple[str, str, Any]] = [
+                    (f"statement {number} as sent", sql, params) for number, (sql, params) in enumerate(result.statements, 1)
+                ]
+                if len(result.statements) > 1:
+                    window = (result.case.deployment, result.case.version, result.case.since)
+                    candidates += [(label, sql, window) for label, sql in REWRITES.items()]
+                reference: Any = None
+                for label, sql, params in candidates:
+                    timings, answer = [], None
+                    for _ in range(runs):
+                        started = time.perf_counter()
+                        answer = (await connection.exec_driver_sql(sql, params)).all()
+                        timings.append((time.perf_counter() - started) * 1000)
+                    normalised = None if label == "statement 1 as sent" else by_source(answer or [])
+                    if label == "statement 2 as sent":
+                        reference = normalised
+                    same = "" if normalised is None or reference is None else ("yes" if normalised == reference else "NO")
+                    plan = [row[0] for row in await connection.exec_driver_sql(
+                        "EXPLAIN (ANALYZE, BUFFERS) " + sql, params)]
+                    executed = next((line for line in plan if line.startswith("Execution Time")), "")
+                    rows.append([result.state, result.case.window, label, f"{min(timings):.1f}",
+                                 f"{statistics.median(timings):.1f}", executed.replace("Execution Time: ", ""),
+                                 access_path(plan), same])
+                    if label.startswith("rewrite") and result.case.window in plan_windows:
+                        print()
+                        print(f"--- EXPLAIN (ANALYZE, BUFFERS), state {result.state[0]}, {result.case.label}, {label} ---")
+                        for line in plan:
+                            print(line)
+            await connection.rollback()
+    finally:
+        await engine.dispose()
+    return rows
+
+
+# --------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------
 
@@ -713,6 +794,7 @@ async def run(args: argparse.Namespace) -> int:
     await autocommit(args.url, f'CREATE DATABASE "{name}"')
     print(f"database {name} on {make_url(args.url).host}:{make_url(args.url).port}")
     results: list[Result] = []
+    by_statement: list[list[str]] = []
     evictor: Evictor | None = None
     try:
         await asyncio.to_thread(upgrade, url)
@@ -767,20 +849,26 @@ async def run(args: argparse.Namespace) -> int:
                 await autocommit_bulk(url, statements)
                 print(f"  prepared in {time.perf_counter() - started:.1f} s: " + "; ".join(statements))
             print_state(await describe(url))
+            all_plans = args.plans == "all"
             state_results, left = await measure(
-                url, f"{key}. {label}", cases, args.runs, evictor, composite_only=key in args.composite_only
+                url, f"{key}. {label}", cases, args.runs, evictor, composite_only=key in args.composite_only,
+                all_plans=all_plans,
             )
             if left:
                 print(f"  {TABLE}/{SCORES} pages left in shared_buffers after each eviction: {sorted(set(left))}")
             results.extend(state_results)
             for result in state_results:
-                if result.case.version != "v2" and not args.explain_all:
+                if not all_plans and (result.case.version, result.case.window) != ("v2", "1 h"):
                     continue
                 for kind, lines in result.plans.items():
                     print()
                     print(f"--- EXPLAIN (ANALYZE, BUFFERS), state {key}, {result.case.label}, {kind} ---")
                     for line in lines:
                         print(line)
+            if any(len(r.statements) > 1 for r in state_results):
+                last_state = key == [k for k, *_ in STATES if k in args.states][-1]
+                windows = {"1 h", "24 h"} if all_plans else ({"1 h"} if last_state else set())
+                by_statement += await statement_timings(url, state_results, args.runs, windows)
         if results:
             print()
             print("=== what window_stats sends (PostgreSQL), as captured from the engine ===")
@@ -823,6 +911,13 @@ async def run(args: argparse.Namespace) -> int:
                 "MET" if worst < TARGET_MS else "NOT MET",
             ])
         print_table(["index state", "evicted", "new conn", "warm med", "< 200 ms"], verdict, "lrrrl")
+
+        if by_statement:
+            print()
+            print(f"=== statement by statement, support-bot v2: each statement window_stats sent, and two rewrites of "
+                  f"statement 2, alone on one connection ({args.runs} runs; EXPLAIN ANALYZE execution time) ===")
+            print_table(["index state", "window", "statement", "min ms", "median ms", "EXPLAIN exec", "access path",
+                         "same result"], by_statement, "lllrrrll")
     finally:
         if evictor is not None:
             await evictor.close()
@@ -863,7 +958,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--composite-only", default="ad",
                         help="states in which to also EXPLAIN with only the (deployment, version, created_at) index "
                         "(ix_request_records_created dropped in a rolled-back transaction) (default ad)")
-    parser.add_argument("--explain-all", action="store_true", help="also print the plans of the canary (v3)")
+    parser.add_argument("--plans", choices=["key", "all"], default="key",
+                        help="key (default): the 1-hour plans of v2 per state, with only the composite index for "
+                        "statement 1, and the rewrites' 1-hour plans in the last state; all: every case, window, "
+                        "version, plus plans right after an eviction")
     parser.add_argument("--keep", action="store_true", help="do not drop the database (it ends in state d)")
     args = parser.parse_args(argv)
     if not args.url.startswith("postgresql"):

@@ -15,8 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import jsonschema
-
 from gateway.config import EvaluatorSettings
 
 # Phrases that open a refusal, per language; matched case-insensitively near the start of an answer.
@@ -94,6 +92,8 @@ class ValidJson:
         except (ValueError, RecursionError):
             return 0.0
         if sample.schema is not None:
+            import jsonschema  # only for calls that need it: it is a heavy import
+
             try:
                 jsonschema.validate(document, sample.schema)
             except jsonschema.ValidationError:
