@@ -96,6 +96,15 @@ class Store:
         self.engine = engine
         self._local_locks: dict[str, asyncio.Lock] = {}
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        self._record_insert = _record_insert_sql(engine.dialect.paramstyle)
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    def _record_row(self, record: RequestRecord) -> tuple[Any, ...]:
+        row = [getattr(record, name) for name in _RECORD_FIELDS]
+        created = record.created_at.astimezone(UTC)
+        # As UTCDateTime stores it: naive UTC text on SQLite, an aware timestamp on PostgreSQL.
+        row[_CREATED_AT] = created.strftime("%Y-%m-%d %H:%M:%S.%f") if self._sqlite else created
+        return tuple(row)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -417,10 +426,9 @@ class Store:
             return
         async with translated_errors(), self.engine.begin() as connection:
             if records:
-                await connection.execute(
-                    self._insert(RequestRecordRow).on_conflict_do_nothing(index_elements=["id"]),
-                    [_values(record, _RECORD_FIELDS) for record in records],
-                )
+                # The hottest write: a prepared plain-SQL executemany, a fraction of the ORM
+                # insert's per-row cost, which is paid on the event loop.
+                await connection.exec_driver_sql(self._record_insert, [self._record_row(r) for r in records])
             if scores:
                 await connection.execute(
                     self._insert(QualityScoreRow).on_conflict_do_nothing(index_elements=["id"]),
@@ -448,6 +456,19 @@ class Store:
 
 
 _RECORD_FIELDS = tuple(field.name for field in fields(RequestRecord))
+_CREATED_AT = _RECORD_FIELDS.index("created_at")
+
+
+def _record_insert_sql(paramstyle: str) -> str:
+    marks = {
+        "qmark": ["?"] * len(_RECORD_FIELDS),
+        "numeric_dollar": [f"${index}" for index in range(1, len(_RECORD_FIELDS) + 1)],
+        "format": ["%s"] * len(_RECORD_FIELDS),
+    }[paramstyle]
+    return (
+        f"INSERT INTO request_records ({', '.join(_RECORD_FIELDS)}) VALUES ({', '.join(marks)}) "
+        "ON CONFLICT (id) DO NOTHING"
+    )
 _SCORE_FIELDS = tuple(field.name for field in fields(QualityScore))
 
 
