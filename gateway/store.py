@@ -109,10 +109,6 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def ping(self) -> None:
-        async with translated_errors(), self.engine.connect() as connection:
-            await connection.exec_driver_sql("SELECT 1")
-
     async def sync_declared(self, *, deployments: Mapping[str, Deployment], policies: Mapping[str, Any]) -> None:
         """Write declared deployments and versions that the database does not have yet.
 
