@@ -189,6 +189,15 @@ class FakeUpstream:
             sent += 1
             if b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
+        for tool in (body.get("tools") or [])[:1]:
+            name = tool["function"]["name"]
+            for index, part in enumerate(('{"city":', ' "Paris"}')):
+                call: dict[str, Any] = {"index": 0, "function": {"arguments": part}}
+                if index == 0:
+                    call.update({"id": "call_fake1", "type": "function"})
+                    call["function"]["name"] = name
+                event = chunk(body, {"tool_calls": [call]}, usage=None, include_usage=include_usage, finish=None)
+                await response.write(b"data: " + json.dumps(event).encode() + end)
         if include_usage and not b.usage_in_last_chunk:
             usage_event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
                            "model": body["model"], "choices": [], "usage": self._usage()}
@@ -230,19 +239,19 @@ class WebhookReceiver:
 
 
 def completion(body: dict[str, Any], *, usage: Any) -> dict[str, Any]:
+    """An answer naming the system prompt it saw; a call to the first tool when tools were offered."""
     system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    message: dict[str, Any] = {"role": "assistant", "content": f"answer to [{system}]"}
+    tools = body.get("tools") or []
+    if tools:
+        message["tool_calls"] = [{"id": "call_fake1", "type": "function", "function": {
+            "name": tools[0]["function"]["name"], "arguments": json.dumps({"city": "Paris"})}}]
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1,
         "model": body["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": f"answer to [{system}]"},
-                "finish_reason": "stop",
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tools else "stop"}],
         "usage": usage,
     }
 

@@ -235,23 +235,26 @@ def test_both_versions_answer_the_same_sdk_calls(mixed: Gateway, claude: FakeAnt
     # The fake OpenAI upstream streams fixed pieces; the fake Anthropic streams its plain answer.
     assert streamed == (plain.choices[0].message.content if expected_version == "v2" else "piece0 piece1 piece2 ")
 
-    if expected_version == "v2":
-        tooled = client.chat.completions.create(model="support-bot", messages=messages, user=user, tools=TOOLS)
-        call = tooled.choices[0].message.tool_calls[0]
-        assert tooled.choices[0].finish_reason == "tool_calls"
-        assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
-        arguments = "".join(
-            tool.function.arguments or "" for event in client.chat.completions.create(
-                model="support-bot", messages=messages, user=user, tools=TOOLS, stream=True)
-            if event.choices for tool in (event.choices[0].delta.tool_calls or []))
-        assert json.loads(arguments) == {"city": "Paris"}
-        rows = mixed.records(4)
-        assert len(rows) == 4
-        for row in rows:
-            assert (row["version"], row["provider"], row["upstream_model"]) == ("v2", "claude", "claude-sonnet-4-5")
-            assert (row["prompt_tokens"], row["completion_tokens"], row["status"]) == (27, 9, "ok")
-            assert row["cost_usd"] == pytest.approx((20 * 3.0 + 5 * 0.3 + 2 * 3.75 + 9 * 15.0) / 1e6)
-        assert all(row["ttft_ms"] is not None for row in rows if row["stream"])
+    tooled = client.chat.completions.create(model="support-bot", messages=messages, user=user, tools=TOOLS)
+    call = tooled.choices[0].message.tool_calls[0]
+    assert tooled.choices[0].finish_reason == "tool_calls"
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    arguments = "".join(
+        tool.function.arguments or "" for event in client.chat.completions.create(
+            model="support-bot", messages=messages, user=user, tools=TOOLS, stream=True)
+        if event.choices for tool in (event.choices[0].delta.tool_calls or []))
+    assert json.loads(arguments) == {"city": "Paris"}
+    expected = {  # provider, model, prompt and completion tokens, cost
+        "v1": ("fake", "model-a", 11, 7, (11 * 1.0 + 7 * 2.0) / 1e6),
+        "v2": ("claude", "claude-sonnet-4-5", 27, 9, (20 * 3.0 + 5 * 0.3 + 2 * 3.75 + 9 * 15.0) / 1e6),
+    }[expected_version]
+    rows = mixed.records(4)
+    assert len(rows) == 4
+    for row in rows:
+        assert row["version"] == expected_version and row["status"] == "ok"
+        assert (row["provider"], row["upstream_model"], row["prompt_tokens"], row["completion_tokens"]) == expected[:4]
+        assert row["cost_usd"] == pytest.approx(expected[4])
+    assert all(row["ttft_ms"] is not None for row in rows if row["stream"])
 
 
 def test_what_the_anthropic_upstream_receives(mixed: Gateway, claude: FakeAnthropic) -> None:
