@@ -190,7 +190,8 @@ class Recorder:
         self._metrics.record_queue.set(len(self._buffer))
 
     async def _drain_spool(self) -> None:
-        for path in await asyncio.to_thread(self._spool.claim_all):
+        """Write spooled files back one at a time; a file the database refuses now is released."""
+        while (path := await asyncio.to_thread(self._spool.claim_next)) is not None:
             lines = await asyncio.to_thread(path.read_text, "utf-8")
             records = []
             for line in lines.splitlines():
@@ -201,7 +202,9 @@ class Recorder:
             try:
                 for start in range(0, len(records), self._settings.batch_size):
                     await self._write(records[start : start + self._settings.batch_size])
-            except StoreUnavailable:
+            except BaseException:
+                # Unavailable or cancelled: the file goes back for a later attempt; what
+                # did commit is skipped then (ids are unique).
                 await asyncio.to_thread(self._spool.release, path)
                 raise
             await asyncio.to_thread(path.unlink, True)
@@ -260,16 +263,16 @@ class Spool:
             log.exception("cannot write to the spool directory %s", self._directory)
             return 0
 
-    def claim_all(self) -> list[Path]:
-        claimed = []
+    def claim_next(self) -> Path | None:
+        """The oldest unclaimed file, renamed as this process's; None when there is none."""
         for path in sorted(self._directory.glob("records-*.jsonl")):
             target = path.with_suffix(f".draining-{os.getpid()}")
             try:
                 path.rename(target)
             except OSError:
                 continue  # another worker claimed it
-            claimed.append(target)
-        return claimed
+            return target
+        return None
 
     def release(self, path: Path) -> None:
         with contextlib.suppress(OSError):
