@@ -31,6 +31,7 @@ from gateway.api.deps import Services, error_response
 from gateway.config import Settings, declared_deployments, load_settings
 from gateway.control import ControlPlane
 from gateway.errors import GatewayError, StoreUnavailable
+from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics, forget_process
 from gateway.models import Deployment, Price
 from gateway.pricing import PriceTable
@@ -126,6 +127,9 @@ def create_app(
             metrics=metrics,
             client_tokens=settings.client_tokens,
             max_body_bytes=settings.server.max_body_bytes,
+            rate_limit=KeyedLimiter(settings.server.rate_limit_per_minute)
+            if settings.server.rate_limit_per_minute
+            else None,
         )
         app.state.services = services
         on_change(snapshot.deployments)

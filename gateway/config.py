@@ -78,6 +78,9 @@ class ServerSettings(_Frozen):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     # Upstream calls in flight per worker; beyond it the proxy answers 503 at once.
     max_concurrency: int = Field(1024, ge=1)
+    # Proxy calls per minute per client (its token's name, or its address without
+    # client tokens); beyond it, 429 with Retry-After. None: no limit.
+    rate_limit_per_minute: int | None = Field(None, ge=1)
     shutdown_grace: Duration = 30.0
     cors_origins: tuple[str, ...] = ()
 

@@ -13,7 +13,7 @@ boundary speaks only these types. The HTTP mapping lives in the API layer.
      │    ├── NotFound               404, unknown deployment, version, route or record
      │    ├── Conflict               409, the state changed or forbids the change
      │    ├── PayloadTooLarge        413
-     │    ├── RateLimited            429, too many failed attempts
+     │    ├── RateLimited            429, too many calls or failed attempts
      │    └── Overloaded             503, too many calls in flight
      ├── UpstreamError               the provider's fault, or a refusal it relays
      │    ├── UpstreamConnectError   502, connection refused or reset

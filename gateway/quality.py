@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from gateway.config import EvaluationSettings, JudgeSettings, QualitySettings
 from gateway.errors import UpstreamError
+from gateway.limits import TokenBucket
 from gateway.evaluators import Evaluator, Sample, build_evaluators, judge_body, parse_verdict
 from gateway.metrics import Metrics
 from gateway.models import QualityScore
@@ -50,26 +51,6 @@ class _Plan:
     judge: JudgeSettings | None
     limiter: TokenBucket | None
     gate: asyncio.Semaphore | None
-
-
-class TokenBucket:
-    """At most `per_minute` takes in any minute, refilled continuously."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._capacity = float(per_minute)
-        self._tokens = float(per_minute)
-        self._rate = per_minute / 60.0
-        self._clock = clock
-        self._last = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
 
 class QualityMonitor:

@@ -9,7 +9,7 @@ import pytest
 from mypy import api as mypy_api
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
-PURE = ("routing", "prompts", "chat", "models", "errors", "config", "rollout", "analysis", "evaluators", "pricing")
+PURE = ("routing", "prompts", "chat", "models", "errors", "config", "rollout", "analysis", "evaluators", "pricing", "limits")
 IO_LIBRARIES = ("fastapi", "starlette", "httpx", "httpx_aiohttp", "aiohttp", "sqlalchemy", "alembic", "uvicorn")
 
 

@@ -423,3 +423,18 @@ def test_calls_beyond_the_concurrency_limit_are_refused_at_once(make_gateway: An
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert error_of(refused)["code"] == "gateway_overloaded"
     assert elapsed < 0.5
+
+
+def test_a_client_over_its_rate_limit_gets_429_and_others_do_not(make_gateway: Any, fake: FakeUpstream) -> None:
+    gateway = make_gateway({"client_tokens": {"app-a": "token-a", "app-b": "token-b"},
+                            "server": {"rate_limit_per_minute": 5}})
+    body = {"model": "support-bot", "messages": MESSAGES}
+    with gateway.client() as http:
+        first = [http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer token-a"})
+                 for _ in range(7)]
+        other = http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer token-b"})
+    assert [answer.status_code for answer in first] == [200] * 5 + [429] * 2
+    assert error_of(first[-1])["code"] == "rate_limited"
+    assert 1 <= int(first[-1].headers["retry-after"]) <= 12
+    assert other.status_code == 200
+    assert fake.hits == 6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import os
 from collections.abc import Mapping
@@ -14,7 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 from gateway.control import ControlPlane
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized, UpstreamError
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized, UpstreamError
+from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.relay import Relay
@@ -54,6 +56,7 @@ class Services:
     metrics: Metrics
     client_tokens: Mapping[str, SecretStr]
     max_body_bytes: int
+    rate_limit: KeyedLimiter | None = None
     request_ids: RequestIds = field(default_factory=RequestIds)
     shutting_down: bool = False
 
@@ -85,17 +88,25 @@ def request_id_of(request: Request, ids: RequestIds) -> str:
     return ids.new()
 
 
-def check_client_token(request: Request, tokens: Mapping[str, SecretStr]) -> None:
-    if not tokens:
-        return
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    presented_bytes = presented.strip().encode()
-    matched = False
-    for token in tokens.values():
-        # Compare against every token so timing does not tell which one is close.
-        matched |= hmac.compare_digest(presented_bytes, token.get_secret_value().encode())
-    if scheme.lower() != "bearer" or not matched:
-        raise Unauthorized("Missing or invalid bearer token")
+def check_client(request: Request, services: Services) -> None:
+    """Authenticate the client when client tokens are set, then apply its rate limit."""
+    client = request.client.host if request.client else "unknown"
+    tokens = services.client_tokens
+    if tokens:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        presented_bytes = presented.strip().encode()
+        name = None
+        for token_name, token in tokens.items():
+            # Compare against every token so timing does not tell which one is close.
+            if hmac.compare_digest(presented_bytes, token.get_secret_value().encode()) and name is None:
+                name = token_name
+        if scheme.lower() != "bearer" or name is None:
+            raise Unauthorized("Missing or invalid bearer token")
+        client = f"token:{name}"
+    if services.rate_limit is not None:
+        wait = services.rate_limit.wait_for_token(client)
+        if wait:
+            raise RateLimited("Too many requests from this client; retry later", retry_after=math.ceil(wait))
 
 
 async def read_body(request: Request, limit: int) -> bytes:

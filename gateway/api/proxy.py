@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.api.deps import Services, ServicesDep, check_client_token, error_response, read_body, request_id_of
+from gateway.api.deps import Services, ServicesDep, check_client, error_response, read_body, request_id_of
 from gateway.chat import parse_chat_request
 from gateway.errors import ClientError, InvalidRequest, NotFound, StoreUnavailable, UpstreamError
 from gateway.models import QualityScore
@@ -30,7 +30,7 @@ async def chat_completions(request: Request) -> Response:
     request_id = request_id_of(request, services.request_ids)
     headers = {"X-Request-Id": request_id}
     try:
-        check_client_token(request, services.client_tokens)
+        check_client(request, services)
         raw = await read_body(request, services.max_body_bytes)
         chat = parse_chat_request(raw, header_user=request.headers.get("x-user-id") or None)
         call = services.relay.begin(chat, request_id=request_id, received=received)
@@ -67,7 +67,7 @@ router.add_api_route(
 @router.get("/v1/models")
 async def list_models(request: Request, services: ServicesDep) -> Response:
     try:
-        check_client_token(request, services.client_tokens)
+        check_client(request, services)
     except ClientError as exc:
         return error_response(exc)
     data = [
@@ -86,7 +86,7 @@ async def feedback(request: Request, services: ServicesDep) -> Response:
     is accepted (202) rather than lost.
     """
     try:
-        check_client_token(request, services.client_tokens)
+        check_client(request, services)
         given = _parse_feedback(await read_body(request, services.max_body_bytes))
         record = services.recorder.held(given.request_id)
         status_code = 200
