@@ -10,7 +10,6 @@ is dropped and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 
 from gateway.metrics import Metrics
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.alerts")
 
@@ -49,11 +49,8 @@ class Alerts:
             self._task = asyncio.create_task(self._run(), name="alerts")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         await self._client.aclose()
 
     def send(self, alert: dict[str, Any]) -> None:

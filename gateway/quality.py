@@ -14,7 +14,6 @@ optional, unlike feedback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -25,12 +24,13 @@ from datetime import UTC, datetime
 
 from gateway.config import EvaluationSettings, JudgeSettings, QualitySettings
 from gateway.errors import UpstreamError
-from gateway.limits import TokenBucket
 from gateway.evaluators import Evaluator, Sample, build_evaluators, judge_body, parse_verdict
+from gateway.limits import TokenBucket
 from gateway.metrics import Metrics
 from gateway.models import QualityScore
 from gateway.pricing import PriceTable
 from gateway.recorder import Recorder
+from gateway.tasks import cancel_and_wait
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway.quality")
@@ -107,11 +107,7 @@ class QualityMonitor:
                              for index in range(self._settings.workers)]
 
     async def stop(self) -> None:
-        for worker in self._workers:
-            worker.cancel()
-        for worker in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+        await cancel_and_wait(self._workers)
         self._workers = []
         dropped = self._queue.qsize()
         if dropped:

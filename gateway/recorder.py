@@ -30,6 +30,7 @@ from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.models import QualityScore, RequestRecord
 from gateway.store import Store
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.recorder")
 
@@ -95,11 +96,8 @@ class Recorder:
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Write everything held; spool what the database would not take in time."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         try:
             async with asyncio.timeout(timeout):
                 while self._buffer:

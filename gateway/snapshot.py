@@ -14,7 +14,6 @@ deployments are synced and the stored state takes over.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -23,6 +22,7 @@ from typing import Any
 from gateway.errors import StoreUnavailable
 from gateway.models import Deployment
 from gateway.store import Store
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.snapshot")
 
@@ -57,11 +57,8 @@ class Snapshot:
         self._task = asyncio.create_task(self._run(), name="snapshot-refresh")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     async def refresh_now(self) -> None:
         await self._refresh(force=True)
