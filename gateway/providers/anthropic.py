@@ -46,13 +46,7 @@ _STATUS = {529: 503}
 
 class AnthropicProvider(Provider):
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
-        headers = {
-            **self._extra_headers,
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "accept-encoding": "identity",
-            "anthropic-version": API_VERSION,
-        }
+        headers = {**self.json_headers(stream=stream), "anthropic-version": API_VERSION}
         if self._api_key:
             headers["x-api-key"] = self._api_key
         return UpstreamRequest(

@@ -137,6 +137,15 @@ class Provider(ABC):
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
         """The error to raise for an upstream answer with an error status."""
 
+    def json_headers(self, *, stream: bool) -> dict[str, str]:
+        """Headers every JSON call sends; identity encoding keeps relayed bytes as they came."""
+        return {
+            **self._extra_headers,
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "accept-encoding": "identity",
+        }
+
     def scrub(self, text: str) -> str:
         """Remove the provider key, and anything shaped like one, from upstream text."""
         if self._api_key:

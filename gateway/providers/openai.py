@@ -27,12 +27,7 @@ from gateway.providers.base import (
 
 class OpenAIProvider(Provider):
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
-        headers = {
-            **self._extra_headers,
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "accept-encoding": "identity",
-        }
+        headers = self.json_headers(stream=stream)
         if self._api_key:
             headers["authorization"] = f"Bearer {self._api_key}"
         return UpstreamRequest(
