@@ -26,6 +26,7 @@ from gateway.providers.base import (
     StreamTranslator,
     UpstreamRequest,
     data_of,
+    error_body,
     sse_error_event,
 )
 
@@ -78,14 +79,8 @@ class AnthropicProvider(Provider):
         return AnthropicStreamTranslator(wants_usage=wants_usage, collect_text=collect_text)
 
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
-        message, error_type = f"HTTP {status}", None
-        try:
-            error = json.loads(content).get("error")
-        except (ValueError, AttributeError, RecursionError):
-            error = None
-        if isinstance(error, dict):
-            message = str(error.get("message") or message)
-            error_type = error.get("type") if isinstance(error.get("type"), str) else None
+        error = error_body(content, status)
+        message, error_type = error.message, error.type
         retry_after = headers.get("retry-after")
         if status in _STATUS:
             return UpstreamStatusError(

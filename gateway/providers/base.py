@@ -194,6 +194,33 @@ def usage_from(data: object, prompt_key: str, completion_key: str) -> Usage:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """What an upstream's JSON error body says: both wire formats nest it under "error"."""
+
+    message: str
+    type: str | None = None
+    code: str | None = None
+
+
+def error_body(content: bytes, status: int) -> ErrorBody:
+    """Tolerant: a body that is not the expected JSON still yields a message."""
+    try:
+        error = json.loads(content).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        error = None
+    if isinstance(error, str):
+        return ErrorBody(message=error)
+    if not isinstance(error, dict):
+        return ErrorBody(message=f"HTTP {status}")
+
+    def text(key: str) -> str | None:
+        value = error.get(key)
+        return value if isinstance(value, str) else None
+
+    return ErrorBody(message=str(error.get("message") or f"HTTP {status}"), type=text("type"), code=text("code"))
+
+
 def sse_error_event(message: str, code: str) -> bytes:
     """A final SSE event that OpenAI's SDKs raise as an APIError."""
     payload = {"error": {"message": message, "type": "upstream_error", "code": code}}

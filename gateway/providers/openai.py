@@ -20,6 +20,7 @@ from gateway.providers.base import (
     StreamTranslator,
     UpstreamRequest,
     data_of,
+    error_body,
     usage_from,
 )
 
@@ -57,19 +58,9 @@ class OpenAIProvider(Provider):
         return OpenAIStreamRelay(wants_usage=wants_usage, collect_text=collect_text)
 
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
-        message, error_type, code = f"HTTP {status}", None, None
-        try:
-            error = json.loads(content).get("error")
-        except (ValueError, AttributeError, RecursionError):
-            error = None
-        if isinstance(error, dict):
-            message = str(error.get("message") or message)
-            error_type = error.get("type") if isinstance(error.get("type"), str) else None
-            code = error.get("code") if isinstance(error.get("code"), str) else None
-        elif isinstance(error, str):
-            message = error
+        error = error_body(content, status)
         return self.status_error(
-            status, message, error_type=error_type, code=code, retry_after=headers.get("retry-after")
+            status, error.message, error_type=error.type, code=error.code, retry_after=headers.get("retry-after")
         )
 
 
