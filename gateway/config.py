@@ -41,8 +41,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
 
 
-def parse_duration(value: object) -> float:
-    """`500ms`, `30s`, `15m`, `1h`, `1d` or a bare number of seconds → seconds."""
+def parse_duration(value: object, *, zero: bool = False) -> float:
+    """`500ms`, `30s`, `15m`, `1h`, `1d` or a bare number of seconds → seconds.
+
+    Raises ValueError for anything else, for a negative or non-finite value,
+    and for zero unless `zero` is true (a setting where zero means "none").
+    """
     if isinstance(value, bool):
         raise ValueError("expected a duration like 500ms, 30s, 15m, 1h or 1d")
     if isinstance(value, int | float):
@@ -51,12 +55,21 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
         raise ValueError(f"expected a duration like 500ms, 30s, 15m, 1h or 1d, got {value!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("a duration must be a positive, finite number of seconds")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite number of seconds, zero or more")
+    if seconds == 0 and not zero:
+        raise ValueError("must be longer than zero: zero has no meaning for this setting")
     return seconds
 
 
+def _duration_or_zero(value: object) -> float:
+    return parse_duration(value, zero=True)
+
+
+# A time span that must be positive (an interval, a timeout, a window).
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# A time span where zero means "none" (no minimum, no delay, no grace).
+DurationOrZero = Annotated[float, BeforeValidator(_duration_or_zero)]
 
 
 class _Frozen(BaseModel):
@@ -81,7 +94,7 @@ class ServerSettings(_Frozen):
     # Proxy calls per minute per client (its token's name, or its address without
     # client tokens); beyond it, 429 with Retry-After. None: no limit.
     rate_limit_per_minute: int | None = Field(None, ge=1)
-    shutdown_grace: Duration = 30.0
+    shutdown_grace: DurationOrZero = 30.0
     cors_origins: tuple[str, ...] = ()
 
 
@@ -176,7 +189,7 @@ class PolicySettings(_Frozen):
     stages: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
     check_interval: Duration = 900.0
     window: Duration = 3600.0
-    min_stage_duration: Duration = 86400.0
+    min_stage_duration: DurationOrZero = 86400.0
     min_requests: int = Field(100, ge=1)
     promote_when: PromoteWhen = PromoteWhen()
     rollback_when: RollbackWhen = RollbackWhen()

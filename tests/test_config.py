@@ -274,6 +274,45 @@ def test_bad_durations_name_the_key(value: object) -> None:
     assert message.startswith("deployments.support-bot.policy.check_interval: ")
 
 
+@pytest.mark.parametrize("zero", [0, 0.0, "0", "0s", "0ms", "0h"])
+def test_zero_means_none_where_it_has_a_meaning(zero: object) -> None:
+    data = minimal()
+    data["deployments"]["support-bot"]["policy"] = {"min_stage_duration": zero}
+    data["server"] = {"shutdown_grace": zero}
+    settings = settings_from_dict(data)
+    assert settings.deployments["support-bot"].policy.min_stage_duration == 0.0
+    assert settings.server.shutdown_grace == 0.0
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("policy", "check_interval"),
+        ("policy", "window"),
+        ("recorder", "flush_interval"),
+        ("recorder", "max_backoff"),
+        ("database", "pool_timeout"),
+        ("database", "statement_timeout"),
+        ("database", "refresh_interval"),
+    ],
+)
+def test_zero_is_refused_where_it_has_no_meaning(section: str, key: str) -> None:
+    data = minimal()
+    if section == "policy":
+        data["deployments"]["support-bot"]["policy"] = {key: "0s"}
+        path = f"deployments.support-bot.policy.{key}"
+    else:
+        data[section] = {key: "0s"}
+        path = f"{section}.{key}"
+    assert config_error(data) == f"{path}: must be longer than zero: zero has no meaning for this setting"
+
+
+def test_negative_durations_are_refused_even_where_zero_is_allowed() -> None:
+    data = minimal()
+    data["deployments"]["support-bot"]["policy"] = {"min_stage_duration": "-1s"}
+    assert config_error(data).startswith("deployments.support-bot.policy.min_stage_duration: ")
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), ".nan", ".inf"])
 def test_non_finite_durations_are_refused(tmp_path: Path, value: object) -> None:
     if isinstance(value, str):
