@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway import __version__
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="canary-gateway", description="Canary rollouts for LLM prompts.")
+    parser.add_argument("--version", action="version", version=f"canary-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
