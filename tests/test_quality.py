@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -124,20 +123,15 @@ def test_with_the_judge_down_the_proxy_is_unaffected_and_failures_are_counted(
     baseline = make_gateway({"deployments": {"support-bot": {"policy": policy}}})
     down = make_gateway(with_judge(f"http://127.0.0.1:{free_port()}/v1", policy))
 
-    def latencies(gateway: Gateway) -> tuple[list[int], float]:
-        codes, times = [], []
+    def codes(gateway: Gateway) -> list[int]:
         with gateway.client() as http:
-            for index in range(60):
-                started = time.perf_counter()
-                codes.append(http.post("/v1/chat/completions", json={
-                    "model": "support-bot", "messages": MESSAGES, "user": f"u{index}"}).status_code)
-                times.append(time.perf_counter() - started)
-        return codes, statistics.median(times)
+            return [http.post("/v1/chat/completions", json={
+                "model": "support-bot", "messages": MESSAGES, "user": f"u{index}"}).status_code
+                for index in range(60)]
 
-    base_codes, base_median = latencies(baseline)
-    down_codes, down_median = latencies(down)
-    assert base_codes == down_codes == [200] * 60
-    assert down_median < base_median * 2 + 0.005  # same latency within noise
+    # Latency with the judge down is measured by benchmarks, not asserted here: the judge's
+    # failures must neither fail nor block a call.
+    assert codes(baseline) == codes(down) == [200] * 60
     failed = ("canary_judge_calls_total", (("deployment", "support-bot"), ("outcome", "failed")))
     wait_for(lambda: metric_samples(down).get(failed, 0) >= 60, timeout=10, what="the counted failures")
     [rows] = [down.records(60)]
