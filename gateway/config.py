@@ -102,10 +102,15 @@ class ProviderSettings(_Frozen):
     kind: Literal["openai", "anthropic"]
     base_url: str
     api_key: SecretStr = SecretStr("")
+    # The deadline of one call from its arrival: retries, the wait and streaming included.
     timeout_s: float = Field(60.0, gt=0, description="total deadline of one upstream call")
     connect_timeout_s: float = Field(5.0, gt=0)
-    # Longest silence between two streamed chunks before the call is abandoned.
+    # Longest silence between two chunks of a stream that has started; it does not
+    # bound the wait for the first byte or for a plain answer.
     idle_timeout_s: float = Field(30.0, gt=0)
+    # Longest wait for the answer's first byte (the headers; a stream's first chunk),
+    # from the call's arrival. None: only timeout_s bounds it.
+    first_byte_timeout_s: float | None = Field(None, gt=0)
     max_connections: int = Field(256, ge=1)
     retries: int = Field(2, ge=0, le=5)
     headers: dict[str, str] = Field(default_factory=dict)

@@ -54,6 +54,8 @@ class Call:
     user_hash: str | None
     received: float
     deadline: float
+    # When the answer's first byte must have come (loop clock); None: the deadline only.
+    first_byte_by: float | None
     created_at: datetime
     # Whether quality checks look at this call's answer.
     wanted: Wanted | None = None
@@ -114,6 +116,9 @@ class Relay:
             user_hash=self._hash_user(chat.user),
             received=received,
             deadline=_loop_deadline(received, client.settings.timeout_s),
+            first_byte_by=_loop_deadline(received, client.settings.first_byte_timeout_s)
+            if client.settings.first_byte_timeout_s is not None
+            else None,
             created_at=datetime.now(UTC),
             wanted=self._quality.draw(deployment.name) if self._quality is not None else None,
         )
@@ -121,7 +126,9 @@ class Relay:
     async def complete(self, call: Call) -> Answer:
         """A non-streaming answer; raises UpstreamError after recording the failure."""
         async with self._failures_recorded(call):
-            response = await call.client.open(call.body, stream=False, deadline=call.deadline)
+            response = await call.client.open(
+                call.body, stream=False, deadline=call.deadline, first_byte_by=call.first_byte_by
+            )
             try:
                 answer = call.client.provider.parse_answer(response.content)
             finally:
@@ -134,7 +141,9 @@ class Relay:
     async def open_stream(self, call: Call) -> httpx.Response:
         """Open the upstream stream; failures before the first byte raise with their status."""
         async with self._failures_recorded(call):
-            return await call.client.open(call.body, stream=True, deadline=call.deadline)
+            return await call.client.open(
+                call.body, stream=True, deadline=call.deadline, first_byte_by=call.first_byte_by
+            )
 
     @contextlib.asynccontextmanager
     async def _failures_recorded(self, call: Call) -> AsyncIterator[None]:
@@ -160,7 +169,9 @@ class Relay:
         try:
             tail = b""
             try:
-                async for chunk in call.client.relay(response, deadline=call.deadline):
+                async for chunk in call.client.relay(
+                    response, deadline=call.deadline, first_byte_by=call.first_byte_by
+                ):
                     out = translator.feed(chunk)
                     if out:
                         if ttft is None and translator.started:

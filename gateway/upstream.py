@@ -4,10 +4,20 @@ One `UpstreamClient` per provider holds one httpx transport (one connection
 pool) for the whole process and sends `httpx.Request`s straight to it: the
 client layer above a transport (cookies, redirects, auth, URL merging) is
 work a relay does not need on every call. Redirects are therefore never
-followed, and no cookie an upstream sets is ever sent back. httpx has no
-total deadline of its own, so every call runs under
-`asyncio.timeout_at(deadline)`. Transport exceptions are translated into
-`gateway.errors` here and nowhere else.
+followed, and no cookie an upstream sets is ever sent back. Transport
+exceptions are translated into `gateway.errors` here and nowhere else.
+
+Time limits, all on the event loop's clock (httpx has no total deadline of
+its own, and its read timeout would bound every socket read alike):
+
+- `deadline` bounds the whole call, retries and streaming included
+  (`timeout_s` from the call's arrival);
+- `first_byte_by`, when set (`first_byte_timeout_s`), bounds the wait for the
+  answer's first byte: the response headers, and for a stream its first chunk;
+- between two chunks of a stream that has started, at most `idle_timeout_s`.
+
+A long answer (a reasoning model thinking for a minute) is therefore bounded
+by the deadline only, never by the idle timeout.
 """
 
 from __future__ import annotations
@@ -60,28 +70,37 @@ class UpstreamClient:
         self._base_url = settings.base_url.rstrip("/")
         # Parsed once per path: URL parsing is a noticeable share of a relayed call.
         self._urls: dict[str, httpx.URL] = {}
+        # Reads are bounded by the deadlines above, on the event loop, not per socket read.
         self._timeouts = {
             "connect": settings.connect_timeout_s,
-            "read": settings.idle_timeout_s,
+            "read": None,
             "write": settings.timeout_s,
             "pool": settings.connect_timeout_s,
         }
+        self._idle_s = settings.idle_timeout_s
 
     async def aclose(self) -> None:
         await self._transport.aclose()
 
-    async def open(self, body: dict[str, Any], *, stream: bool, deadline: float) -> httpx.Response:
+    async def open(
+        self, body: dict[str, Any], *, stream: bool, deadline: float, first_byte_by: float | None = None
+    ) -> httpx.Response:
         """Send the call, retrying connection failures and 5xx before any byte is relayed.
 
-        For a non-streaming call the body is read before returning. The caller
-        owns the returned response and must close it.
+        `deadline` and `first_byte_by` are times on the event loop's clock
+        (`loop.time()`). For a non-streaming call the body is read before
+        returning. The caller owns the returned response and must close it.
+        Raises UpstreamError: UpstreamTimeout when a limit passes,
+        UpstreamConnectError, UpstreamStatusError, UpstreamBadResponse.
         """
         upstream = self.provider.build_request(body, stream=stream)
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             try:
-                return await self._attempt(upstream.path, upstream.headers, upstream.content, stream, deadline)
+                return await self._attempt(
+                    upstream.path, upstream.headers, upstream.content, stream, deadline, first_byte_by
+                )
             except (UpstreamConnectError, UpstreamStatusError) as exc:
                 retryable = isinstance(exc, UpstreamConnectError) or (
                     isinstance(exc, UpstreamStatusError) and exc.retryable
@@ -93,16 +112,18 @@ class UpstreamClient:
                 await asyncio.sleep(pause)
 
     async def _attempt(
-        self, path: str, headers: Any, content: bytes, stream: bool, deadline: float
+        self, path: str, headers: Any, content: bytes, stream: bool, deadline: float, first_byte_by: float | None
     ) -> httpx.Response:
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self._base_url + path)
         request = httpx.Request("POST", url, headers=headers, content=content, extensions={"timeout": self._timeouts})
         response: httpx.Response | None = None
+        headers_by = deadline if first_byte_by is None else min(deadline, first_byte_by)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(headers_by) as limit:
                 response = await self._transport.handle_async_request(request)
+                limit.reschedule(deadline)
                 if response.status_code >= 400:
                     error_body = await _read_capped(response, _MAX_ERROR_BODY)
                     raise self.provider.error_from(response.status_code, error_body, response.headers)
@@ -118,24 +139,55 @@ class UpstreamClient:
                 await _close_quietly(response)
             if isinstance(exc, UpstreamError):
                 raise
+            if isinstance(exc, TimeoutError) and response is None and headers_by < deadline:
+                raise self._first_byte_timeout() from None
             if isinstance(exc, Exception):
                 raise self.translate(exc) from None
             raise
 
-    async def relay(self, response: httpx.Response, *, deadline: float) -> AsyncIterator[bytes]:
-        """The raw bytes of a streamed answer, each read under the call's deadline."""
+    async def relay(
+        self, response: httpx.Response, *, deadline: float, first_byte_by: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """The raw bytes of a streamed answer.
+
+        The first chunk must come before `first_byte_by` (when set), each later
+        one within `idle_timeout_s` of the one before, all before `deadline`
+        (loop-clock times). Raises UpstreamTimeout when a limit passes, other
+        UpstreamErrors when the stream breaks.
+        """
         chunks = response.aiter_raw()
+        loop = asyncio.get_running_loop()
+        limit = deadline if first_byte_by is None else min(deadline, first_byte_by)
+        idle = False  # whether `limit` is the idle timeout rather than the deadline
         while True:
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(limit):
                     chunk = await anext(chunks)
             except StopAsyncIteration:
                 return
             except UpstreamError:
                 raise
+            except TimeoutError:
+                if limit >= deadline:
+                    raise self.translate(TimeoutError()) from None
+                if idle:
+                    raise UpstreamTimeout(
+                        f"upstream provider '{self.provider.name}' sent nothing for {self._idle_s:g} s "
+                        "in the middle of a stream (idle_timeout_s)"
+                    ) from None
+                raise self._first_byte_timeout() from None
             except Exception as exc:
                 raise self.translate(exc) from None
+            next_limit = loop.time() + self._idle_s
+            idle = next_limit < deadline
+            limit = min(next_limit, deadline)
             yield chunk
+
+    def _first_byte_timeout(self) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"upstream provider '{self.provider.name}' sent no first byte within "
+            f"{self.settings.first_byte_timeout_s:g} s (first_byte_timeout_s)"
+        )
 
     def translate(self, exc: Exception) -> UpstreamError:
         """The one place transport exceptions become the gateway's own."""

@@ -38,6 +38,8 @@ class Behaviour:
     delay: float = 0.0
     fail_first: int = 0
     chunk_delay: float = 0.0
+    # A stream's headers go out at once; its first event after this long.
+    first_chunk_delay: float = 0.0
     chunks: int = 3
     cut_after: int | None = None
     crlf: bool = False
@@ -173,6 +175,8 @@ class FakeUpstream:
         b = self.behaviour
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if b.first_chunk_delay:
+            await asyncio.sleep(b.first_chunk_delay)
         end = b"\r\n\r\n" if b.crlf else b"\n\n"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         pieces = [f"piece{i} " for i in range(b.chunks)]
