@@ -98,9 +98,49 @@ class ServerSettings(_Frozen):
     cors_origins: tuple[str, ...] = ()
 
 
+class SimulatedModel(_Frozen):
+    """How one upstream model of a `kind: simulated` provider behaves (see `gateway.simulator`)."""
+
+    latency_ms: float = Field(300.0, ge=0, description="median time to the first token, in milliseconds")
+    latency_spread: float = Field(
+        0.3, ge=0, le=3, description="spread of that time: the sigma of a log-normal (0: always the median)"
+    )
+    tokens_per_second: float = Field(
+        150.0, gt=0, description="how fast the answer's tokens come after the first one"
+    )
+    completion_tokens: int = Field(120, ge=1, description="average length of an answer, in tokens")
+    error_rate: float = Field(
+        0.0, ge=0, le=1, description="share of calls answered with the API's HTTP 500 server error"
+    )
+    quality: float = Field(
+        0.85, ge=0, le=1, description="average quality of the answers, as a simulated judge scores them"
+    )
+    judge: bool = Field(
+        False, description='answer as an LLM judge: a verdict {"score", "reason"} on the answer it is shown'
+    )
+
+
+class SimulationSettings(_Frozen):
+    """The upstream a `kind: simulated` provider pretends to be."""
+
+    api: Literal["chat_completions", "messages"] = Field(
+        "chat_completions",
+        description="wire format: OpenAI's chat completions, or Anthropic's Messages API",
+    )
+    seed: int | None = Field(None, description="seed of the random draws, for repeatable runs; none: random")
+    models: dict[str, SimulatedModel] = Field(
+        default_factory=dict,
+        description="behaviour per upstream model name; a model not listed behaves like the defaults",
+    )
+
+
+# Simulated providers need no URL; this one is never resolved (`.invalid` is reserved, RFC 2606).
+SIMULATED_BASE_URL = "http://simulated.invalid"
+
+
 class ProviderSettings(_Frozen):
-    kind: Literal["openai", "anthropic"]
-    base_url: str
+    kind: Literal["openai", "anthropic", "simulated"]
+    base_url: str  # set for simulated providers, which take none
     api_key: SecretStr = SecretStr("")
     # The deadline of one call from its arrival: retries, the wait and streaming included.
     timeout_s: float = Field(60.0, gt=0, description="total deadline of one upstream call")
@@ -119,6 +159,22 @@ class ProviderSettings(_Frozen):
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
     # Link-local and cloud-metadata addresses are refused unless this is set.
     allow_unsafe_url: bool = False
+
+    # kind: simulated only: the upstream it pretends to be.
+    simulation: SimulationSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_fits(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("kind") == "simulated":
+            if "base_url" in data:
+                raise _KeyError("base_url", "a simulated provider has no base_url")
+            return {**data, "base_url": SIMULATED_BASE_URL, "simulation": data.get("simulation") or {}}
+        if data.get("simulation") is not None:
+            raise _KeyError("simulation", "only a provider of kind simulated takes a simulation")
+        return data
 
     @model_validator(mode="after")
     def _safe_url(self) -> ProviderSettings:

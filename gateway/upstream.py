@@ -40,12 +40,16 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.providers import Provider
+from gateway.simulator import SimulatedTransport
 
 _MAX_ERROR_BODY = 65_536
 _BACKOFF_BASE_S = 0.1
 
 
 def default_transport(kind: Literal["aiohttp", "httpx"], settings: ProviderSettings) -> httpx.AsyncBaseTransport:
+    """The transport of a provider: a connection pool, or the simulator for a simulated provider."""
+    if settings.simulation is not None:
+        return SimulatedTransport(settings.simulation)
     limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections)
     if kind == "aiohttp":
         return AiohttpTransport(limits=limits, trust_env=False)

@@ -11,5 +11,9 @@ __all__ = ["Answer", "Provider", "StreamTranslator", "UpstreamRequest", "create_
 
 
 def create_provider(name: str, settings: ProviderSettings) -> Provider:
-    kind = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}[settings.kind]
+    """The wire format of a provider; a simulated one speaks the API it simulates."""
+    kind = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}.get(settings.kind)
+    if settings.simulation is not None:
+        kind = OpenAIProvider if settings.simulation.api == "chat_completions" else AnthropicProvider
+    assert kind is not None
     return kind(name, api_key=settings.api_key.get_secret_value(), headers=settings.headers)
