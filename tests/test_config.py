@@ -71,8 +71,11 @@ def test_example_loads_with_an_empty_environment() -> None:
     assert settings.server.shutdown_grace == 30.0
     assert settings.recorder.flush_interval == 0.5
     assert settings.database.refresh_interval == 1.0
-    assert set(settings.providers) == {"openai", "anthropic"}
+    assert set(settings.providers) == {"openai", "anthropic", "simulated"}
     assert settings.providers["anthropic"].kind == "anthropic"
+    simulation = settings.providers["simulated"].simulation
+    assert simulation is not None and simulation.api == "chat_completions"
+    assert simulation.models["sim-model"].quality == 0.85
     assert settings.providers["openai"].api_key.get_secret_value() == ""
     assert settings.pricing["gpt-4o-mini"].input == 0.15
     assert settings.pricing["gpt-4o-mini"].output == 0.60
