@@ -8,6 +8,7 @@ when it ends; nothing happens at import time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -29,7 +30,7 @@ from gateway.alerts import Alerts
 from gateway.api.admin import AdminGuard
 from gateway.api.deps import Services, error_response
 from gateway.config import Settings, declared_deployments, load_settings
-from gateway.control import ControlPlane
+from gateway.control import ControlPlane, sync_declared
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics, forget_process
@@ -89,7 +90,7 @@ def create_app(
         snapshot = Snapshot(
             store,
             declared=declared,
-            policies=policies,
+            sync=functools.partial(sync_declared, store, deployments=declared, policies=policies),
             refresh_interval=settings.database.refresh_interval,
             on_change=on_change,
         )
@@ -218,7 +219,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-async def sync_declared(settings: Settings) -> bool:
+async def sync_declared_at_start(settings: Settings) -> bool:
     """Write the declared deployments into the database before serving.
 
     Run by `serve` ahead of the server so that a version redefined in the file
@@ -227,7 +228,7 @@ async def sync_declared(settings: Settings) -> bool:
     """
     store = Store(create_engine(settings.database_url, settings.database))
     try:
-        await store.sync_declared(deployments=declared_deployments(settings), policies=_policies(settings))
+        await sync_declared(store, deployments=declared_deployments(settings), policies=_policies(settings))
     except StoreUnavailable:
         return False
     finally:

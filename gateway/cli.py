@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from fastapi import FastAPI
 
-    from gateway.app import create_app, sync_declared
+    from gateway.app import create_app, sync_declared_at_start
 
     path = _config_path(args.config)
     settings = load_settings(path)
@@ -154,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_dir = None
     try:
         if not args.no_migrate and _apply_migrations(settings):
-            asyncio.run(sync_declared(settings))
+            asyncio.run(sync_declared_at_start(settings))
         host = args.host or settings.server.host
         port = args.port or settings.server.port
         workers = args.workers or settings.server.workers

@@ -6,17 +6,21 @@ the revision together with its audit event. Two concurrent changes therefore
 never both apply: the second gets `Conflict` (409). After a change this
 replica refreshes its routing snapshot at once; the others follow within
 their refresh interval.
+
+The declared configuration's rules live here too (`sync_declared`): which
+rows the file creates, that versions are immutable, and when a declared
+canary starts a rollout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway import rollout
 from gateway.config import PolicySettings, policy_of
-from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.errors import ConfigError, Conflict, InvalidRequest, NotFound
 from gateway.models import Deployment, RolloutEvent, RolloutState, Version, WindowStats
 from gateway.snapshot import Snapshot
 from gateway.store import Store
@@ -161,3 +165,77 @@ def diff_pct(stable: float | None, canary: float | None) -> float | None:
 
 def _policy(deployment: Deployment) -> PolicySettings:
     return policy_of(deployment.policy)
+
+
+async def sync_declared(
+    store: Store,
+    *,
+    deployments: Mapping[str, Deployment],
+    policies: Mapping[str, Mapping[str, Any]],
+    clock: Clock = utc_now,
+) -> None:
+    """Write declared deployments and versions that the database does not have yet.
+
+    Several replicas may start with the same file at once: inserts ignore
+    rows that exist. A declared version whose content differs from the
+    stored one of the same name raises ConfigError naming the key, and
+    nothing is written. The file's policy and `anonymous` flag replace the
+    stored ones. A declared canary the database has not seen yet starts a
+    new rollout at the first stage (replacing a running canary).
+    `policies[name]` is the JSON form of the deployment's policy.
+    """
+    stored = await store.version_hashes(deployments=deployments.keys())
+    for name, deployment in deployments.items():
+        for version_name, content_hash in stored.get(name, {}).items():
+            declared = deployment.versions.get(version_name)
+            if declared is not None and declared.content_hash() != content_hash:
+                raise ConfigError(
+                    f"deployments.{name}.versions.{version_name}: differs from the stored version "
+                    "of the same name; versions are immutable, declare a new name"
+                )
+    created = {
+        name: RolloutEvent(
+            deployment=name,
+            action="deployment_created",
+            actor="config",
+            before=None,
+            after=deployment.rollout.public(),
+            reason="declared in the configuration",
+        )
+        for name, deployment in deployments.items()
+    }
+    await store.insert_declared(deployments=deployments, policies=policies, created_events=created, now=clock())
+    for name, deployment in deployments.items():
+        if deployment.rollout.canary is not None:
+            await _start_declared_canary(store, name, deployment.rollout.canary, policies[name]["stages"], clock)
+
+
+async def _start_declared_canary(store: Store, name: str, canary: str, stages: Sequence[float], clock: Clock) -> None:
+    """A declared canary the database has not seen yet starts a new rollout at the first stage.
+
+    Several replicas may try at once: the compare-and-set lets one win, and
+    the others find the rollout already started when they look again.
+    """
+    for _ in range(3):
+        stored = await store.get_deployment(name)
+        assert stored is not None
+        state = stored.rollout
+        if canary in (state.canary, state.stable):
+            return
+        after = rollout.start_canary(
+            stored, version=canary, percent=None, stages=stages, now=clock(), replace_running=True
+        )
+        event = RolloutEvent(
+            deployment=name,
+            action="canary_started",
+            actor="config",
+            before=state.public(),
+            after=after.public(),
+            reason="declared in the configuration"
+            + (f" (replaces canary '{state.canary}')" if state.status == "canary" else ""),
+        )
+        try:
+            await store.apply_rollout(expected_revision=state.revision, state=after, event=event)
+            return
+        except Conflict:
+            continue

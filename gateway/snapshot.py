@@ -8,17 +8,16 @@ within one interval plus one query.
 
 If the database is unreachable at start, the snapshot serves the declared
 configuration and keeps trying; once the database answers, the declared
-deployments are synced and the stored state takes over.
+deployments are synced (by the injected `sync`, `gateway.control.sync_declared`
+in the app) and the stored state takes over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import Any
-
 from gateway.errors import StoreUnavailable
 from gateway.models import Deployment
 from gateway.store import Store
@@ -33,13 +32,12 @@ class Snapshot:
         store: Store,
         *,
         declared: Mapping[str, Deployment],
-        policies: Mapping[str, Any],
+        sync: Callable[[], Awaitable[None]],
         refresh_interval: float,
         on_change: Callable[[Mapping[str, Deployment]], None] | None = None,
     ) -> None:
         self._store = store
-        self._declared = declared
-        self._policies = policies
+        self._sync = sync
         self._interval = refresh_interval
         self._on_change = on_change
         self._synced = False
@@ -78,7 +76,7 @@ class Snapshot:
 
     async def _refresh(self, *, force: bool = False) -> None:
         if not self._synced:
-            await self._store.sync_declared(deployments=self._declared, policies=self._policies)
+            await self._sync()
             self._synced = True
             force = True
         revisions = await self._store.revisions()

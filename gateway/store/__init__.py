@@ -1,0 +1,35 @@
+"""Async, keyword-only database access, split by job.
+
+    engine.py    the engine, its dialect (checked once) and the translation of database errors
+    rollouts.py  deployments, versions, rollout state (compare-and-set), audit events, decision lock
+    records.py   request records and quality scores written in batches
+    evidence.py  read-only analytics: a version's window numbers, per-version time series
+
+`Store` is all of them over one engine: what the services are given. Every
+method raises `StoreUnavailable` when the database cannot be reached or timed
+out and `StoreRejected` when it refused the values, besides the domain errors
+its docstring names.
+"""
+
+from __future__ import annotations
+
+from gateway.store.engine import Database, Dialect, create_engine, translated_errors
+from gateway.store.evidence import EvidenceStore, percentile_cont
+from gateway.store.records import RecordStore
+from gateway.store.rollouts import RolloutStore
+
+__all__ = [
+    "Database",
+    "Dialect",
+    "EvidenceStore",
+    "RecordStore",
+    "RolloutStore",
+    "Store",
+    "create_engine",
+    "percentile_cont",
+    "translated_errors",
+]
+
+
+class Store(RolloutStore, RecordStore, EvidenceStore):
+    """Every query family over one engine (`create_engine`); close it with `close()`."""

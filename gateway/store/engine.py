@@ -1,0 +1,118 @@
+"""The database engine, its dialect checked once, and the translation of database errors.
+
+Database exceptions are translated here, once, for every query module of the
+package: `StoreUnavailable` when the database cannot be reached or timed out
+(retry later), `StoreRejected` when it refused the values (retrying will not
+help).
+
+Two dialects are served: PostgreSQL (asyncpg) and SQLite (aiosqlite).
+`Dialect.of(engine)` looks the dialect up once; the query modules branch on
+its fields, never on the engine's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gateway.config import DatabaseSettings
+from gateway.errors import StoreRejected, StoreUnavailable
+
+
+def create_engine(url: str, settings: DatabaseSettings) -> AsyncEngine:
+    """An engine for `url` (`postgresql+asyncpg://` or `sqlite+aiosqlite://`); connects lazily.
+
+    Every statement is bounded by `settings.statement_timeout` (seconds); on
+    PostgreSQL the pool is sized and timed out by `settings`.
+    """
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": settings.statement_timeout})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    timeout_ms = str(int(settings.statement_timeout * 1000))
+    return create_async_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": settings.pool_timeout,
+            "command_timeout": settings.statement_timeout + 1,
+            "server_settings": {"statement_timeout": timeout_ms, "application_name": "canary-gateway"},
+        },
+    )
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What the queries need to know about the database, looked up once per engine."""
+
+    postgresql: bool
+    paramstyle: str
+    insert: Callable[..., Any]
+
+    @classmethod
+    def of(cls, engine: AsyncEngine) -> Dialect:
+        """The dialect of `engine`; PostgreSQL or else SQLite."""
+        postgresql = engine.dialect.name == "postgresql"
+        return cls(
+            postgresql=postgresql,
+            paramstyle=engine.dialect.paramstyle,
+            insert=pg_insert if postgresql else sqlite_insert,
+        )
+
+
+class Database:
+    """The engine and its dialect, shared by the query classes of this package."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = Dialect.of(engine)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def translated_errors() -> AsyncIterator[None]:
+    """Translate database exceptions raised in the block into `StoreRejected` / `StoreUnavailable`.
+
+    The message names only the exception's type (database messages may quote
+    the values).
+    """
+    try:
+        yield
+    except DBAPIError as exc:
+        if _refused_values(exc):
+            raise StoreRejected(f"the database refused the values ({type(exc.orig).__name__})") from None
+        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from None
+    except (PoolTimeout, SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from None
+
+
+def _refused_values(exc: DBAPIError) -> bool:
+    """A data exception or constraint violation (SQLSTATE classes 22 and 23), not an outage."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23")

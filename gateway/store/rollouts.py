@@ -1,0 +1,289 @@
+"""Deployments, versions, rollout state and the audit trail.
+
+A rollout change is stored with a compare-and-set on the deployment's
+revision together with its audit event, in one transaction. Versions are
+insert-only. The rules for the declared configuration (which rows the file
+creates, when a declared canary starts) live in `gateway.control`; this
+module only offers the writes they need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.errors import Conflict, NotFound, StoreRejected
+from gateway.models import Deployment, RolloutEvent, RolloutState, Version
+from gateway.store.engine import Database, translated_errors
+from gateway.tables import DeploymentRow, RolloutEventRow, VersionRow
+
+# Advisory-lock namespace of the rollout checks ("CGTW").
+_LOCK_NAMESPACE = 0x43475457
+
+
+class RolloutStore(Database):
+    """Reads and writes of deployments, versions, rollout state and events."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self._local_locks: dict[str, asyncio.Lock] = {}
+
+    async def insert_declared(
+        self,
+        *,
+        deployments: Mapping[str, Deployment],
+        policies: Mapping[str, Mapping[str, Any]],
+        created_events: Mapping[str, RolloutEvent],
+        now: datetime,
+    ) -> None:
+        """In one transaction, write what the database lacks of `deployments`.
+
+        A deployment that does not exist is inserted with its declared rollout
+        state and `created_events[name]` is recorded; versions that do not
+        exist are inserted; every deployment's policy and `anonymous` flag are
+        set from the declaration. Rows that exist are left alone, so several
+        replicas may run this at once. `policies[name]` is the JSON form of
+        the deployment's policy.
+        """
+        insert_ignoring = self.dialect.insert
+        async with translated_errors(), self.engine.begin() as connection:
+            for name, deployment in deployments.items():
+                state = deployment.rollout
+                created = await connection.execute(
+                    insert_ignoring(DeploymentRow)
+                    .values(
+                        name=name,
+                        stable_version=state.stable,
+                        canary_version=state.canary,
+                        canary_percent=state.canary_percent,
+                        stage=state.stage,
+                        status=state.status,
+                        paused=False,
+                        revision=1,
+                        anonymous=deployment.anonymous,
+                        policy=policies[name],
+                        stage_started_at=now if state.canary else None,
+                        updated_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
+                if created.rowcount == 1:
+                    await connection.execute(insert(RolloutEventRow).values(**_event_values(created_events[name], now)))
+                for version in deployment.versions.values():
+                    await connection.execute(
+                        insert_ignoring(VersionRow)
+                        .values(deployment=name, **_version_values(version), created_at=now)
+                        .on_conflict_do_nothing(index_elements=["deployment", "name"])
+                    )
+                await connection.execute(
+                    update(DeploymentRow)
+                    .where(DeploymentRow.name == name)
+                    .values(policy=policies[name], anonymous=deployment.anonymous)
+                )
+
+    async def version_hashes(self, *, deployments: Collection[str]) -> dict[str, dict[str, str]]:
+        """The stored content hash of every version of `deployments`: deployment → version → hash."""
+        async with translated_errors(), self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(VersionRow.deployment, VersionRow.name, VersionRow.content_hash).where(
+                    VersionRow.deployment.in_(list(deployments))
+                )
+            )
+            hashes: dict[str, dict[str, str]] = {}
+            for deployment, name, content_hash in rows:
+                hashes.setdefault(deployment, {})[name] = content_hash
+        return hashes
+
+    async def load_deployments(self) -> dict[str, Deployment]:
+        """Every stored deployment with its versions, by name."""
+        async with translated_errors(), self.engine.connect() as connection:
+            deployment_rows = (await connection.execute(select(DeploymentRow))).all()
+            version_rows = (await connection.execute(select(VersionRow))).all()
+        versions: dict[str, dict[str, Version]] = {}
+        for row in version_rows:
+            versions.setdefault(row.deployment, {})[row.name] = _version_of(row)
+        return {row.name: _deployment_of(row, versions.get(row.name, {})) for row in deployment_rows}
+
+    async def get_deployment(self, name: str) -> Deployment | None:
+        """One deployment as stored now (not the snapshot): what a change is computed from."""
+        async with translated_errors(), self.engine.connect() as connection:
+            row = (await connection.execute(select(DeploymentRow).where(DeploymentRow.name == name))).first()
+            if row is None:
+                return None
+            version_rows = (await connection.execute(select(VersionRow).where(VersionRow.deployment == name))).all()
+        return _deployment_of(row, {version.name: _version_of(version) for version in version_rows})
+
+    async def revisions(self) -> dict[str, int]:
+        """Each deployment's revision: a cheap way to tell whether anything changed."""
+        async with translated_errors(), self.engine.connect() as connection:
+            rows = await connection.execute(select(DeploymentRow.name, DeploymentRow.revision))
+            return {name: revision for name, revision in rows}
+
+    async def apply_rollout(self, *, expected_revision: int, state: RolloutState, event: RolloutEvent) -> RolloutState:
+        """Store `state` if the revision is still `expected_revision`, with its audit event, atomically.
+
+        Returns `state` at its new revision (`expected_revision + 1`). Raises
+        Conflict when another change committed first.
+        """
+        now = event.at or datetime.now(UTC)
+        async with translated_errors(), self.engine.begin() as connection:
+            result = await connection.execute(
+                update(DeploymentRow)
+                .where(DeploymentRow.name == event.deployment, DeploymentRow.revision == expected_revision)
+                .values(
+                    stable_version=state.stable,
+                    canary_version=state.canary,
+                    canary_percent=state.canary_percent,
+                    stage=state.stage,
+                    status=state.status,
+                    paused=state.paused,
+                    stage_started_at=state.stage_started_at,
+                    revision=expected_revision + 1,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                raise Conflict(
+                    f"deployment '{event.deployment}' changed while this change was being made; "
+                    "reload and try again"
+                )
+            await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
+        return replace(state, revision=expected_revision + 1)
+
+    async def record_event(self, event: RolloutEvent) -> None:
+        """An event that changes no state (a version created, a check that held)."""
+        async with translated_errors(), self.engine.begin() as connection:
+            await connection.execute(insert(RolloutEventRow).values(**_event_values(event, event.at or datetime.now(UTC))))
+
+    async def create_version(self, *, deployment: str, version: Version, actor: str) -> None:
+        """Insert a new version; Conflict if the name is taken, NotFound if the deployment is unknown."""
+        now = datetime.now(UTC)
+        try:
+            async with translated_errors(), self.engine.begin() as connection:
+                exists = await connection.scalar(select(DeploymentRow.name).where(DeploymentRow.name == deployment))
+                if exists is None:
+                    raise NotFound(f"deployment '{deployment}' does not exist")
+                await connection.execute(
+                    insert(VersionRow).values(deployment=deployment, **_version_values(version), created_at=now)
+                )
+                event = RolloutEvent(
+                    deployment=deployment,
+                    action="version_created",
+                    actor=actor,
+                    before=None,
+                    after={"version": version.name, **version.content()},
+                )
+                await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
+        except StoreRejected:
+            raise Conflict(f"deployment '{deployment}' already has a version '{version.name}'", param="name") from None
+
+    async def list_events(self, *, deployment: str, limit: int, before_id: int | None = None) -> list[RolloutEvent]:
+        """At most `limit` events of `deployment`, newest first, older than `before_id` when given."""
+        query = select(RolloutEventRow).where(RolloutEventRow.deployment == deployment)
+        if before_id is not None:
+            query = query.where(RolloutEventRow.id < before_id)
+        async with translated_errors(), self.engine.connect() as connection:
+            rows = (await connection.execute(query.order_by(RolloutEventRow.id.desc()).limit(limit))).all()
+        return [
+            RolloutEvent(
+                id=row.id,
+                at=row.at,
+                deployment=row.deployment,
+                action=row.action,
+                actor=row.actor,
+                before=row.from_state,
+                after=row.to_state,
+                reason=row.reason,
+                snapshot=row.snapshot,
+            )
+            for row in rows
+        ]
+
+    @contextlib.asynccontextmanager
+    async def decision_lock(self, deployment: str) -> AsyncIterator[bool]:
+        """Whether this process may decide for `deployment` now; held until the block ends.
+
+        PostgreSQL: a transaction-level advisory lock, so one replica decides at a
+        time and a lost session releases it. SQLite is one process: a local lock.
+        """
+        if not self.dialect.postgresql:
+            lock = self._local_locks.setdefault(deployment, asyncio.Lock())
+            if lock.locked():
+                yield False
+                return
+            async with lock:
+                yield True
+            return
+        key = zlib.crc32(deployment.encode()) - 2**31
+        async with translated_errors(), self.engine.connect() as connection, connection.begin():
+            acquired = await connection.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"), {"namespace": _LOCK_NAMESPACE, "key": key}
+            )
+            yield bool(acquired)
+
+
+def _version_values(version: Version) -> dict[str, Any]:
+    return {
+        "name": version.name,
+        "provider": version.provider,
+        "model": version.model,
+        "system_prompt": version.system_prompt,
+        "few_shot": [dict(shot) for shot in version.few_shot],
+        "params": dict(version.params),
+        "prompt_mode": version.prompt_mode,
+        "response_schema": dict(version.response_schema) if version.response_schema is not None else None,
+        "content_hash": version.content_hash(),
+    }
+
+
+def _version_of(row: Any) -> Version:
+    return Version(
+        name=row.name,
+        provider=row.provider,
+        model=row.model,
+        system_prompt=row.system_prompt,
+        few_shot=tuple(row.few_shot or ()),
+        params=dict(row.params or {}),
+        prompt_mode=row.prompt_mode,
+        response_schema=row.response_schema,
+    )
+
+
+def _deployment_of(row: Any, versions: dict[str, Version]) -> Deployment:
+    return Deployment(
+        name=row.name,
+        versions=versions,
+        rollout=RolloutState(
+            stable=row.stable_version,
+            canary=row.canary_version,
+            canary_percent=row.canary_percent,
+            stage=row.stage,
+            status=row.status,
+            paused=row.paused,
+            revision=row.revision,
+            stage_started_at=row.stage_started_at,
+        ),
+        anonymous=row.anonymous,
+        policy=dict(row.policy or {}),
+    )
+
+
+def _event_values(event: RolloutEvent, at: datetime) -> dict[str, Any]:
+    return {
+        "at": at,
+        "deployment": event.deployment,
+        "action": event.action,
+        "actor": event.actor,
+        "from_state": dict(event.before) if event.before is not None else None,
+        "to_state": dict(event.after) if event.after is not None else None,
+        "reason": event.reason,
+        "snapshot": dict(event.snapshot) if event.snapshot is not None else None,
+    }
