@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import Settings, load_settings
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, MigrationsNotFound
 from gateway.logs import configure_logging
 
 log = logging.getLogger("gateway.cli")
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return result
     except ConfigError as exc:
         print(f"canary-gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    except MigrationsNotFound as exc:
+        print(f"canary-gateway: {exc}", file=sys.stderr)
         return 2
     except AdminError as exc:
         print(f"canary-gateway: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ boundary speaks only these types. The HTTP mapping lives in the API layer.
 
     GatewayError
      ├── ConfigError                 the configuration cannot be used
+     ├── MigrationsNotFound          the installation has no usable migration scripts
      ├── ClientError                 the caller's fault (4xx)
      │    ├── InvalidRequest         400, names the offending field
      │    ├── Unauthorized           401
@@ -50,6 +51,10 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """The configuration is invalid; the message names the key path."""
+
+
+class MigrationsNotFound(GatewayError):
+    """No migration scripts, or no single head among them: the package is incomplete."""
 
 
 class ClientError(GatewayError):

@@ -1,5 +1,12 @@
 """Apply the Alembic migrations that ship with the gateway.
 
+The scripts live in the repository's top-level `migrations/` folder, which the
+build maps into the package as `gateway/migrations` (see setup.py): an
+installed wheel finds them beside this module, a source checkout or an
+editable install one level up. No scripts, or no single head revision among
+them, is a broken installation: `MigrationsNotFound`, never a silent start on
+an empty database.
+
 `serve` runs this at every start; when the schema is already at the newest
 revision (the usual case) it answers from one query, without loading Alembic.
 """
@@ -14,30 +21,57 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+from gateway.errors import MigrationsNotFound
+
+_HERE = Path(__file__).resolve().parent
+# Installed from a wheel first, then a source tree (checkout or editable install).
+_CANDIDATES = (_HERE / "migrations", _HERE.parent / "migrations")
+
+
+def migrations_dir() -> Path:
+    """The folder holding `env.py` and `versions/`; raises MigrationsNotFound when there is none."""
+    for candidate in _CANDIDATES:
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    raise MigrationsNotFound(
+        "no database migrations were found (looked in "
+        + ", ".join(str(candidate) for candidate in _CANDIDATES)
+        + "): the installation is incomplete; reinstall the canary-gateway package"
+    )
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the schema to `revision`; creates the SQLite file's directory if needed."""
+    """Bring the schema to `revision`; creates the SQLite file's directory if needed.
+
+    Synchronous (it runs its own event loop): call it from a thread when a loop
+    is running. Raises MigrationsNotFound, and SQLAlchemy's errors when the
+    database cannot be reached.
+    """
+    directory = migrations_dir()
+    head = head_revision(directory)
     if database_url.startswith("sqlite") and ":///" in database_url:
         path = database_url.split(":///", 1)[1]
         if path and path != ":memory:":
             Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    if revision == "head" and asyncio.run(_current_revision(database_url)) == head_revision():
+    if revision == "head" and asyncio.run(current_revision(database_url)) == head:
         return
     from alembic import command
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(directory))
     config.attributes["database_url"] = database_url
     command.upgrade(config, revision)
 
 
-def head_revision() -> str | None:
-    """The revision no other migration builds on, read from the migration files."""
+def head_revision(directory: Path | None = None) -> str:
+    """The revision no other migration builds on, read from the migration files.
+
+    Raises MigrationsNotFound when the files name no revision, or several heads.
+    """
+    directory = directory or migrations_dir()
     revisions: dict[str, str | None] = {}
-    for path in (MIGRATIONS / "versions").glob("*.py"):
+    for path in (directory / "versions").glob("*.py"):
         values: dict[str, str | None] = {}
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
@@ -48,10 +82,14 @@ def head_revision() -> str | None:
         if revision is not None:
             revisions[revision] = values.get("down_revision")
     heads = set(revisions) - set(revisions.values())
-    return heads.pop() if len(heads) == 1 else None
+    if len(heads) != 1:
+        found = f"heads {', '.join(sorted(heads))}" if heads else "no revision"
+        raise MigrationsNotFound(f"the migrations in {directory} have {found}; exactly one head is needed")
+    return heads.pop()
 
 
-async def _current_revision(database_url: str) -> str | None:
+async def current_revision(database_url: str) -> str | None:
+    """The schema's revision; None for a database that has none yet (or cannot say)."""
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as connection:
