@@ -128,6 +128,7 @@ def create_app(
             metrics=metrics,
             client_tokens=settings.client_tokens,
             max_body_bytes=settings.server.max_body_bytes,
+            user_id_header=settings.server.user_id_header,
             rate_limit=KeyedLimiter(settings.server.rate_limit_per_minute)
             if settings.server.rate_limit_per_minute
             else None,
@@ -167,7 +168,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(settings.server.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type", "x-request-id", "x-user-id"],
+            allow_headers=sorted({"authorization", "content-type", "x-request-id", settings.server.user_id_header}),
             expose_headers=["x-request-id", "x-canary-deployment", "x-canary-version"],
         )
     if not settings.admin_tokens:
@@ -186,12 +187,21 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
         return error_response(exc)
 
+    served: list[str] = []
+
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        kind = "not_found" if exc.status_code == 404 else "invalid_request"
-        message = "Unknown route" if exc.status_code == 404 else str(exc.detail)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            if not served:
+                served.extend(_served_routes(app))
+            path = request.url.path[:200].encode("utf-8", "backslashreplace").decode()
+            message = (f"Unknown route '{request.method} {path}'. This gateway serves: {', '.join(served)}"
+                       " (and the admin API under /admin)")
+            code = "not_found"
+        else:
+            message, code = str(exc.detail), "invalid_request"
         return JSONResponse(
-            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": kind}},
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}},
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
@@ -217,6 +227,24 @@ def _install_error_handlers(app: FastAPI) -> None:
                        "param": None, "code": "internal_error"}},
             status_code=500,
         )
+
+
+def _served_routes(app: FastAPI) -> list[str]:
+    """`METHOD /path` for every public route but the admin API's and the dashboard's files, as a 404 lists them."""
+    served: list[str] = []
+
+    def walk(routes: Any) -> None:
+        for route in routes:
+            included = getattr(route, "original_router", None)  # FastAPI wraps included routers
+            if included is not None:
+                walk(included.routes)
+                continue
+            path, methods = getattr(route, "path", ""), getattr(route, "methods", None) or set()
+            if path and not path.startswith(("/admin", "/dashboard/")):
+                served.extend(f"{method} {path}" for method in sorted(methods - {"HEAD", "OPTIONS"}))
+
+    walk(app.routes)
+    return served
 
 
 async def sync_declared_at_start(settings: Settings) -> bool:

@@ -96,6 +96,13 @@ class ServerSettings(_Frozen):
     rate_limit_per_minute: int | None = Field(None, ge=1)
     shutdown_grace: DurationOrZero = 30.0
     cors_origins: tuple[str, ...] = ()
+    # The header a user id is read from when the body carries none (see gateway.inbound).
+    user_id_header: str = Field("x-user-id", pattern=r"^[A-Za-z0-9-]{1,64}$")
+
+    @field_validator("user_id_header")
+    @classmethod
+    def _lower(cls, name: str) -> str:
+        return name.lower()
 
 
 class SimulatedModel(_Frozen):

@@ -1,7 +1,8 @@
 """Prometheus collectors, built around an injected registry.
 
 Label values come only from the configuration (deployment, version, provider)
-or from fixed sets (status, kind); never from what a client sent.
+or from fixed sets (status, kind, and `api`: chat, responses, messages,
+passthrough); never from what a client sent.
 
 Several uvicorn workers: `canary-gateway serve --workers N` points
 PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers start, so
@@ -25,8 +26,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "canary_requests",
-            "Proxied chat calls by the version that served them and outcome.",
-            ["deployment", "version", "status"],
+            "Proxied calls by the version that served them, outcome and the API they came through.",
+            ["deployment", "version", "status", "api"],
             registry=r,
         )
         self.refused = Counter(
@@ -44,14 +45,14 @@ class Metrics:
         self.duration = Histogram(
             "canary_request_duration_seconds",
             "Time from the gateway receiving a call to its last byte sent.",
-            ["deployment", "version"],
+            ["deployment", "version", "api"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
             "canary_time_to_first_token_seconds",
             "Time from the gateway receiving a streamed call to its first answer event.",
-            ["deployment", "version"],
+            ["deployment", "version", "api"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -12,6 +12,8 @@ from typing import Any, Literal
 PromptMode = Literal["replace", "prepend", "append"]
 RolloutStatus = Literal["stable", "canary", "promoted", "rolled_back"]
 RecordStatus = Literal["ok", "error", "client_cancelled"]
+# The API a call came through: OpenAI chat completions, OpenAI Responses, Anthropic Messages, or pass-through.
+Api = Literal["chat", "responses", "messages", "passthrough"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,7 @@ class RequestRecord:
     completion_tokens: int | None
     cost_usd: float | None
     quality: float | None = None
+    api: Api = "chat"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from gateway.chat import ChatRequest
+from gateway.inbound import InboundRequest
 from gateway.errors import NotFound, Overloaded, UpstreamBadResponse, UpstreamError
 from gateway.evaluators import Sample, wants_json
 from gateway.metrics import Metrics
@@ -49,7 +49,7 @@ class Call:
     deployment: Deployment
     version: Version
     client: UpstreamClient
-    chat: ChatRequest
+    chat: InboundRequest
     body: dict[str, Any]
     user_hash: str | None
     received: float
@@ -88,7 +88,7 @@ class Relay:
         self._closing: set[asyncio.Future[None]] = set()
         self.in_flight = 0
 
-    def begin(self, chat: ChatRequest, *, request_id: str, received: float) -> Call:
+    def begin(self, chat: InboundRequest, *, request_id: str, received: float) -> Call:
         """Resolve the deployment, pick the version, build the upstream body. No I/O."""
         deployment = self._snapshot.deployments.get(chat.model)
         if deployment is None:
@@ -101,6 +101,9 @@ class Relay:
             raise Overloaded("The gateway is at its concurrency limit; retry shortly")
         if chat.user is None:
             self._metrics.anonymous.labels(deployment=deployment.name).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("user id from %s", chat.user_source or "nowhere (anonymous)",
+                      extra={"request_id": request_id, "api": chat.api, "user_id_source": chat.user_source})
         version = deployment.versions.get(choose_version(deployment, chat.user))
         client = self._clients.get(version.provider) if version is not None else None
         if version is None or client is None:
@@ -235,14 +238,15 @@ class Relay:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 cost_usd=cost,
+                api=call.chat.api,
             )
         )
         metrics = self._metrics
         labels = (call.deployment.name, version.name)
-        metrics.requests.labels(*labels, status).inc()
-        metrics.duration.labels(*labels).observe(latency)
+        metrics.requests.labels(*labels, status, call.chat.api).inc()
+        metrics.duration.labels(*labels, call.chat.api).observe(latency)
         if ttft is not None:
-            metrics.ttft.labels(*labels).observe(ttft)
+            metrics.ttft.labels(*labels, call.chat.api).observe(ttft)
         if usage.prompt_tokens is not None:
             metrics.tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens is not None:
@@ -254,9 +258,10 @@ class Relay:
         if not self._access_log:
             return
         access_log.info(
-            "chat completion",
+            "proxied call",
             extra={
                 "request_id": call.request_id,
+                "api": call.chat.api,
                 "deployment": call.deployment.name,
                 "version": version.name,
                 "stream": call.chat.stream,

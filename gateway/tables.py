@@ -110,6 +110,8 @@ class RequestRecordRow(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     quality: Mapped[float | None] = mapped_column(Float)
+    # chat, responses, messages or passthrough: the API the call came through.
+    api: Mapped[str] = mapped_column(String(16), default="chat", server_default="chat")
 
 
 class RolloutEventRow(Base):

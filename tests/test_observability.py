@@ -51,6 +51,7 @@ def test_metrics_count_100_known_requests_exactly(make_gateway: Any, fake: FakeU
             http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
     found = samples(gateway)
     assert value(found, "canary_requests_total", deployment="support-bot", version="v1", status="ok") == 75
+    assert value(found, "canary_requests_total", api="chat") == 100
     assert value(found, "canary_requests_total", deployment="support-bot", version="v2", status="error") == 25
     assert value(found, "canary_requests_total", version="v2", status="ok") == 0
     assert value(found, "canary_request_duration_seconds_count", deployment="support-bot") == 100
@@ -77,7 +78,8 @@ def test_label_values_never_carry_what_a_client_sent(gateway: Gateway) -> None:
     labels = {value for family in text_string_to_metric_families(text) for sample in family.samples
               for key, value in sample.labels.items() if key not in ("le", "quantile")}
     allowed = {"support-bot", "v1", "v2", "fake", "ok", "error", "client_cancelled", "prompt", "completion",
-               "invalid_request", "model_not_found", "not_found", "unknown_deployment", "invalid_api_key"}
+               "invalid_request", "model_not_found", "not_found", "unknown_deployment", "invalid_api_key",
+               "chat", "responses", "messages", "passthrough"}
     assert labels <= allowed, labels - allowed
     for secret in ("alice", "passwd", "fake_metric", "💥", "OR 1=1", "trace-1", PROVIDER_KEY, "SECRET-CONTENT"):
         assert secret not in text

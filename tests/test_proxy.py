@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -71,6 +72,37 @@ def test_user_id_from_header_and_anonymous_goes_to_stable(gateway: Gateway) -> N
     assert {answer.headers["x-canary-version"] for answer in anonymous} == {"v1"}
 
 
+def test_safety_identifier_and_metadata_user_id_route_like_user(
+    gateway: Gateway, fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    canary_user = next(f"u{i}" for i in range(10_000) if formula_version(f"u{i}", 5.0) == "v2")
+    caplog.set_level(logging.DEBUG, logger="gateway.relay")
+    client = sdk(gateway)
+    by_safety_id = client.chat.completions.with_raw_response.create(
+        model="support-bot", messages=MESSAGES, safety_identifier=canary_user, prompt_cache_key="not-a-user")
+    by_metadata = client.chat.completions.with_raw_response.create(
+        model="support-bot", messages=MESSAGES, metadata={"user_id": canary_user}, store=False)
+    cache_key_only = client.chat.completions.with_raw_response.create(
+        model="support-bot", messages=MESSAGES, prompt_cache_key=canary_user)
+    assert [answer.headers["x-canary-version"] for answer in (by_safety_id, by_metadata, cache_key_only)] == [
+        "v2", "v2", "v1"]
+    assert fake.received[0].body["safety_identifier"] == canary_user  # forwarded as the app sent it
+    sources = [record.__dict__.get("user_id_source") for record in caplog.records if record.msg == "user id from %s"]
+    assert sources == ["safety_identifier", "metadata.user_id", None]
+    rows = gateway.records(3)
+    assert len({row["user_hash"] for row in rows[:2]}) == 1 and rows[2]["user_hash"] is None
+
+
+def test_the_user_id_header_name_is_configurable(make_gateway: Any) -> None:
+    gateway = make_gateway({"server": {"user_id_header": "X-End-User"}})
+    canary_user = next(f"u{i}" for i in range(10_000) if formula_version(f"u{i}", 5.0) == "v2")
+    body = {"model": "support-bot", "messages": MESSAGES}
+    with gateway.client() as http:
+        configured = http.post("/v1/chat/completions", json=body, headers={"X-End-User": canary_user})
+        default_name = http.post("/v1/chat/completions", json=body, headers={"X-User-Id": canary_user})
+    assert (configured.headers["x-canary-version"], default_name.headers["x-canary-version"]) == ("v2", "v1")
+
+
 def test_every_call_has_one_record_without_secrets(gateway: Gateway, fake: FakeUpstream) -> None:
     client = sdk(gateway)
     ids = []
@@ -96,6 +128,7 @@ def test_every_call_has_one_record_without_secrets(gateway: Gateway, fake: FakeU
         assert row["latency_ms"] > 0
         assert len(row["user_hash"]) == 32 and not row["user_hash"].startswith("raw-user")
         assert row["quality"] is None
+        assert row["api"] == "chat"
     streamed = [row for row in rows if row["stream"]]
     assert len(streamed) == 1 and streamed[0]["ttft_ms"] is not None
     dump = json.dumps(rows, default=str)
@@ -225,7 +258,13 @@ def test_unknown_deployment_is_404(gateway: Gateway, fake: FakeUpstream) -> None
         sdk(gateway).chat.completions.create(model="no-such-bot", messages=MESSAGES)
     assert caught.value.code == "model_not_found"
     with gateway.client() as http:
-        assert error_of(http.get("/v1/nothing-here"))["code"] == "not_found"
+        unknown = http.get("/v1/nothing-here")
+        unknown_post = http.post("/v1/chat/completion", json={"model": "support-bot", "messages": MESSAGES})
+    assert unknown.status_code == 404 and error_of(unknown)["code"] == "not_found"
+    assert "GET /v1/nothing-here" in error_of(unknown)["message"]
+    message = error_of(unknown_post)["message"]
+    assert "POST /v1/chat/completion'" in message
+    assert "POST /v1/chat/completions" in message and "GET /v1/models" in message
     assert fake.hits == 0
 
 

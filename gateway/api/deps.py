@@ -56,6 +56,7 @@ class Services:
     metrics: Metrics
     client_tokens: Mapping[str, SecretStr]
     max_body_bytes: int
+    user_id_header: str = "x-user-id"
     rate_limit: KeyedLimiter | None = None
     request_ids: RequestIds = field(default_factory=RequestIds)
     shutting_down: bool = False

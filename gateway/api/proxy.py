@@ -32,7 +32,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         check_client(request, services)
         raw = await read_body(request, services.max_body_bytes)
-        chat = parse_chat_request(raw, header_user=request.headers.get("x-user-id") or None)
+        chat = parse_chat_request(raw, header_user=request.headers.get(services.user_id_header) or None)
         call = services.relay.begin(chat, request_id=request_id, received=received)
     except ClientError as exc:
         services.metrics.refused.labels(reason=exc.code or "invalid").inc()
