@@ -177,6 +177,8 @@ class RequestRecord:
     cost_usd: float | None
     quality: float | None = None
     api: Api = "chat"
+    # The cost with every input token priced as uncached (see Price.uncached_cost).
+    uncached_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,3 +228,13 @@ class Price:
             + usage.completion_tokens * self.output
         )
         return total / 1_000_000
+
+    def uncached_cost(self, usage: Usage) -> float | None:
+        """The cost as if no input token had been read from or written to a prompt cache.
+
+        Rollouts compare this: a new prompt starts with a cold provider cache, so
+        its billed cost is higher for a while for reasons that are not the prompt's.
+        """
+        if usage.prompt_tokens is None or usage.completion_tokens is None:
+            return None
+        return (usage.prompt_tokens * self.input + usage.completion_tokens * self.output) / 1_000_000

@@ -25,7 +25,7 @@ from gateway.inbound import InboundRequest
 from gateway.errors import NotFound, Overloaded, UpstreamBadResponse, UpstreamError
 from gateway.evaluators import Sample, wants_json
 from gateway.metrics import Metrics
-from gateway.models import Deployment, RecordStatus, RequestRecord, Usage, Version
+from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
 from gateway.pricing import PriceTable
 from gateway.prompts import build_upstream_body
 from gateway.providers import Answer
@@ -219,7 +219,8 @@ class Relay:
         self.in_flight -= 1
         latency = time.perf_counter() - call.received
         version = call.version
-        cost = self._cost(version.model, usage)
+        price = self._price(version.model)
+        cost = price.cost(usage) if price is not None else None
         self._recorder.submit(
             RequestRecord(
                 id=call.request_id,
@@ -239,6 +240,7 @@ class Relay:
                 completion_tokens=usage.completion_tokens,
                 cost_usd=cost,
                 api=call.chat.api,
+                uncached_cost_usd=price.uncached_cost(usage) if price is not None else None,
             )
         )
         metrics = self._metrics
@@ -289,14 +291,12 @@ class Relay:
             call.wanted,
         )
 
-    def _cost(self, model: str, usage: Usage) -> float | None:
+    def _price(self, model: str) -> Price | None:
         price = self._prices.get(model)
-        if price is None:
-            if model not in self._unpriced_warned:
-                self._unpriced_warned.add(model)
-                log.warning("no price for model %r in the pricing table; its cost is not recorded", model)
-            return None
-        return price.cost(usage)
+        if price is None and model not in self._unpriced_warned:
+            self._unpriced_warned.add(model)
+            log.warning("no price for model %r in the pricing table; its cost is not recorded", model)
+        return price
 
     def _hash_user(self, user: str | None) -> str | None:
         if user is None:

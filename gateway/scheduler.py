@@ -17,9 +17,10 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from gateway import analysis, rollout
+from gateway import rollout
+from gateway.analysis import window_rule as analysis
 from gateway.alerts import Alerts, alert_text
-from gateway.analysis import Decision
+from gateway.analysis.window_rule import Decision
 from gateway.config import PolicySettings, policy_of
 from gateway.errors import Conflict, StoreUnavailable
 from gateway.metrics import Metrics

@@ -112,6 +112,9 @@ class RequestRecordRow(Base):
     quality: Mapped[float | None] = mapped_column(Float)
     # chat, responses, messages or passthrough: the API the call came through.
     api: Mapped[str] = mapped_column(String(16), default="chat", server_default="chat")
+    # The cost with every input token priced as uncached: what rollouts compare (a new
+    # prompt starts with a cold provider cache).
+    uncached_cost_usd: Mapped[float | None] = mapped_column(Float)
 
 
 class RolloutEventRow(Base):
@@ -145,3 +148,12 @@ class QualityScoreRow(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GatewaySettingRow(Base):
+    """Settings the gateway generates once and every replica shares (the user-id salt)."""
+
+    __tablename__ = "gateway_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

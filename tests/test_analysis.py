@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.analysis import decide, next_stage
+from gateway.analysis.window_rule import decide, next_stage
 from gateway.config import PolicySettings
 from gateway.models import WindowStats
 

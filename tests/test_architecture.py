@@ -9,7 +9,7 @@ import pytest
 from mypy import api as mypy_api
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
-PURE = ("routing", "prompts", "chat", "models", "errors", "config", "rollout", "analysis", "evaluators", "pricing", "limits")
+PURE = ("routing", "prompts", "chat", "models", "errors", "config", "rollout", "analysis", "evaluators", "pricing", "limits", "policy")
 IO_LIBRARIES = ("fastapi", "starlette", "httpx", "httpx_aiohttp", "aiohttp", "sqlalchemy", "alembic", "uvicorn")
 
 
@@ -33,9 +33,11 @@ def modules() -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("name", PURE)
 def test_pure_modules_import_no_io_library(name: str) -> None:
-    path = PACKAGE / f"{name}.py"
-    offending = {module for module in imports_of(path) if module.split(".")[0] in IO_LIBRARIES}
-    assert not offending, f"gateway/{name}.py imports {offending}"
+    package = PACKAGE / name
+    paths = sorted(package.rglob("*.py")) if package.is_dir() else [PACKAGE / f"{name}.py"]
+    for path in paths:
+        offending = {module for module in imports_of(path) if module.split(".")[0] in IO_LIBRARIES}
+        assert not offending, f"{path.relative_to(PACKAGE.parent)} imports {offending}"
 
 
 def test_only_the_api_layer_and_the_app_import_fastapi() -> None:

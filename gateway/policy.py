@@ -1,0 +1,153 @@
+"""The rollout policy: a typed, validated, frozen object on every `Deployment`.
+
+Pure (pydantic only). The configuration file declares it per deployment
+(`deployments.NAME.policy`), the database stores it as JSON, and the store
+turns it back into a `RolloutPolicy` once when it loads a deployment, so
+every layer reads typed fields and nothing re-validates a dict.
+
+Durations accept `500ms`, `30s`, `15m`, `1h`, `1d` or a number of seconds.
+Keys that lost their meaning with the sequential decisions (`window`,
+`rollback_when.error_rate_floor`) are still accepted, ignored, and named by
+`deprecated_keys()` so the gateway can warn at start.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object, *, zero: bool = False) -> float:
+    """`500ms`, `30s`, `15m`, `1h`, `1d` or a bare number of seconds → seconds.
+
+    Raises ValueError for anything else, for a negative or non-finite value,
+    and for zero unless `zero` is true (a setting where zero means "none").
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 500ms, 30s, 15m, 1h or 1d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 500ms, 30s, 15m, 1h or 1d, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite number of seconds, zero or more")
+    if seconds == 0 and not zero:
+        raise ValueError("must be longer than zero: zero has no meaning for this setting")
+    return seconds
+
+
+def _duration_or_zero(value: object) -> float:
+    return parse_duration(value, zero=True)
+
+
+# A time span that must be positive (an interval, a timeout, a window).
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+# A time span where zero means "none" (no minimum, no delay, no grace).
+DurationOrZero = Annotated[float, BeforeValidator(_duration_or_zero)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PromoteWhen(_Frozen):
+    """Gates: each must be shown with confidence (its one-sided interval wholly on the good side)."""
+
+    quality_ratio_min: float = Field(0.95, gt=0)
+    p95_latency_ratio_max: float = Field(1.20, gt=0)
+    cost_ratio_max: float = Field(1.30, gt=0)
+    error_rate_ratio_max: float = Field(1.30, gt=0)
+    # The latency gate's threshold is max(ratio × stable p95, stable p95 + slack).
+    latency_slack_ms: float = Field(50.0, ge=0)
+
+
+class RollbackWhen(_Frozen):
+    """Rollback bounds: any one shown with confidence (interval wholly beyond it) rolls back."""
+
+    quality_ratio_below: float = Field(0.90, gt=0)
+    # 1.5, not the seed's 2.0: a doubled error rate can never be shown beyond 2.0 with confidence.
+    error_rate_ratio_above: float = Field(1.5, gt=0)
+    p95_latency_ratio_above: float | None = Field(None, gt=0)
+    cost_ratio_above: float | None = Field(None, gt=0)
+    # Deprecated: the confidence interval replaces the seed's floor. Accepted and ignored.
+    error_rate_floor: float | None = None
+
+
+class RolloutPolicy(_Frozen):
+    """How a canary is judged and moved; the defaults are SPEC section 6's."""
+
+    # canary: decide and apply; dry_run: decide and record as events, never apply, no webhooks.
+    mode: Literal["canary", "dry_run"] = "canary"
+    stages: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
+    check_interval: Duration = 900.0
+    min_stage_duration: DurationOrZero = 86400.0
+    # A stage undecided after this long does what on_timeout says.
+    max_stage_duration: Duration = 7 * 86400.0
+    on_timeout: Literal["hold", "rollback"] = "hold"
+    # Calls each version needs in the stage before a metric gets a verdict (for quality:
+    # scored calls; for latency: answered calls).
+    min_requests: int = Field(100, ge=1)
+    # A canary whose error rate is above this (with min_requests calls, and above
+    # error_rate_ratio_above × stable's) is rolled back at the first check.
+    critical_error_rate: float = Field(0.20, gt=0, le=1)
+    # Chance that a whole rollout is rolled back although the canary is within every
+    # rollback bound (Bonferroni over the rollback tests and the stages).
+    false_rollback_rate: float = Field(0.01, gt=0, lt=0.5)
+    # Chance that a canary failing a gate advances a stage (each gate at this level:
+    # advancing needs every gate, an intersection-union test).
+    false_promote_rate: float = Field(0.05, gt=0, lt=0.5)
+    # Users (both versions) at which the confidence sequence is narrowest.
+    sequential_tuning: float = Field(5000.0, gt=0)
+    # The latency threshold is stable's p95 over this period before the stage started.
+    latency_baseline: Duration = 3600.0
+    # No canary call this long into a stage: alert.
+    canary_traffic_grace: Duration = 3600.0
+    promote_when: PromoteWhen = PromoteWhen()
+    rollback_when: RollbackWhen = RollbackWhen()
+    # Deprecated: a check judges the whole stage, not a trailing window. Accepted and ignored.
+    window: Duration | None = None
+
+    @field_validator("stages")
+    @classmethod
+    def _increasing(cls, stages: tuple[float, ...]) -> tuple[float, ...]:
+        if not stages:
+            raise ValueError("at least one stage is needed")
+        for stage in stages:
+            if not 0 < stage <= 100:
+                raise ValueError(f"stage {stage} is outside (0, 100]")
+            if round(stage, 2) != stage:
+                raise ValueError(f"stage {stage} has more than two decimals")
+        if list(stages) != sorted(set(stages)):
+            raise ValueError("stages must be strictly increasing")
+        return stages
+
+    def deprecated_keys(self) -> list[str]:
+        """Keys set in this policy that no longer change anything (for a warning at start)."""
+        keys = []
+        if "window" in self.model_fields_set:
+            keys.append("window")
+        if "error_rate_floor" in self.rollback_when.model_fields_set:
+            keys.append("rollback_when.error_rate_floor")
+        return keys
+
+    @property
+    def judged_stages(self) -> int:
+        """Stages at which a check compares the versions (a stage of 100 is promotion itself)."""
+        return max(1, sum(1 for stage in self.stages if stage < 100))
+
+
+def next_stage(percent: float, stages: tuple[float, ...]) -> float | None:
+    """The first stage above `percent`, or None when the next step is promotion.
+
+    A stage of 100 is promotion: the stable version would get no traffic to compare with.
+    """
+    following = next((stage for stage in stages if stage > percent), None)
+    return following if following is not None and following < 100 else None
