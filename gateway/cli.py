@@ -60,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
     serve.set_defaults(handler=_serve)
 
+    demo = commands.add_parser(
+        "demo", help="see a good canary promoted and a bad one rolled back, in about a minute, offline",
+        description="Runs the gateway on SQLite in a temporary directory with a simulated provider and judge, "
+                    "drives synthetic users through two rollouts and shows the decisions as they happen.",
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the gateway running afterwards (Ctrl-C stops it)")
+    demo.add_argument("--fast", action="store_true", help="shorter intervals and latencies (for tests)")
+    demo.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    demo.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    demo.set_defaults(handler=_demo)
+
     migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
     _config_option(migrate)
     migrate.set_defaults(handler=_migrate)
@@ -117,6 +128,16 @@ def _config_path(given: str | None) -> str | None:
     if os.environ.get("GATEWAY_CONFIG"):
         return os.environ["GATEWAY_CONFIG"]
     return "config.yaml" if Path("config.yaml").is_file() else None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DemoError, Options, run
+
+    try:
+        return run(Options(fast=args.fast, keep=args.keep, port=args.port, plain=True if args.plain else None))
+    except DemoError as exc:
+        print(f"canary-gateway: demo: {exc}", file=sys.stderr)
+        return 1
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -243,18 +264,23 @@ def _status(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     result = _admin(args, "GET", f"/admin/deployments/{args.deployment}/compare?hours={args.hours:g}")
+    print("\n".join(compare_table(result, f"last {args.hours:g} h")))
+    return 0
+
+
+def compare_table(result: dict[str, Any], period: str) -> list[str]:
+    """The seed's compare table (SPEC 7) as plain lines, from a `GET .../compare` answer."""
     stable, canary, diff = result["stable"], result["canary"] or {}, result["diff_pct"]
-    print(f"{args.deployment}: {stable['version']} (stable) vs {canary.get('version', 'no canary')}, "
-          f"last {args.hours:g} h")
-    print(f"{'Metric':<20}{'Stable':>11}{'Canary':>11}{'Diff':>11}")
-    print("-" * 51)
-    print(f"{'requests':<20}{stable['requests']:>11}{_cell(canary.get('requests'), '{:d}'):>11}{'':>11}")
+    lines = [f"{result['deployment']}: {stable['version']} (stable) vs {canary.get('version', 'no canary')}, {period}",
+             f"{'Metric':<20}{'Stable':>11}{'Canary':>11}{'Diff':>11}",
+             "-" * 51,
+             f"{'requests':<20}{stable['requests']:>11}{_cell(canary.get('requests'), '{:d}'):>11}{'':>11}"]
     for key, label in (("avg_quality", "avg_quality"), ("p95_latency_ms", "p95_latency"),
                        ("avg_cost", "avg_cost"), ("error_rate", "error_rate")):
         change = diff.get(key)
-        print(f"{label:<20}{_cell(stable[key]):>11}{_cell(canary.get(key)):>11}"
-              f"{'-' if change is None else f'{change:+.1f}%':>11}")
-    return 0
+        lines.append(f"{label:<20}{_cell(stable[key]):>11}{_cell(canary.get(key)):>11}"
+                     f"{'-' if change is None else f'{change:+.1f}%':>11}")
+    return lines
 
 
 def _set_percent(args: argparse.Namespace) -> int:
