@@ -28,7 +28,8 @@ from gateway import __version__
 from gateway.api import admin, dashboard, health, proxy
 from gateway.alerts import Alerts
 from gateway.api.admin import AdminGuard
-from gateway.api.deps import Services, error_response
+from gateway.api.deps import Services
+from gateway.api.errors import error_response, http_status
 from gateway.config import Settings, declared_deployments, load_settings
 from gateway.control import ControlPlane, sync_declared
 from gateway.errors import GatewayError, StoreUnavailable
@@ -113,6 +114,7 @@ def create_app(
             max_concurrency=settings.server.max_concurrency,
             quality=quality,
             access_log=settings.logging.access_log,
+            http_status=http_status,
         )
         control = ControlPlane(store, snapshot, providers=providers.keys())
         alerts = Alerts(settings.alerts.webhooks, metrics)

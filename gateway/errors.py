@@ -1,26 +1,31 @@
 """The gateway's exception tree.
 
 Foreign exceptions (httpx, aiohttp, SQLAlchemy, pydantic) are translated into
-this tree once, at the boundary where they occur; everything above the
-boundary speaks only these types. The HTTP mapping lives in the API layer.
+this tree once, at the boundary where they occur (`gateway.upstream` for the
+upstream transport, `gateway.store.engine` for the database, `gateway.config`
+for the configuration), keeping the foreign exception as `__cause__`;
+everything above the boundary speaks only these types. The errors carry no
+HTTP status: the one mapping to HTTP answers is `gateway.api.errors`.
 
     GatewayError
      ├── ConfigError                 the configuration cannot be used
      ├── MigrationsNotFound          the installation has no usable migration scripts
-     ├── ClientError                 the caller's fault (4xx)
-     │    ├── InvalidRequest         400, names the offending field
-     │    ├── Unauthorized           401
-     │    ├── Forbidden              403, the admin API is disabled
-     │    ├── NotFound               404, unknown deployment, version, route or record
-     │    ├── Conflict               409, the state changed or forbids the change
-     │    ├── PayloadTooLarge        413
-     │    ├── RateLimited            429, too many calls or failed attempts
-     │    └── Overloaded             503, too many calls in flight
+     ├── ClientError                 the caller's fault; the message says what to fix
+     │    ├── InvalidRequest         names the offending field
+     │    ├── Unauthorized           no or a wrong token
+     │    ├── Forbidden              the admin API is disabled
+     │    ├── NotFound               unknown deployment, version, route or record
+     │    ├── Conflict               the state changed or forbids the change
+     │    ├── PayloadTooLarge        the body exceeds the limit
+     │    └── RateLimited            too many calls or failed attempts; retry after `retry_after`
+     ├── Overloaded                  the gateway's own limit: too many calls in flight
      ├── UpstreamError               the provider's fault, or a refusal it relays
-     │    ├── UpstreamConnectError   502, connection refused or reset
-     │    ├── UpstreamTimeout        504, the call's deadline passed
-     │    ├── UpstreamBadResponse    502, not a valid answer
-     │    └── UpstreamStatusError    the provider answered an error status
+     │    ├── UpstreamConnectError   connection refused or reset
+     │    ├── UpstreamTimeout        the call's deadline passed
+     │    ├── UpstreamBadResponse    not a valid answer
+     │    └── UpstreamStatusError    the provider answered an error status (the operator's problem)
+     │         ├── UpstreamRefused   ... refusing the caller's request (bad request, too large, rate limit)
+     │         └── UpstreamOverloaded ... saying it is overloaded; retry later
      └── StoreError
           ├── StoreUnavailable       the database cannot be reached now; retry later
           └── StoreRejected          the database refused these values; retrying won't help
@@ -32,12 +37,12 @@ from __future__ import annotations
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose.
 
-    Carries what OpenAI's error body needs: a message safe to show the
-    client, a type, an optional parameter name and code, and an HTTP status.
+    `message` is safe to show the client (no secrets, no stored content);
+    `param` names the offending field, if any; `code` is a fixed
+    machine-readable reason (also the label of refusal metrics);
+    `retry_after` is the number of seconds to wait, as text, when waiting helps.
     """
 
-    status = 500
-    error_type = "server_error"
     code: str | None = None
     retry_after: str | None = None
 
@@ -60,42 +65,32 @@ class MigrationsNotFound(GatewayError):
 class ClientError(GatewayError):
     """A request the gateway refuses; the message says what to fix."""
 
-    status = 400
-    error_type = "invalid_request_error"
-
 
 class InvalidRequest(ClientError):
-    status = 400
     code = "invalid_request"
 
 
 class Unauthorized(ClientError):
-    status = 401
-    error_type = "authentication_error"
     code = "invalid_api_key"
 
 
 class Forbidden(ClientError):
-    status = 403
-    error_type = "permission_error"
     code = "forbidden"
 
 
 class NotFound(ClientError):
-    status = 404
     code = "not_found"
 
 
 class Conflict(ClientError):
     """Another change won the race (stale revision), or the rollout's state forbids this one."""
 
-    status = 409
     code = "conflict"
 
 
 class RateLimited(ClientError):
-    status = 429
-    error_type = "rate_limit_error"
+    """Too many calls (or failed authentications) from one client; `retry_after` seconds."""
+
     code = "rate_limited"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
@@ -104,13 +99,12 @@ class RateLimited(ClientError):
 
 
 class PayloadTooLarge(ClientError):
-    status = 413
     code = "payload_too_large"
 
 
-class Overloaded(ClientError):
-    status = 503
-    error_type = "server_error"
+class Overloaded(GatewayError):
+    """The gateway is at its concurrency limit: not the caller's fault; retry shortly."""
+
     code = "gateway_overloaded"
     retry_after = "1"
 
@@ -118,12 +112,11 @@ class Overloaded(ClientError):
 class UpstreamError(GatewayError):
     """The upstream call failed; `kind` is a fixed label for metrics and records."""
 
-    status = 502
     kind = "upstream"
-    error_type = "upstream_error"
 
     @property
     def code_or_kind(self) -> str:
+        """`code` when the provider gave one, else `upstream_<kind>`."""
         return self.code or f"upstream_{self.kind}"
 
 
@@ -132,7 +125,6 @@ class UpstreamConnectError(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    status = 504
     kind = "timeout"
 
 
@@ -141,34 +133,50 @@ class UpstreamBadResponse(UpstreamError):
 
 
 class UpstreamStatusError(UpstreamError):
-    """The provider answered with an error status.
+    """The provider answered with an error status that is the operator's problem.
 
-    `status` is what the client sees: the provider's 4xx where the client can
-    act on it (400, 404, 413, 422, 429), 502 otherwise. `retry_after` is relayed
-    on 429.
+    The gateway's key refused, the version's model unknown, a server fault:
+    the caller sees a bad gateway. `upstream_status` is what the provider
+    answered.
     """
 
     kind = "status"
 
     def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        upstream_status: int,
-        error_type: str = "upstream_error",
-        code: str | None = None,
-        retry_after: str | None = None,
+        self, message: str, *, upstream_status: int, code: str | None = None, retry_after: str | None = None
     ) -> None:
         super().__init__(message, code=code)
-        self.status = status
         self.upstream_status = upstream_status
-        self.error_type = error_type
         self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
+        """Whether the provider may answer differently if asked again (5xx, Anthropic's 529)."""
         return self.upstream_status in (500, 502, 503, 504, 529)
+
+
+class UpstreamRefused(UpstreamStatusError):
+    """The provider refused the caller's request (400, 413, 422, 429): relayed as the provider answered.
+
+    `error_type` is the provider's error type (OpenAI's `type` field);
+    `retry_after` the provider's Retry-After on 429.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int,
+        error_type: str,
+        code: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message, upstream_status=upstream_status, code=code, retry_after=retry_after)
+        self.error_type = error_type
+
+
+class UpstreamOverloaded(UpstreamStatusError):
+    """The provider says it is overloaded (Anthropic's 529): retry later, after `retry_after` if given."""
 
 
 class StoreError(GatewayError):
@@ -178,7 +186,6 @@ class StoreError(GatewayError):
 class StoreUnavailable(StoreError):
     """The database could not be reached or timed out; the operation may be retried."""
 
-    status = 503
     code = "store_unavailable"
     retry_after = "5"
 

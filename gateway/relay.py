@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from gateway.inbound import InboundRequest
-from gateway.errors import NotFound, Overloaded, UpstreamBadResponse, UpstreamError
+from gateway.errors import GatewayError, NotFound, Overloaded, UpstreamBadResponse, UpstreamError
 from gateway.evaluators import Sample, wants_json
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
@@ -62,6 +62,13 @@ class Call:
 
 
 class Relay:
+    """Routes, forwards and records chat calls.
+
+    `http_status` gives the status the API layer answers for an error
+    (`gateway.api.errors.http_status`); it is what a failed call's record
+    stores, so the record and the answer agree.
+    """
+
     def __init__(
         self,
         *,
@@ -72,10 +79,12 @@ class Relay:
         metrics: Metrics,
         user_id_salt: bytes,
         max_concurrency: int,
+        http_status: Callable[[GatewayError], int],
         quality: QualityMonitor | None = None,
         access_log: bool = True,
     ) -> None:
         self._snapshot = snapshot
+        self._http_status = http_status
         self._clients = clients
         self._prices = prices
         self._recorder = recorder
@@ -92,12 +101,10 @@ class Relay:
         """Resolve the deployment, pick the version, build the upstream body. No I/O."""
         deployment = self._snapshot.deployments.get(chat.model)
         if deployment is None:
-            self._metrics.refused.labels(reason="unknown_deployment").inc()
             raise NotFound(
                 f"The model (deployment) '{chat.model[:200]}' does not exist", param="model", code="model_not_found"
             )
         if self.in_flight >= self._max_concurrency:
-            self._metrics.refused.labels(reason="overloaded").inc()
             raise Overloaded("The gateway is at its concurrency limit; retry shortly")
         if chat.user is None:
             self._metrics.anonymous.labels(deployment=deployment.name).inc()
@@ -154,7 +161,7 @@ class Relay:
         try:
             yield
         except UpstreamError as exc:
-            self._finish(call, status="error", http_status=exc.status, error_kind=exc.kind)
+            self._finish(call, status="error", http_status=self._http_status(exc), error_kind=exc.kind)
             raise
         except BaseException:
             self._finish(call, status="client_cancelled", http_status=CLIENT_CLOSED, error_kind="client_cancelled")

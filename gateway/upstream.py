@@ -144,9 +144,9 @@ class UpstreamClient:
             if isinstance(exc, UpstreamError):
                 raise
             if isinstance(exc, TimeoutError) and response is None and headers_by < deadline:
-                raise self._first_byte_timeout() from None
+                raise self._first_byte_timeout() from exc
             if isinstance(exc, Exception):
-                raise self.translate(exc) from None
+                raise self.translate(exc) from exc
             raise
 
     async def relay(
@@ -171,17 +171,17 @@ class UpstreamClient:
                 return
             except UpstreamError:
                 raise
-            except TimeoutError:
+            except TimeoutError as exc:
                 if limit >= deadline:
-                    raise self.translate(TimeoutError()) from None
+                    raise self.translate(exc) from exc
                 if idle:
                     raise UpstreamTimeout(
                         f"upstream provider '{self.provider.name}' sent nothing for {self._idle_s:g} s "
                         "in the middle of a stream (idle_timeout_s)"
-                    ) from None
-                raise self._first_byte_timeout() from None
+                    ) from exc
+                raise self._first_byte_timeout() from exc
             except Exception as exc:
-                raise self.translate(exc) from None
+                raise self.translate(exc) from exc
             next_limit = loop.time() + self._idle_s
             idle = next_limit < deadline
             limit = min(next_limit, deadline)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.api.errors import http_status
 from gateway.chat import MAX_USER_ID_CHARS, UNSAFE_KEYS, parse_chat_request
 from gateway.errors import ClientError, InvalidRequest
 
@@ -33,7 +34,7 @@ def refused(data: bytes, *, header_user: str | None = None) -> InvalidRequest:
         parse_chat_request(data, header_user=header_user)
     error = info.value
     assert isinstance(error, ClientError)
-    assert error.status == 400
+    assert http_status(error) == 400
     assert error.message
     return error
 

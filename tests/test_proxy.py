@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PROVIDER_KEY, Gateway
 from tests.fakes import FakeUpstream, free_port
@@ -268,6 +269,15 @@ def test_unknown_deployment_is_404(gateway: Gateway, fake: FakeUpstream) -> None
     assert fake.hits == 0
 
 
+def test_a_refused_call_is_counted_once_under_one_reason(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        assert http.post("/v1/chat/completions", json={"model": "no-such-bot", "messages": MESSAGES}).status_code == 404
+        metrics = http.get("/metrics").text
+    refused = [sample for family in text_string_to_metric_families(metrics) for sample in family.samples
+               if sample.name == "canary_refused_requests_total" and sample.value]
+    assert [(sample.labels, sample.value) for sample in refused] == [({"reason": "model_not_found"}, 1.0)]
+
+
 def test_oversized_bodies_get_413_with_and_without_content_length(gateway: Gateway, fake: FakeUpstream) -> None:
     big = json.dumps({"model": "support-bot", "messages": [{"role": "user", "content": "x" * 100_000}]}).encode()
     with gateway.client() as http:
@@ -462,6 +472,11 @@ def test_calls_beyond_the_concurrency_limit_are_refused_at_once(make_gateway: An
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert error_of(refused)["code"] == "gateway_overloaded"
     assert elapsed < 0.5
+    with gateway.client() as http:
+        metrics = http.get("/metrics").text
+    counted = {sample.labels["reason"]: sample.value for family in text_string_to_metric_families(metrics)
+               for sample in family.samples if sample.name == "canary_refused_requests_total" and sample.value}
+    assert counted == {"gateway_overloaded": 1.0}
 
 
 def test_a_client_over_its_rate_limit_gets_429_and_others_do_not(make_gateway: Any, fake: FakeUpstream) -> None:

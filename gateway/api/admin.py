@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.deps import ServicesDep, error_response
+from gateway.api.deps import ServicesDep
+from gateway.api.errors import error_response
 from gateway.config import VersionSettings, check_name
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, RateLimited, Unauthorized
 from gateway.models import Deployment, RolloutEvent, Version

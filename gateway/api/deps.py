@@ -1,4 +1,4 @@
-"""What routers share: the services on the app, error answers, auth and body limits."""
+"""What routers share: the services on the app, request ids, auth and body limits."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 from gateway.control import ControlPlane
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized, UpstreamError
+from gateway.errors import InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
@@ -69,16 +68,6 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """OpenAI's error shape, with the status the error carries."""
-    code = exc.code_or_kind if isinstance(exc, UpstreamError) else exc.code
-    error = {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": code}
-    answer_headers = dict(headers or {})
-    if exc.retry_after:
-        answer_headers["Retry-After"] = exc.retry_after
-    return JSONResponse({"error": error}, status_code=exc.status, headers=answer_headers)
 
 
 def request_id_of(request: Request, ids: RequestIds) -> str:

@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.api.deps import Services, ServicesDep, check_client, error_response, read_body, request_id_of
+from gateway.api.deps import Services, ServicesDep, check_client, read_body, request_id_of
+from gateway.api.errors import error_response
 from gateway.chat import parse_chat_request
-from gateway.errors import ClientError, InvalidRequest, NotFound, StoreUnavailable, UpstreamError
+from gateway.errors import ClientError, InvalidRequest, NotFound, Overloaded, StoreUnavailable, UpstreamError
 from gateway.models import QualityScore
 
 router = APIRouter()
@@ -34,7 +35,8 @@ async def chat_completions(request: Request) -> Response:
         raw = await read_body(request, services.max_body_bytes)
         chat = parse_chat_request(raw, header_user=request.headers.get(services.user_id_header) or None)
         call = services.relay.begin(chat, request_id=request_id, received=received)
-    except ClientError as exc:
+    except (ClientError, Overloaded) as exc:
+        # The one place a refused call is counted, under its error code.
         services.metrics.refused.labels(reason=exc.code or "invalid").inc()
         return error_response(exc, headers=headers)
     except UpstreamError as exc:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.errors import UpstreamBadResponse, UpstreamStatusError
+from gateway.errors import UpstreamBadResponse, UpstreamOverloaded, UpstreamStatusError
 from gateway.models import Usage
 from gateway.providers.base import (
     Answer,
@@ -42,7 +42,7 @@ FINISH_REASONS = {
     "refusal": "content_filter",
 }
 # Anthropic's 529 means overloaded: the client should come back later, like a 503.
-_STATUS = {529: 503}
+_OVERLOADED = 529
 
 
 class AnthropicProvider(Provider):
@@ -59,8 +59,8 @@ class AnthropicProvider(Provider):
     def parse_answer(self, content: bytes) -> Answer:
         try:
             message = json.loads(content)
-        except (ValueError, RecursionError):
-            raise UpstreamBadResponse("upstream answered with a body that is not JSON") from None
+        except (ValueError, RecursionError) as exc:
+            raise UpstreamBadResponse("upstream answered with a body that is not JSON") from exc
         if not isinstance(message, dict) or message.get("type") != "message" or not isinstance(
             message.get("content"), list
         ):
@@ -82,12 +82,10 @@ class AnthropicProvider(Provider):
         error = error_body(content, status)
         message, error_type = error.message, error.type
         retry_after = headers.get("retry-after")
-        if status in _STATUS:
-            return UpstreamStatusError(
+        if status == _OVERLOADED:
+            return UpstreamOverloaded(
                 self.scrub(f"upstream provider '{self.name}' is overloaded: {message}")[:2000],
-                status=_STATUS[status],
                 upstream_status=status,
-                error_type="server_error",
                 code=error_type or "overloaded_error",
                 retry_after=retry_after,
             )
@@ -305,7 +303,7 @@ class AnthropicStreamTranslator(StreamTranslator):
             return b""
         try:
             data = json.loads(payload)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as exc:
             return b""
         if not isinstance(data, dict):
             return b""

@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import UpstreamStatusError
+from gateway.errors import UpstreamRefused, UpstreamStatusError
 from gateway.models import Usage
 
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|sk-ant-[A-Za-z0-9_\-*]{6,})")
 # The client-facing status for an upstream error status; anything else is 502.
-_RELAYED_STATUSES = {400: 400, 413: 413, 422: 422, 429: 429}
+# The provider's statuses that mean the caller's request is refused, relayed as they are.
+_CALLERS_FAULT = frozenset({400, 413, 422, 429})
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,23 +162,26 @@ class Provider(ABC):
         code: str | None = None,
         retry_after: str | None = None,
     ) -> UpstreamStatusError:
-        """Map an upstream status to what the client sees.
+        """Classify an upstream error status; the message is scrubbed of keys and capped.
 
-        The client's own mistakes (400, 413, 422) and rate limits (429) are
-        relayed; anything else (the gateway's key refused, the version's model
-        unknown, a server fault) is the operator's problem and becomes 502.
+        The client's own mistakes (400, 413, 422) and rate limits (429) become
+        UpstreamRefused, relayed with the provider's `error_type`, `code` and
+        (on 429) `retry_after`; anything else (the gateway's key refused, the
+        version's model unknown, a server fault) is the operator's problem:
+        an UpstreamStatusError whose message names the provider and status.
         """
-        client_status = _RELAYED_STATUSES.get(status, 502)
-        if client_status == 502:
-            message = f"upstream provider '{self.name}' answered HTTP {status}: {message}"
-            error_type, code = "upstream_error", "upstream_error"
+        if status in _CALLERS_FAULT:
+            return UpstreamRefused(
+                self.scrub(message)[:2000],
+                upstream_status=status,
+                error_type=error_type or "invalid_request_error",
+                code=code,
+                retry_after=retry_after if status == 429 else None,
+            )
         return UpstreamStatusError(
-            self.scrub(message)[:2000],
-            status=client_status,
+            self.scrub(f"upstream provider '{self.name}' answered HTTP {status}: {message}")[:2000],
             upstream_status=status,
-            error_type=error_type or "invalid_request_error",
-            code=code,
-            retry_after=retry_after if status == 429 else None,
+            code="upstream_error",
         )
 
 

@@ -40,8 +40,8 @@ class OpenAIProvider(Provider):
     def parse_answer(self, content: bytes) -> Answer:
         try:
             data = json.loads(content)
-        except (ValueError, RecursionError):
-            raise UpstreamBadResponse("upstream answered with a body that is not JSON") from None
+        except (ValueError, RecursionError) as exc:
+            raise UpstreamBadResponse("upstream answered with a body that is not JSON") from exc
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamBadResponse("upstream answered with JSON that is not a chat completion")
         return Answer(content=content, usage=openai_usage(data.get("usage")))
@@ -98,7 +98,7 @@ class OpenAIStreamRelay(StreamTranslator):
     def _take_usage(self, event: bytes, payload: bytes, terminator: bytes) -> bytes:
         try:
             data = json.loads(payload)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as exc:
             return event
         if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
             return event

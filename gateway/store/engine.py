@@ -3,7 +3,7 @@
 Database exceptions are translated here, once, for every query module of the
 package: `StoreUnavailable` when the database cannot be reached or timed out
 (retry later), `StoreRejected` when it refused the values (retrying will not
-help).
+help). Both keep the driver's exception as their cause.
 
 Two dialects are served: PostgreSQL (asyncpg) and SQLite (aiosqlite).
 `Dialect.of(engine)` looks the dialect up once; the query modules branch on
@@ -104,10 +104,10 @@ async def translated_errors() -> AsyncIterator[None]:
         yield
     except DBAPIError as exc:
         if _refused_values(exc):
-            raise StoreRejected(f"the database refused the values ({type(exc.orig).__name__})") from None
-        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from None
+            raise StoreRejected(f"the database refused the values ({type(exc.orig).__name__})") from exc
+        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from exc
     except (PoolTimeout, SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from None
+        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from exc
 
 
 def _refused_values(exc: DBAPIError) -> bool:

@@ -182,8 +182,8 @@ class RolloutStore(Database):
                     after={"version": version.name, **version.content()},
                 )
                 await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
-        except StoreRejected:
-            raise Conflict(f"deployment '{deployment}' already has a version '{version.name}'", param="name") from None
+        except StoreRejected as exc:
+            raise Conflict(f"deployment '{deployment}' already has a version '{version.name}'", param="name") from exc
 
     async def list_events(self, *, deployment: str, limit: int, before_id: int | None = None) -> list[RolloutEvent]:
         """At most `limit` events of `deployment`, newest first, older than `before_id` when given."""

@@ -1,0 +1,86 @@
+"""The one mapping from the gateway's errors to HTTP answers.
+
+The error tree (`gateway.errors`) carries no HTTP status; this module is the
+only place that gives one, with the body in OpenAI's error shape
+(`{"error": {"message", "type", "param", "code"}}`, from openai-python's
+`types/shared/error_object.py`) and `Retry-After` where waiting helps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from gateway.errors import (
+    ClientError,
+    Conflict,
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RateLimited,
+    StoreUnavailable,
+    Unauthorized,
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamRefused,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+
+# The provider's own status, relayed: UpstreamRefused is only raised for 400, 413, 422 and 429.
+RELAYED = 0
+
+# Error class → (HTTP status, OpenAI error type). The first class the error is an
+# instance of wins, so subclasses come before their bases; an UpstreamRefused
+# carries the provider's own type.
+ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    Unauthorized: (401, "authentication_error"),
+    Forbidden: (403, "permission_error"),
+    NotFound: (404, "invalid_request_error"),
+    Conflict: (409, "invalid_request_error"),
+    PayloadTooLarge: (413, "invalid_request_error"),
+    RateLimited: (429, "rate_limit_error"),
+    ClientError: (400, "invalid_request_error"),
+    Overloaded: (503, "server_error"),
+    UpstreamRefused: (RELAYED, "invalid_request_error"),
+    UpstreamOverloaded: (503, "server_error"),
+    UpstreamTimeout: (504, "upstream_error"),
+    UpstreamError: (502, "upstream_error"),
+    StoreUnavailable: (503, "server_error"),
+    GatewayError: (500, "server_error"),
+}
+
+
+def _answer(exc: GatewayError) -> tuple[int, str]:
+    return next(answer for cls, answer in ANSWERS.items() if isinstance(exc, cls))
+
+
+def http_status(exc: GatewayError) -> int:
+    """The HTTP status the client gets for `exc`."""
+    status, _ = _answer(exc)
+    if status == RELAYED and isinstance(exc, UpstreamStatusError):
+        return exc.upstream_status
+    return status
+
+
+def error_body(exc: GatewayError) -> dict[str, Any]:
+    """OpenAI's error object for `exc`: message, type, param, code."""
+    _, error_type = _answer(exc)
+    if isinstance(exc, UpstreamRefused):
+        error_type = exc.error_type
+    code = exc.code_or_kind if isinstance(exc, UpstreamError) else exc.code
+    return {"message": exc.message, "type": error_type, "param": exc.param, "code": code}
+
+
+def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The HTTP answer for `exc`: OpenAI's error shape, its status, `Retry-After` where given."""
+    answer_headers = dict(headers or {})
+    if exc.retry_after:
+        answer_headers["Retry-After"] = exc.retry_after
+    return JSONResponse({"error": error_body(exc)}, status_code=http_status(exc), headers=answer_headers)
