@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     demo.set_defaults(handler=_demo)
 
+    reference = commands.add_parser(
+        "reference", help="print the configuration or admin API reference (Markdown) generated from the code")
+    reference.add_argument("what", choices=("config", "admin-api"))
+    reference.set_defaults(handler=_reference)
+
     migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
     _config_option(migrate)
     migrate.set_defaults(handler=_migrate)
@@ -138,6 +143,21 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"canary-gateway: demo: {exc}", file=sys.stderr)
         return 1
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from gateway import reference
+
+    if args.what == "config":
+        sys.stdout.write(reference.config_reference())
+        return 0
+    from prometheus_client import CollectorRegistry
+
+    from gateway.app import create_app
+
+    app = create_app(Settings(), registry=CollectorRegistry())
+    sys.stdout.write(reference.admin_api_reference(app.openapi()))
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:

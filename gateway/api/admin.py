@@ -24,7 +24,16 @@ from gateway.config import VersionSettings, check_name
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, RateLimited, Unauthorized
 from gateway.models import Deployment, RolloutEvent, Version
 
-router = APIRouter(prefix="/admin")
+_ERROR: dict[str, Any] = {"description": "an error in OpenAI's shape: `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`"}
+# Answers every admin route can give, documented in the OpenAPI schema.
+router = APIRouter(prefix="/admin", responses={
+    401: {**_ERROR, "description": "no admin token, or a wrong one"},
+    403: {**_ERROR, "description": "no admin token is configured: the admin API is disabled"},
+    429: {**_ERROR, "description": "too many failed attempts from this address; see Retry-After"},
+    503: {**_ERROR, "description": "the database is unavailable; retry later"},
+})
+_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {**_ERROR, "description": "unknown deployment (or version)"}}
+_CHANGE: dict[int | str, dict[str, Any]] = {**_UNKNOWN, 409: {**_ERROR, "description": "the state changed (stale revision) or forbids the change"}}
 
 
 class AdminGuard:
@@ -141,22 +150,26 @@ Name = Annotated[str, Field(min_length=1, max_length=64)]
 
 @router.get("/deployments")
 async def list_deployments(services: ServicesDep, _actor: Actor) -> JSONResponse:
+    """Every deployment with its rollout state: `{"deployments": [DEPLOYMENT]}`."""
     return JSONResponse({"deployments": [deployment_view(d) for d in await services.control.deployments()]})
 
 
-@router.get("/deployments/{name}")
+@router.get("/deployments/{name}", responses=_UNKNOWN)
 async def get_deployment(name: Name, services: ServicesDep, _actor: Actor) -> JSONResponse:
+    """One deployment with its versions and policy; 404 when unknown."""
     return JSONResponse(deployment_view(await services.control.deployment(name)))
 
 
-@router.post("/deployments/{name}/versions", status_code=201)
+@router.post("/deployments/{name}/versions", status_code=201, responses=_CHANGE)
 async def create_version(name: Name, body: VersionIn, services: ServicesDep, actor: Actor) -> JSONResponse:
+    """Create an immutable version of the deployment; 409 when the name exists."""
     version = await services.control.create_version(deployment=name, version=body.to_version(body.name), actor=actor)
     return JSONResponse(version_view(version), status_code=201)
 
 
-@router.post("/deployments/{name}/canary")
+@router.post("/deployments/{name}/canary", responses=_CHANGE)
 async def start_canary(name: Name, body: CanaryIn, services: ServicesDep, actor: Actor) -> JSONResponse:
+    """Start a rollout of `version` at the policy's first stage, or at `percent`; 409 while another runs."""
     deployment = await services.control.start_canary(
         deployment=name, version=body.version, percent=body.percent, actor=actor, reason=body.reason,
         revision=body.revision,
@@ -164,15 +177,16 @@ async def start_canary(name: Name, body: CanaryIn, services: ServicesDep, actor:
     return JSONResponse(deployment_view(deployment))
 
 
-@router.put("/deployments/{name}/canary-percent")
+@router.put("/deployments/{name}/canary-percent", responses=_CHANGE)
 async def set_percent(name: Name, body: PercentIn, services: ServicesDep, actor: Actor) -> JSONResponse:
+    """Set the canary percentage by hand (0–100, two decimals); the change is audited."""
     deployment = await services.control.set_percent(
         deployment=name, percent=body.percent, actor=actor, reason=body.reason, revision=body.revision
     )
     return JSONResponse(deployment_view(deployment))
 
 
-@router.post("/deployments/{name}/{action}")
+@router.post("/deployments/{name}/{action}", responses=_CHANGE)
 async def change(
     name: Name,
     action: Literal["promote", "rollback", "pause", "resume"],
@@ -180,6 +194,7 @@ async def change(
     actor: Actor,
     body: Reason | None = None,
 ) -> JSONResponse:
+    """`promote` (the canary becomes stable now), `rollback` (percent 0, rollout ended), `pause` or `resume` automatic decisions."""
     control = services.control
     method = {"promote": control.promote, "rollback": control.rollback, "pause": control.pause,
               "resume": control.resume}[action]
@@ -189,17 +204,18 @@ async def change(
     return JSONResponse(deployment_view(deployment))
 
 
-@router.get("/deployments/{name}/compare")
+@router.get("/deployments/{name}/compare", responses=_UNKNOWN)
 async def compare(
     name: Name,
     services: ServicesDep,
     _actor: Actor,
     hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
 ) -> JSONResponse:
+    """Per-version metrics over the last `hours` and the canary's % difference from stable."""
     return JSONResponse(await services.control.compare(deployment=name, hours=hours))
 
 
-@router.get("/deployments/{name}/timeseries")
+@router.get("/deployments/{name}/timeseries", responses=_UNKNOWN)
 async def timeseries(
     name: Name,
     services: ServicesDep,
@@ -214,7 +230,7 @@ async def timeseries(
     return JSONResponse(await services.control.timeseries(deployment=name, hours=hours, step_s=step))
 
 
-@router.get("/deployments/{name}/events")
+@router.get("/deployments/{name}/events", responses=_UNKNOWN)
 async def events(
     name: Name,
     services: ServicesDep,
@@ -222,6 +238,7 @@ async def events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, description="only events with a smaller id (paging)")] = None,
 ) -> JSONResponse:
+    """The audit trail, newest first: `{"events": [EVENT]}`."""
     found = await services.control.events(deployment=name, limit=limit, before_id=before)
     return JSONResponse({"events": [event_view(event) for event in found]})
 

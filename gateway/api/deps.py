@@ -17,7 +17,6 @@ from gateway.control import ControlPlane
 from gateway.errors import InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics
-from gateway.passthrough import PassThrough
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.scheduler import RolloutChecker
@@ -57,7 +56,6 @@ class Services:
     client_tokens: Mapping[str, SecretStr]
     max_body_bytes: int
     user_id_header: str = "x-user-id"
-    passthrough: PassThrough | None = None
     rate_limit: KeyedLimiter | None = None
     request_ids: RequestIds = field(default_factory=RequestIds)
     shutting_down: bool = False
