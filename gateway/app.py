@@ -31,6 +31,7 @@ from gateway.api.admin import AdminGuard
 from gateway.api.deps import Services
 from gateway.api.errors import error_response, http_status
 from gateway.config import Settings, declared_deployments, load_settings
+from gateway.drain import Drain
 from gateway.control import ControlPlane, sync_declared
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.limits import KeyedLimiter
@@ -120,6 +121,9 @@ def create_app(
         alerts = Alerts(settings.alerts.webhooks, metrics)
         checker = RolloutChecker(store, snapshot, alerts=alerts, metrics=metrics)
         scheduler = CheckScheduler(checker)
+        drain = Drain(
+            delay=settings.server.drain_delay, grace=settings.server.shutdown_grace, end_calls=relay.end_calls
+        )
         services = Services(
             relay=relay,
             control=control,
@@ -128,6 +132,7 @@ def create_app(
             recorder=recorder,
             store=store,
             metrics=metrics,
+            drain=drain,
             client_tokens=settings.client_tokens,
             max_body_bytes=settings.server.max_body_bytes,
             user_id_header=settings.server.user_id_header,
@@ -143,10 +148,12 @@ def create_app(
             quality.start()
             alerts.start()
             scheduler.start(snapshot.deployments)
+            drain.install()
             log.info("gateway ready", extra={"deployments": sorted(snapshot.deployments), "pid": os.getpid()})
             yield
         finally:
-            services.shutting_down = True
+            drain.uninstall()
+            drain.draining = True
             scheduler.stop()
             await quality.stop()
             await alerts.stop()

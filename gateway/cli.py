@@ -188,6 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
     from fastapi import FastAPI
 
     from gateway.app import create_app, sync_declared_at_start
+    from gateway.drain import hard_deadline
 
     path = _config_path(args.config)
     settings = load_settings(path)
@@ -223,7 +224,8 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
-            timeout_graceful_shutdown=int(settings.server.shutdown_grace),
+            # The hard deadline; the drain itself ends calls after the exact grace (gateway.drain).
+            timeout_graceful_shutdown=hard_deadline(settings.server.shutdown_grace),
         )
     finally:
         if metrics_dir:

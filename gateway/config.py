@@ -94,6 +94,9 @@ class ServerSettings(_Frozen):
     # Proxy calls per minute per client (its token's name, or its address without
     # client tokens); beyond it, 429 with Retry-After. None: no limit.
     rate_limit_per_minute: int | None = Field(None, ge=1)
+    # On SIGTERM: readiness answers 503 while calls are still accepted for drain_delay,
+    # then the listener closes and calls in flight get shutdown_grace to finish.
+    drain_delay: DurationOrZero = 5.0
     shutdown_grace: DurationOrZero = 30.0
     cors_origins: tuple[str, ...] = ()
     # The header a user id is read from when the body carries none (see gateway.inbound).

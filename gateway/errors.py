@@ -23,6 +23,7 @@ HTTP status: the one mapping to HTTP answers is `gateway.api.errors`.
      │    ├── UpstreamConnectError   connection refused or reset
      │    ├── UpstreamTimeout        the call's deadline passed
      │    ├── UpstreamBadResponse    not a valid answer
+     │    ├── ShuttingDown           the gateway ended the call: its shutdown grace ran out
      │    └── UpstreamStatusError    the provider answered an error status (the operator's problem)
      │         ├── UpstreamRefused   ... refusing the caller's request (bad request, too large, rate limit)
      │         └── UpstreamOverloaded ... saying it is overloaded; retry later
@@ -130,6 +131,19 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamBadResponse(UpstreamError):
     kind = "bad_response"
+
+
+class ShuttingDown(UpstreamError):
+    """The gateway is stopping and ended this call before the upstream finished it.
+
+    An UpstreamError so that every API surface ends the call the way it ends
+    an upstream failure: an error answer before the first byte, an SSE error
+    event after it. Not the provider's fault: never counted as its error.
+    """
+
+    kind = "shutdown"
+    code = "gateway_shutting_down"
+    retry_after = "1"
 
 
 class UpstreamStatusError(UpstreamError):

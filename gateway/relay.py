@@ -3,7 +3,12 @@
 Handlers call `begin` (pure, in memory: resolve, route, inject), then either
 `complete` or `open_stream` + `stream`. Each call that reached a version ends
 in exactly one `RequestRecord` handed to the recorder, whatever happened:
-answered, failed upstream, or abandoned by the client.
+answered, failed upstream, abandoned by the client, or ended by a shutdown.
+
+`end_calls` is the end of a shutdown's grace period (`gateway.drain`): every
+call still running is cancelled where it waits and raises `ShuttingDown`
+instead, so the API layer answers it like an upstream failure (a 503 before
+the first byte, an SSE error event after it) and its record says `shutdown`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import httpx
 
 from gateway.inbound import InboundRequest
-from gateway.errors import GatewayError, NotFound, Overloaded, UpstreamBadResponse, UpstreamError
+from gateway.errors import GatewayError, NotFound, Overloaded, ShuttingDown, UpstreamBadResponse, UpstreamError
 from gateway.evaluators import Sample, wants_json
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
@@ -43,7 +48,7 @@ log = logging.getLogger("gateway.relay")
 CLIENT_CLOSED = 499
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Call:
     request_id: str
     deployment: Deployment
@@ -59,6 +64,9 @@ class Call:
     created_at: datetime
     # Whether quality checks look at this call's answer.
     wanted: Wanted | None = None
+    # The task waiting on the upstream for this call, and whether a shutdown ended it.
+    task: asyncio.Task[Any] | None = None
+    ended: bool = False
 
 
 class Relay:
@@ -95,6 +103,7 @@ class Relay:
         self._quality = quality
         self._unpriced_warned: set[str] = set()
         self._closing: set[asyncio.Future[None]] = set()
+        self._calls: set[Call] = set()
         self.in_flight = 0
 
     def begin(self, chat: InboundRequest, *, request_id: str, received: float) -> Call:
@@ -116,7 +125,7 @@ class Relay:
         if version is None or client is None:
             raise UpstreamBadResponse(f"deployment '{deployment.name}' has no usable version right now")
         self.in_flight += 1
-        return Call(
+        call = Call(
             request_id=request_id,
             deployment=deployment,
             version=version,
@@ -132,9 +141,26 @@ class Relay:
             created_at=datetime.now(UTC),
             wanted=self._quality.draw(deployment.name) if self._quality is not None else None,
         )
+        self._calls.add(call)
+        return call
+
+    def end_calls(self) -> int:
+        """End every call still running (the shutdown grace is over); returns how many.
+
+        Each is cancelled where it waits; `complete`, `open_stream` and `stream`
+        turn that cancellation into `ShuttingDown`.
+        """
+        ended = 0
+        for call in list(self._calls):
+            call.ended = True
+            if call.task is not None and not call.task.done():
+                call.task.cancel("the gateway is shutting down")
+                ended += 1
+        return ended
 
     async def complete(self, call: Call) -> Answer:
         """A non-streaming answer; raises UpstreamError after recording the failure."""
+        call.task = asyncio.current_task()
         async with self._failures_recorded(call):
             response = await call.client.open(
                 call.body, stream=False, deadline=call.deadline, first_byte_by=call.first_byte_by
@@ -150,6 +176,7 @@ class Relay:
 
     async def open_stream(self, call: Call) -> httpx.Response:
         """Open the upstream stream; failures before the first byte raise with their status."""
+        call.task = asyncio.current_task()
         async with self._failures_recorded(call):
             return await call.client.open(
                 call.body, stream=True, deadline=call.deadline, first_byte_by=call.first_byte_by
@@ -159,7 +186,12 @@ class Relay:
     async def _failures_recorded(self, call: Call) -> AsyncIterator[None]:
         """A call that fails before any byte reached the client is recorded, then re-raised."""
         try:
-            yield
+            try:
+                yield
+            except asyncio.CancelledError:
+                if not call.ended:
+                    raise
+                raise _shutdown_error() from None
         except UpstreamError as exc:
             self._finish(call, status="error", http_status=self._http_status(exc), error_kind=exc.kind)
             raise
@@ -176,17 +208,25 @@ class Relay:
         error_kind: str | None = "client_cancelled"
         http_status = CLIENT_CLOSED
         ttft: float | None = None
+        call.task = asyncio.current_task()
         try:
             tail = b""
             try:
-                async for chunk in call.client.relay(
-                    response, deadline=call.deadline, first_byte_by=call.first_byte_by
-                ):
-                    out = translator.feed(chunk)
-                    if out:
-                        if ttft is None and translator.started:
-                            ttft = time.perf_counter() - call.received
-                        yield out
+                try:
+                    if call.ended:
+                        raise asyncio.CancelledError  # ended between opening the stream and relaying it
+                    async for chunk in call.client.relay(
+                        response, deadline=call.deadline, first_byte_by=call.first_byte_by
+                    ):
+                        out = translator.feed(chunk)
+                        if out:
+                            if ttft is None and translator.started:
+                                ttft = time.perf_counter() - call.received
+                            yield out
+                except asyncio.CancelledError:
+                    if not call.ended:
+                        raise
+                    raise _shutdown_error() from None
                 tail = translator.finish()
                 error_kind = translator.error_kind
             except UpstreamError as exc:
@@ -198,6 +238,9 @@ class Relay:
             if tail:
                 yield tail
         finally:
+            if call.ended and error_kind == "client_cancelled":
+                # Cancelled while handing a chunk to the server: the stream could not say why.
+                status, http_status, error_kind = "error", 200, ShuttingDown.kind
             self._finish(
                 call,
                 status=status,
@@ -224,6 +267,7 @@ class Relay:
         ttft: float | None = None,
     ) -> None:
         self.in_flight -= 1
+        self._calls.discard(call)
         latency = time.perf_counter() - call.received
         version = call.version
         price = self._price(version.model)
@@ -262,7 +306,7 @@ class Relay:
             metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
         if cost:
             metrics.cost.labels(*labels).inc(cost)
-        if error_kind is not None and error_kind != "client_cancelled":
+        if error_kind is not None and error_kind not in _NOT_THE_PROVIDERS:
             metrics.upstream_errors.labels(version.provider, error_kind).inc()
         if not self._access_log:
             return
@@ -310,6 +354,18 @@ class Relay:
             return None
         digest = hmac.new(self._salt, user.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return digest.hexdigest()[:32]
+
+
+# Error kinds that say nothing about the provider: not counted as its errors.
+_NOT_THE_PROVIDERS = frozenset({"client_cancelled", ShuttingDown.kind})
+
+
+def _shutdown_error() -> ShuttingDown:
+    """The error that replaces the cancellation `end_calls` made (which is withdrawn from the task)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()
+    return ShuttingDown("The gateway is shutting down and ended this call before it finished; retry it")
 
 
 def _loop_deadline(received: float, timeout_s: float) -> float:

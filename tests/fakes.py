@@ -40,6 +40,10 @@ class Behaviour:
     chunk_delay: float = 0.0
     # A stream's headers go out at once; its first event after this long.
     first_chunk_delay: float = 0.0
+    # Per call, by the body's `user`: `delay` and `chunk_delay` for that user's calls.
+    delays: dict[str, float] = field(default_factory=dict)
+    chunk_delays: dict[str, float] = field(default_factory=dict)
+    chunk_counts: dict[str, int] = field(default_factory=dict)
     chunks: int = 3
     cut_after: int | None = None
     crlf: bool = False
@@ -128,8 +132,9 @@ class FakeUpstream:
         body = await request.json()
         self.received.append(Received(request.path, dict(request.headers), body, time.monotonic()))
         b = self.behaviour
-        if b.delay:
-            await asyncio.sleep(b.delay)
+        delay = b.delays.get(body.get("user"), b.delay)
+        if delay:
+            await asyncio.sleep(delay)
         if b.mode == "hang":
             await asyncio.sleep(3600)
         if b.mode == "redirect":
@@ -179,7 +184,8 @@ class FakeUpstream:
             await asyncio.sleep(b.first_chunk_delay)
         end = b"\r\n\r\n" if b.crlf else b"\n\n"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        pieces = [f"piece{i} " for i in range(b.chunks)]
+        pieces = [f"piece{i} " for i in range(b.chunk_counts.get(body.get("user"), b.chunks))]
+        chunk_delay = b.chunk_delays.get(body.get("user"), b.chunk_delay)
         sent = 0
         for index, piece in enumerate(pieces):
             if b.cut_after is not None and sent >= b.cut_after:
@@ -191,8 +197,8 @@ class FakeUpstream:
                           usage=usage, include_usage=include_usage, finish="stop" if last else None)
             await response.write(b"data: " + json.dumps(event).encode() + end)
             sent += 1
-            if b.chunk_delay:
-                await asyncio.sleep(b.chunk_delay)
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
         for tool in (body.get("tools") or [])[:1]:
             name = tool["function"]["name"]
             for index, part in enumerate(('{"city":', ' "Paris"}')):

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from pydantic import SecretStr
 
 from gateway.control import ControlPlane
+from gateway.drain import Drain
 from gateway.errors import InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics
@@ -53,12 +54,12 @@ class Services:
     recorder: Recorder
     store: Store
     metrics: Metrics
+    drain: Drain
     client_tokens: Mapping[str, SecretStr]
     max_body_bytes: int
     user_id_header: str = "x-user-id"
     rate_limit: KeyedLimiter | None = None
     request_ids: RequestIds = field(default_factory=RequestIds)
-    shutting_down: bool = False
 
 
 async def get_services(request: Request) -> Services:

@@ -21,8 +21,9 @@ async def healthz() -> JSONResponse:
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready to proxy. A database outage degrades (records are held) but does not stop serving."""
-    if services.shutting_down:
-        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    if services.drain.draining:
+        # Stopping: the load balancer should send new calls elsewhere (this one is still served).
+        return JSONResponse({"status": "shutting_down", "records_held": services.recorder.depth}, status_code=503)
     database_ok = services.snapshot.database_ok and services.recorder.database_up
     return JSONResponse(
         {
