@@ -16,8 +16,11 @@ On SIGTERM:
    left; the lifespan then writes every record held (or spools it) and the
    process exits.
 
-SIGINT (Ctrl+C at a terminal) skips the delay; a second signal skips what is
-left of it. The drain hooks the server's own signal handler (uvicorn's, in
+SIGINT (Ctrl+C at a terminal) skips the delay, or what is left of it; a
+second SIGINT makes the server quit at once. A repeated SIGTERM changes
+nothing: process managers that signal every process of a group (systemd,
+`timeout`) reach each worker twice, directly and through uvicorn's
+supervisor, and must not cut the drain short. The drain hooks the server's own signal handler (uvicorn's, in
 each worker process) when the app starts, chaining to it after the delay, so
 it works the same with one worker or several. Outside the main thread (an app
 served from a test thread) there are no signals to hook and the server stops
@@ -98,14 +101,13 @@ class Drain:
         self._loop.call_soon_threadsafe(self._begin, signum)
 
     def _begin(self, signum: int) -> None:
-        if self._stopping:
-            self._stop_server(signum)  # already past the delay: let the server escalate (a second Ctrl+C)
-            return
-        if self.draining or signum == signal.SIGINT or self.delay <= 0:
+        if signum == signal.SIGINT or (self.delay <= 0 and not self.draining):
             if self._stop_timer is not None:
                 self._stop_timer.cancel()
-            self._stop_server(signum)
+            self._stop_server(signum)  # past the delay already: the server escalates a second Ctrl+C
             return
+        if self.draining:
+            return  # a repeated SIGTERM: the drain goes on as planned
         self.draining = True
         log.info(
             "draining: readiness answers 503, new calls are still served",

@@ -186,14 +186,17 @@ def test_sigterm_drains_then_ends_what_is_left(tmp_path: Path, fake: FakeUpstrea
     assert by_id[long.headers["x-request-id"]]["http_status"] == 503
 
 
-def test_a_second_sigterm_skips_the_rest_of_the_delay(tmp_path: Path, fake: FakeUpstream) -> None:
+def test_a_repeated_sigterm_keeps_draining_and_sigint_skips_the_delay(tmp_path: Path, fake: FakeUpstream) -> None:
     process, url = start_gateway(tmp_path, fake.url, {"drain_delay": "30s", "shutdown_grace": "0s"})
     try:
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)  # as systemd and the worker supervisor both would
+        time.sleep(1.0)
+        assert process.poll() is None
         assert httpx.get(f"{url}/readyz").status_code == 503
         signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)
         process.communicate(timeout=20)
         assert time.monotonic() - signalled < 5
     finally:
