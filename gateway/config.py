@@ -94,9 +94,10 @@ class ServerSettings(_Frozen):
     # Proxy calls per minute per client (its token's name, or its address without
     # client tokens); beyond it, 429 with Retry-After. None: no limit.
     rate_limit_per_minute: int | None = Field(None, ge=1)
-    # On SIGTERM: readiness answers 503 while calls are still accepted for drain_delay,
-    # then the listener closes and calls in flight get shutdown_grace to finish.
+    # On SIGTERM, readiness answers 503 while new calls are still accepted for this long (0: stop accepting at once).
     drain_delay: DurationOrZero = 5.0
+    # Then the listener closes and calls in flight get this long to finish; calls still running are
+    # ended with a 503 or an SSE error event (0: at once).
     shutdown_grace: DurationOrZero = 30.0
     cors_origins: tuple[str, ...] = ()
     # The header a user id is read from when the body carries none (see gateway.inbound).
