@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
-from gateway.api import admin, dashboard, health, proxy
+from gateway.api import admin, dashboard, health, passthrough, proxy
 from gateway.alerts import Alerts
 from gateway.api.admin import AdminGuard
 from gateway.api.deps import Services
@@ -36,6 +36,7 @@ from gateway.control import ControlPlane, sync_declared
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics, forget_process
+from gateway.passthrough import PassThrough
 from gateway.models import Deployment, Price
 from gateway.pricing import PriceTable
 from gateway.providers import create_provider
@@ -136,6 +137,17 @@ def create_app(
             client_tokens=settings.client_tokens,
             max_body_bytes=settings.server.max_body_bytes,
             user_id_header=settings.server.user_id_header,
+            passthrough=PassThrough(
+                settings.passthrough,
+                client=clients[settings.passthrough.provider],
+                relay=relay,
+                recorder=recorder,
+                metrics=metrics,
+                http_status=http_status,
+                access_log=settings.logging.access_log,
+            )
+            if settings.passthrough.provider is not None
+            else None,
             rate_limit=KeyedLimiter(settings.server.rate_limit_per_minute)
             if settings.server.rate_limit_per_minute
             else None,
@@ -187,11 +199,13 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
-    _install_error_handlers(app)
+    if settings.passthrough.provider is not None:
+        app.include_router(passthrough.router)  # last: its /v1/{path} must not shadow the routes above
+    _install_error_handlers(app, settings.passthrough.routes if settings.passthrough.provider is not None else ())
     return app
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, passthrough_routes: tuple[str, ...]) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
         return error_response(exc)
@@ -202,7 +216,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
             if not served:
-                served.extend(_served_routes(app))
+                served.extend(_served_routes(app, passthrough_routes))
             path = request.url.path[:200].encode("utf-8", "backslashreplace").decode()
             message = (f"Unknown route '{request.method} {path}'. This gateway serves: {', '.join(served)}"
                        " (and the admin API under /admin)")
@@ -238,7 +252,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _served_routes(app: FastAPI) -> list[str]:
+def _served_routes(app: FastAPI, passthrough_routes: tuple[str, ...]) -> list[str]:
     """`METHOD /path` for every public route but the admin API's and the dashboard's files, as a 404 lists them."""
     served: list[str] = []
 
@@ -249,10 +263,11 @@ def _served_routes(app: FastAPI) -> list[str]:
                 walk(included.routes)
                 continue
             path, methods = getattr(route, "path", ""), getattr(route, "methods", None) or set()
-            if path and not path.startswith(("/admin", "/dashboard/")):
+            if path and not path.startswith(("/admin", "/dashboard/")) and "{path:path}" not in path:
                 served.extend(f"{method} {path}" for method in sorted(methods - {"HEAD", "OPTIONS"}))
 
     walk(app.routes)
+    served.extend(f"{route} (pass-through)" for route in passthrough_routes)
     return served
 
 

@@ -469,6 +469,44 @@ def _tokens(value: object) -> object:
     return value
 
 
+# The paths the gateway answers itself; a pass-through route may not shadow them.
+SERVED_PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/v1/models",
+                "/v1/feedback")
+DEFAULT_PASSTHROUGH_ROUTES = ("/v1/embeddings", "/v1/moderations", "/v1/completions", "/v1/audio/*",
+                              "/v1/images/*", "/v1/models/*")
+_ROUTE = re.compile(r"^/v1(/[A-Za-z0-9._-]+)+(/\*)?$")
+
+
+class PassthroughSettings(_Frozen):
+    """Paths of an OpenAI base URL relayed as they are to one provider (see `gateway.passthrough`).
+
+    `routes` are paths; one ending in `/*` covers every path below it
+    (`/v1/models` is read as `/v1/models/*`: the list is always the
+    gateway's). No provider: no pass-through (the routes answer 404).
+    """
+
+    provider: str | None = Field(
+        None, description="the provider (kind openai) these routes go to, with its key; none: pass-through is off"
+    )
+    routes: tuple[str, ...] = Field(
+        DEFAULT_PASSTHROUGH_ROUTES,
+        description="paths relayed; a path ending in /* covers every path below it (/v1/models means /v1/models/*)",
+    )
+
+    @field_validator("routes")
+    @classmethod
+    def _paths(cls, routes: tuple[str, ...]) -> tuple[str, ...]:
+        # The gateway lists the models (its deployments) itself; "/v1/models" means retrieving one of the others.
+        routes = tuple(dict.fromkeys("/v1/models/*" if route == "/v1/models" else route for route in routes))
+        for route in routes:
+            if not _ROUTE.match(route) or len(route) > 64:
+                raise ValueError(f"route {route!r} must be a path under /v1/ of at most 64 characters, "
+                                 "optionally ending in /*")
+            if route in SERVED_PATHS:
+                raise ValueError(f"route {route!r} is served by the gateway itself")
+        return routes
+
+
 class Settings(_Frozen):
     database_url: str = "sqlite+aiosqlite:///./gateway.db"
     admin_tokens: Annotated[dict[str, SecretStr], BeforeValidator(_tokens)] = Field(default_factory=dict)
@@ -484,6 +522,7 @@ class Settings(_Frozen):
     alerts: AlertSettings = AlertSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=dict)
+    passthrough: PassthroughSettings = PassthroughSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -511,6 +550,13 @@ class Settings(_Frozen):
             judge = deployment.quality.judge
             if judge is not None and judge.provider not in self.providers:
                 raise _KeyError(f"deployments.{name}.quality.judge.provider", f"unknown provider {judge.provider!r}")
+        provider = self.passthrough.provider
+        if provider is not None:
+            if provider not in self.providers:
+                raise _KeyError("passthrough.provider", f"unknown provider {provider!r}")
+            if self.providers[provider].kind != "openai":
+                raise _KeyError("passthrough.provider", f"provider {provider!r} must be of kind openai "
+                                "(pass-through relays OpenAI's API)")
         return self
 
 

@@ -106,6 +106,19 @@ class Relay:
         self._calls: set[Call] = set()
         self.in_flight = 0
 
+    def admit(self) -> None:
+        """Count one more call in flight (chat, Responses, Messages or pass-through).
+
+        Raises Overloaded at `max_concurrency`; every admitted call ends in
+        exactly one `release`.
+        """
+        if self.in_flight >= self._max_concurrency:
+            raise Overloaded("The gateway is at its concurrency limit; retry shortly")
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
     def begin(self, chat: InboundRequest, *, request_id: str, received: float) -> Call:
         """Resolve the deployment, pick the version, build the upstream body. No I/O."""
         deployment = self._snapshot.deployments.get(chat.model)
@@ -113,8 +126,6 @@ class Relay:
             raise NotFound(
                 f"The model (deployment) '{chat.model[:200]}' does not exist", param="model", code="model_not_found"
             )
-        if self.in_flight >= self._max_concurrency:
-            raise Overloaded("The gateway is at its concurrency limit; retry shortly")
         if chat.user is None:
             self._metrics.anonymous.labels(deployment=deployment.name).inc()
         if log.isEnabledFor(logging.DEBUG):
@@ -124,7 +135,7 @@ class Relay:
         client = self._clients.get(version.provider) if version is not None else None
         if version is None or client is None:
             raise UpstreamBadResponse(f"deployment '{deployment.name}' has no usable version right now")
-        self.in_flight += 1
+        self.admit()
         call = Call(
             request_id=request_id,
             deployment=deployment,
@@ -134,8 +145,8 @@ class Relay:
             body=build_upstream_body(version, chat.body, stream=chat.stream),
             user_hash=self._hash_user(chat.user),
             received=received,
-            deadline=_loop_deadline(received, client.settings.timeout_s),
-            first_byte_by=_loop_deadline(received, client.settings.first_byte_timeout_s)
+            deadline=loop_deadline(received, client.settings.timeout_s),
+            first_byte_by=loop_deadline(received, client.settings.first_byte_timeout_s)
             if client.settings.first_byte_timeout_s is not None
             else None,
             created_at=datetime.now(UTC),
@@ -266,11 +277,11 @@ class Relay:
         usage: Usage = Usage(),
         ttft: float | None = None,
     ) -> None:
-        self.in_flight -= 1
+        self.release()
         self._calls.discard(call)
         latency = time.perf_counter() - call.received
         version = call.version
-        price = self._price(version.model)
+        price = self.price(version.model)
         cost = price.cost(usage) if price is not None else None
         self._recorder.submit(
             RequestRecord(
@@ -342,7 +353,8 @@ class Relay:
             call.wanted,
         )
 
-    def _price(self, model: str) -> Price | None:
+    def price(self, model: str) -> Price | None:
+        """The price of `model` from the pricing table; None (warned once per model) when unpriced."""
         price = self._prices.get(model)
         if price is None and model not in self._unpriced_warned:
             self._unpriced_warned.add(model)
@@ -368,7 +380,7 @@ def _shutdown_error() -> ShuttingDown:
     return ShuttingDown("The gateway is shutting down and ended this call before it finished; retry it")
 
 
-def _loop_deadline(received: float, timeout_s: float) -> float:
+def loop_deadline(received: float, timeout_s: float) -> float:
     """The call's deadline on the event loop's clock, counted from when it was received."""
     elapsed = time.perf_counter() - received
     return asyncio.get_running_loop().time() + timeout_s - elapsed

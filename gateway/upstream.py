@@ -39,7 +39,7 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from gateway.providers import Provider
+from gateway.providers import Provider, UpstreamRequest
 from gateway.simulator import SimulatedTransport
 
 _MAX_ERROR_BODY = 65_536
@@ -97,14 +97,20 @@ class UpstreamClient:
         Raises UpstreamError: UpstreamTimeout when a limit passes,
         UpstreamConnectError, UpstreamStatusError, UpstreamBadResponse.
         """
-        upstream = self.provider.build_request(body, stream=stream)
+        return await self.send(
+            self.provider.build_request(body, stream=stream), stream=stream, deadline=deadline,
+            first_byte_by=first_byte_by,
+        )
+
+    async def send(
+        self, upstream: UpstreamRequest, *, stream: bool, deadline: float, first_byte_by: float | None = None
+    ) -> httpx.Response:
+        """Send a request already in the upstream's wire format; retries, limits and errors as `open`."""
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             try:
-                return await self._attempt(
-                    upstream.path, upstream.headers, upstream.content, stream, deadline, first_byte_by
-                )
+                return await self._attempt(upstream, stream, deadline, first_byte_by)
             except (UpstreamConnectError, UpstreamStatusError) as exc:
                 retryable = isinstance(exc, UpstreamConnectError) or (
                     isinstance(exc, UpstreamStatusError) and exc.retryable
@@ -116,12 +122,16 @@ class UpstreamClient:
                 await asyncio.sleep(pause)
 
     async def _attempt(
-        self, path: str, headers: Any, content: bytes, stream: bool, deadline: float, first_byte_by: float | None
+        self, upstream: UpstreamRequest, stream: bool, deadline: float, first_byte_by: float | None
     ) -> httpx.Response:
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(self._base_url + path)
-        request = httpx.Request("POST", url, headers=headers, content=content, extensions={"timeout": self._timeouts})
+        if upstream.fixed_path:
+            url = self._urls.get(upstream.path)
+            if url is None:
+                url = self._urls[upstream.path] = httpx.URL(self._base_url + upstream.path)
+        else:
+            url = httpx.URL(self._base_url + upstream.path)
+        request = httpx.Request(upstream.method, url, headers=upstream.headers, content=upstream.content,
+                                extensions={"timeout": self._timeouts})
         response: httpx.Response | None = None
         headers_by = deadline if first_byte_by is None else min(deadline, first_byte_by)
         try:

@@ -18,6 +18,7 @@ from gateway.drain import Drain
 from gateway.errors import InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics
+from gateway.passthrough import PassThrough
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.scheduler import RolloutChecker
@@ -58,6 +59,7 @@ class Services:
     client_tokens: Mapping[str, SecretStr]
     max_body_bytes: int
     user_id_header: str = "x-user-id"
+    passthrough: PassThrough | None = None
     rate_limit: KeyedLimiter | None = None
     request_ids: RequestIds = field(default_factory=RequestIds)
 

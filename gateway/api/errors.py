@@ -33,7 +33,8 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 
-# The provider's own status, relayed: UpstreamRefused is only raised for 400, 413, 422 and 429.
+# The provider's own status, relayed: UpstreamRefused is only raised for 400, 413, 422 and 429
+# (and, on pass-through routes, 404, 409 and 415).
 RELAYED = 0
 
 # Error class → (HTTP status, OpenAI error type). The first class the error is an

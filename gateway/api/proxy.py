@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from gateway.api import passthrough
 from gateway.api.deps import Services, ServicesDep, check_client, read_body, request_id_of
 from gateway.api.errors import error_response
 from gateway.chat import parse_chat_request
@@ -72,11 +73,29 @@ async def list_models(request: Request, services: ServicesDep) -> Response:
         check_client(request, services)
     except ClientError as exc:
         return error_response(exc)
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "canary-gateway"}
-        for name in sorted(services.snapshot.deployments)
-    ]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": [_model(name) for name in sorted(services.snapshot.deployments)]})
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(model: str, request: Request, services: ServicesDep) -> Response:
+    """A deployment, answered by the gateway; any other id passes through when `/v1/models/*` does, else 404."""
+    if model not in services.snapshot.deployments:
+        route = services.passthrough.match(request.url.path) if services.passthrough is not None else None
+        if services.passthrough is not None and route is not None:
+            return await passthrough.relay(request, services, services.passthrough, route)
+    try:
+        check_client(request, services)
+        if model not in services.snapshot.deployments:
+            raise NotFound(f"The model (deployment) '{model[:200]}' does not exist", param="model",
+                           code="model_not_found")
+    except ClientError as exc:
+        return error_response(exc)
+    return JSONResponse(_model(model))
+
+
+def _model(name: str) -> dict[str, object]:
+    """A deployment as OpenAI's `Model` object (openai-python `types/model.py`)."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "canary-gateway"}
 
 
 @router.post("/v1/feedback")

@@ -47,14 +47,19 @@ _OVERLOADED = 529
 
 class AnthropicProvider(Provider):
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
-        headers = {**self.json_headers(stream=stream), "anthropic-version": API_VERSION}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
+        headers = {**self.json_headers(stream=stream), **self.auth_headers()}
         return UpstreamRequest(
             path="/v1/messages",
             headers=headers,
             content=json.dumps(to_messages_request(body, stream=stream), separators=(",", ":")).encode(),
         )
+
+    def auth_headers(self) -> dict[str, str]:
+        """Anthropic's `x-api-key` and the API version every call names."""
+        headers = {"anthropic-version": API_VERSION}
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        return headers
 
     def parse_answer(self, content: bytes) -> Answer:
         try:

@@ -26,9 +26,17 @@ _CALLERS_FAULT = frozenset({400, 413, 422, 429})
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
+    """One call to send: `path` (with any query string) is appended to the provider's base URL.
+
+    `fixed_path` says the path is one of a few the gateway builds itself, so
+    its parsed URL may be cached; pass-through paths come from clients and are not.
+    """
+
     path: str
     headers: Mapping[str, str]
     content: bytes
+    method: str = "POST"
+    fixed_path: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,10 @@ class Provider(ABC):
 
     @abstractmethod
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest: ...
+
+    @abstractmethod
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that carry the provider's key (and any the API requires on every call)."""
 
     @abstractmethod
     def parse_answer(self, content: bytes) -> Answer:

@@ -28,14 +28,16 @@ from gateway.providers.base import (
 
 class OpenAIProvider(Provider):
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
-        headers = self.json_headers(stream=stream)
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
+        headers = {**self.json_headers(stream=stream), **self.auth_headers()}
         return UpstreamRequest(
             path="/chat/completions",
             headers=headers,
             content=json.dumps(body, separators=(",", ":")).encode(),
         )
+
+    def auth_headers(self) -> dict[str, str]:
+        """OpenAI's bearer token (none for a keyless local server)."""
+        return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def parse_answer(self, content: bytes) -> Answer:
         try:
