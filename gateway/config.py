@@ -440,7 +440,7 @@ class AlertSettings(_Frozen):
 class RecorderSettings(_Frozen):
     batch_size: int = Field(500, ge=1, le=10_000)
     flush_interval: Duration = 0.5
-    # Records held in memory while the database is away; beyond it they go to the spool.
+    # Records held in memory at most (the database away or slow); beyond it the oldest half goes to the spool.
     max_buffer: int = Field(20_000, ge=10)
     spool_dir: str = "./spool"
     spool_max_bytes: int = Field(1_073_741_824, ge=0)

@@ -1,15 +1,28 @@
 """The background batch writer: request records and quality scores leave the hot path here.
 
 `submit` (a record) and `submit_score` never wait: they append to an
-in-memory buffer. A writer task
-flushes the buffer in batches (by size or time). While the database is away,
-records stay in memory up to `max_buffer`; beyond that the oldest go to an
-on-disk spool (JSON lines), which is written back when the database returns.
+in-memory buffer. Two tasks work on it:
+
+- the writer writes the buffer in batches of `batch_size` (by size or every
+  `flush_interval`), and between batches drains the on-disk spool in large
+  transactions (`SPOOL_BATCHES` batches each), so new records never wait
+  behind a spool backlog and the backlog shrinks while traffic goes on;
+- the spiller keeps memory bounded: whenever more than `max_buffer` items are
+  held, it moves the oldest to the spool in one file, down to half of
+  `max_buffer`, whatever the writer is doing (a write can wait for the
+  database's timeouts). Files are therefore large and few.
+
+Nothing is dropped while the spool has room. Only two things lose records,
+each counted in `canary_records_dropped_total` and logged once: a full spool
+(`spool_full`), and a buffer at twice `max_buffer` because the disk cannot
+take the spills fast enough (`buffer_full`).
+
 A batch the database rejects is retried item by item so one bad record
 cannot sink the others. Ids are unique and inserts skip existing ids, so a
 record written twice (a retry after a lost commit acknowledgement, a spool
-file drained by two workers) is stored once. `stop` writes everything held,
-or spools it when the database is down.
+file drained by two workers) is stored once; records written back from the
+spool have their quality derived from scores written before them. `stop`
+writes everything held, or spools it when the database is down.
 """
 
 from __future__ import annotations
@@ -34,6 +47,8 @@ from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.recorder")
 
+# A spool drain writes this many batches (of `batch_size`) per transaction.
+SPOOL_BATCHES = 10
 
 Item = RequestRecord | QualityScore
 
@@ -48,8 +63,11 @@ class Recorder:
         self._held: dict[str, RequestRecord] = {}
         self._writing = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._overflow = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._spool = Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes)
+        # Whether the spool may hold files (checked on disk only when it may).
+        self._spooled = self._spool.has_files()
         self._database_up = True
         self._loss_logged = False
 
@@ -62,8 +80,16 @@ class Recorder:
         """Items held in memory: buffered, or taken by a write not yet committed."""
         return len(self._buffer) + self._writing
 
+    @property
+    def spooled(self) -> bool:
+        """Whether records wait in the spool: a call may be recorded though the database does not have it yet."""
+        return self._spooled
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="recorder")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="recorder"),
+            asyncio.create_task(self._spill_overflow(), name="recorder-spill"),
+        ]
 
     def submit(self, record: RequestRecord) -> None:
         """Hold a record for writing; never blocks, never raises."""
@@ -79,13 +105,16 @@ class Recorder:
         return self._held.get(request_id)
 
     def _accept(self, item: Item) -> bool:
-        if len(self._buffer) >= 2 * self._settings.max_buffer:
-            # The writer cannot even spool fast enough: memory stays bounded.
+        held = len(self._buffer)
+        if held >= 2 * self._settings.max_buffer:
+            # The spiller cannot even write to disk fast enough: memory stays bounded.
             self._lose(1, "buffer_full")
             return False
         self._buffer.append(item)
-        self._metrics.record_queue.set(len(self._buffer))
-        if len(self._buffer) >= self._settings.batch_size or len(self._buffer) > self._settings.max_buffer:
+        held += 1
+        if held > self._settings.max_buffer:
+            self._overflow.set()
+        if held >= self._settings.batch_size:
             self._wake.set()
         return True
 
@@ -96,13 +125,13 @@ class Recorder:
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Write everything held; spool what the database would not take in time."""
-        await cancel_and_wait([self._task])
-        self._task = None
+        await cancel_and_wait(self._tasks)
+        self._tasks = []
         try:
             async with asyncio.timeout(timeout):
                 while self._buffer:
                     await self._write_batch()
-                if self._spool.has_files():
+                while self._spooled:
                     await self._drain_spool()
         except (StoreUnavailable, TimeoutError):
             log.warning("the database did not take every record before shutdown; spooling %d", len(self._buffer))
@@ -111,7 +140,7 @@ class Recorder:
         self._metrics.record_queue.set(0)
 
     async def flush(self) -> None:
-        """Write what is held now (used by tests and by shutdown)."""
+        """Write what is held in memory now (used by tests)."""
         while self._buffer and self._database_up:
             await self._write_batch()
 
@@ -119,21 +148,18 @@ class Recorder:
         backoff = self._settings.flush_interval
         while True:
             try:
-                overflow = len(self._buffer) - self._settings.max_buffer
-                if not self._database_up and overflow > 0:
-                    await self._spill(overflow)
-                if self._spool.has_files():
-                    await self._drain_spool()
+                # New records first, then one large step of the spool backlog, then again.
                 while self._buffer:
                     await self._write_batch()
                     if len(self._buffer) < self._settings.batch_size:
                         break
+                if self._spooled and len(self._buffer) < self._settings.batch_size:
+                    await self._drain_spool()
                 backoff = self._settings.flush_interval
+                if self._spooled or len(self._buffer) >= self._settings.batch_size:
+                    continue  # more to write now: no pause
             except StoreUnavailable:
                 backoff = min(max(backoff * 2, 1.0), self._settings.max_backoff)
-                overflow = len(self._buffer) - self._settings.max_buffer
-                if overflow > 0:
-                    await self._spill(overflow)
             except Exception:  # noqa: BLE001 - the writer must outlive any single failure
                 log.exception("the record writer failed; retrying")
                 backoff = self._settings.max_backoff
@@ -141,6 +167,20 @@ class Recorder:
                 async with asyncio.timeout(backoff):
                     await self._wake.wait()
             self._wake.clear()
+
+    async def _spill_overflow(self) -> None:
+        """Keep at most `max_buffer` items in memory, moving the oldest to the spool in large files."""
+        keep = self._settings.max_buffer // 2
+        while True:
+            await self._overflow.wait()
+            self._overflow.clear()
+            try:
+                if len(self._buffer) > self._settings.max_buffer:
+                    await self._spill(len(self._buffer) - keep)
+            except Exception:  # noqa: BLE001 - the spiller must outlive any single failure
+                log.exception("spilling records to the spool failed; retrying")
+                await asyncio.sleep(1.0)
+                self._overflow.set()
 
     async def _write_batch(self) -> None:
         batch = [self._buffer.popleft() for _ in range(min(self._settings.batch_size, len(self._buffer)))]
@@ -153,6 +193,8 @@ class Recorder:
             if isinstance(exc, StoreUnavailable):
                 self._database_up = False
             self._buffer.extendleft(reversed(batch))
+            if len(self._buffer) > self._settings.max_buffer:
+                self._overflow.set()
             raise
         finally:
             self._writing = 0
@@ -160,53 +202,60 @@ class Recorder:
         self._database_up = True
         self._release(batch)
 
-    async def _write(self, batch: list[Item]) -> None:
+    async def _write(self, batch: list[Item], *, late: bool = False) -> None:
         try:
-            await self._insert(batch)
+            await self._insert(batch, late=late)
         except StoreRejected:
             for item in batch:
                 try:
-                    await self._insert([item])
+                    await self._insert([item], late=late)
                 except StoreRejected:
                     self._metrics.records_dropped.labels(reason="rejected").inc()
                     log.error("the database rejected %s %s; it is dropped", type(item).__name__, item.id)
 
-    async def _insert(self, items: list[Item]) -> None:
+    async def _insert(self, items: list[Item], *, late: bool) -> None:
         records = [item for item in items if isinstance(item, RequestRecord)]
         scores = [item for item in items if isinstance(item, QualityScore)]
-        await self._store.insert_batch(records=records, scores=scores)
+        await self._store.insert_batch(records=records, scores=scores, scored_before=late)
         self._metrics.records_written.inc(len(records))
 
     async def _spill(self, count: int) -> None:
-        records = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
-        self._release(records)
-        lines = [json.dumps(_to_json(record)) for record in records]
-        written = await asyncio.to_thread(self._spool.append, lines)
-        self._metrics.records_spooled.inc(written)
-        if written < len(records):
-            self._lose(len(records) - written, "spool_full")
+        items = [self._buffer.popleft() for _ in range(min(count, len(self._buffer)))]
+        if not items:
+            return
+        self._release(items)
         self._metrics.record_queue.set(len(self._buffer))
+        # Encoding thousands of items is CPU work: off the event loop, with the write.
+        written = await asyncio.to_thread(self._spool.append_items, items)
+        if written:
+            self._spooled = True
+        self._metrics.records_spooled.inc(written)
+        if written < len(items):
+            self._lose(len(items) - written, "spool_full")
 
     async def _drain_spool(self) -> None:
-        """Write spooled files back one at a time; a file the database refuses now is released."""
-        while (path := await asyncio.to_thread(self._spool.claim_next)) is not None:
-            lines = await asyncio.to_thread(path.read_text, "utf-8")
-            records = []
-            for line in lines.splitlines():
-                try:
-                    records.append(_from_json(json.loads(line)))
-                except (ValueError, TypeError, KeyError):
-                    self._lose(1, "spool_corrupt")
-            try:
-                for start in range(0, len(records), self._settings.batch_size):
-                    await self._write(records[start : start + self._settings.batch_size])
-            except BaseException:
-                # Unavailable or cancelled: the file goes back for a later attempt; what
-                # did commit is skipped then (ids are unique).
-                await asyncio.to_thread(self._spool.release, path)
-                raise
-            await asyncio.to_thread(path.unlink, True)
-            log.info("wrote %d spooled request records back to the database", len(records))
+        """Write one spooled file back, in transactions of SPOOL_BATCHES batches; a refused file is released."""
+        path = await asyncio.to_thread(self._spool.claim_next)
+        if path is None:
+            self._spooled = False
+            return
+        try:
+            items, corrupt = await asyncio.to_thread(self._spool.read, path)
+            if corrupt:
+                self._lose(corrupt, "spool_corrupt")
+            size = self._settings.batch_size * SPOOL_BATCHES
+            for start in range(0, len(items), size):
+                await self._write(items[start : start + size], late=True)
+        except BaseException as exc:
+            # Unavailable or cancelled: the file goes back for a later attempt; what
+            # did commit is skipped then (ids are unique).
+            if isinstance(exc, StoreUnavailable):
+                self._database_up = False
+            await asyncio.to_thread(self._spool.release, path)
+            raise
+        await asyncio.to_thread(path.unlink, True)
+        self._database_up = True
+        log.info("wrote %d spooled items back to the database", len(items))
 
     def _lose(self, count: int, reason: str) -> None:
         self._metrics.records_dropped.labels(reason=reason).inc(count)
@@ -236,8 +285,23 @@ class Spool:
         except OSError:
             return False
 
+    def append_items(self, items: list[Item]) -> int:
+        """Write as many items as the size limit allows, in one file; returns how many were written."""
+        return self.append([json.dumps(_to_json(item)) for item in items])
+
+    def read(self, path: Path) -> tuple[list[Item], int]:
+        """The items of a claimed file, and how many of its lines could not be read."""
+        items: list[Item] = []
+        corrupt = 0
+        for line in path.read_text("utf-8").splitlines():
+            try:
+                items.append(_from_json(json.loads(line)))
+            except (ValueError, TypeError, KeyError):
+                corrupt += 1
+        return items, corrupt
+
     def append(self, lines: list[str]) -> int:
-        """Write as many lines as the size limit allows; returns how many were written."""
+        """Write as many lines as the size limit allows, in one file; returns how many were written."""
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
             used = sum(path.stat().st_size for path in self._directory.glob("records-*"))

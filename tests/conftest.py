@@ -12,6 +12,10 @@ import asyncio
 import concurrent.futures
 import copy
 import os
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -227,3 +231,79 @@ def make_gateway(database_url: str, fake: FakeUpstream, tmp_path: Path) -> Itera
 def gateway(make_gateway: Any) -> Gateway:
     gw: Gateway = make_gateway()
     return gw
+
+
+# -- a throwaway PostgreSQL cluster, for tests that stop, start or freeze the database -------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class Cluster:
+    """A PostgreSQL cluster of its own (initdb on a free port; as `postgres` when run as root)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="canary-pg-"))
+        self.data = self.directory / "data"
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=60)
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> None:
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.directory / "log"),
+                  "-o", f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self) -> None:
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop")
+
+    def processes(self) -> list[int]:
+        """The postmaster and every process it started."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            except OSError:
+                continue
+            if fields.get("PPid", "").strip() == str(postmaster):
+                children.append(int(status.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP every process: connections stay open and nothing answers (a hung database)."""
+        for pid in self.processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self.processes():
+            os.kill(pid, signal.SIGCONT)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A started throwaway cluster, stopped and removed after the test."""
+    if not (PG_BIN / "initdb").exists() or (os.geteuid() == 0 and shutil.which("runuser") is None):
+        pytest.skip("PostgreSQL 15 server binaries are not installed here")
+    made = Cluster()
+    made.init()
+    made.start()
+    yield made
+    try:
+        made.thaw()
+    except (OSError, ValueError):
+        pass
+    try:
+        made.stop()
+    except subprocess.CalledProcessError:
+        pass
+    made.remove()

@@ -1,71 +1,24 @@
 """A real PostgreSQL stopped and restarted under a running gateway (RELIABILITY C2, C3).
 
-The test makes a throwaway cluster of its own (initdb on a free port, as the
-`postgres` user when run as root), so stopping it disturbs nothing else.
+The tests make a throwaway cluster of their own (`cluster` in conftest.py:
+initdb on a free port), so stopping it disturbs nothing else.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
+import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+import httpx
 
 from gateway.config import settings_from_dict
 from gateway.migrate import upgrade
-from tests.conftest import Gateway, base_config, query
-from tests.fakes import FakeUpstream, free_port
+from tests.conftest import Cluster, Gateway, base_config, query
+from tests.fakes import FakeUpstream
 
-BIN = Path("/usr/lib/postgresql/15/bin")
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-class Cluster:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="canary-pg-"))
-        self.data = self.directory / "data"
-        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=60)
-
-    def init(self) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres")
-        self._run(str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-
-    def start(self) -> None:
-        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.directory / "log"),
-                  "-o", f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1", "start")
-
-    def stop(self) -> None:
-        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop")
-
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    if not (BIN / "initdb").exists() or (os.geteuid() == 0 and shutil.which("runuser") is None):
-        pytest.skip("PostgreSQL 15 server binaries are not installed here")
-    made = Cluster()
-    made.init()
-    made.start()
-    yield made
-    try:
-        made.stop()
-    except subprocess.CalledProcessError:
-        pass
-    made.remove()
 
 
 def test_records_survive_a_postgresql_restart_exactly_once(
@@ -116,3 +69,73 @@ def test_records_survive_a_postgresql_restart_exactly_once(
     assert len(stored) == len(set(stored)) == 75  # every call once: none lost, none doubled
     assert set(stored) == set(ids)
     assert not list((tmp_path / "spool").glob("records-*"))
+
+
+def test_nothing_is_dropped_while_a_small_buffer_spills_and_the_spool_drains_under_load(
+    cluster: Cluster, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """RELIABILITY C5 with `max_buffer` far below what an outage produces: the spool takes
+    the overflow in large files, and after the outage it drains while new calls keep coming."""
+    upgrade(cluster.url)
+    spool = tmp_path / "spool"
+    config: dict[str, Any] = base_config(cluster.url, fake.url, spool)
+    config["database"] = {"pool_timeout": "1s", "statement_timeout": "2s", "refresh_interval": "200ms"}
+    config["recorder"].update({"max_buffer": 40, "batch_size": 20, "max_backoff": "500ms"})
+    gateway = Gateway(settings_from_dict(config)).start()
+    answered: list[str] = []
+    failed: list[int] = []
+    stop = threading.Event()
+
+    def traffic(worker: int) -> None:
+        with gateway.client() as http:
+            index = 0
+            while not stop.is_set():
+                index += 1
+                answer = http.post("/v1/chat/completions", json={
+                    "model": "support-bot", "messages": MESSAGES, "user": f"w{worker}-{index}",
+                    "stream": index % 4 == 0})
+                answer.read()
+                if answer.status_code == 200:
+                    answered.append(answer.headers["x-request-id"])
+                else:
+                    failed.append(answer.status_code)
+
+    spool_files: dict[str, int] = {}
+
+    def watch_spool(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            for path in spool.glob("records-*.jsonl"):
+                try:
+                    spool_files.setdefault(path.name, len(path.read_text().splitlines()))
+                except OSError:
+                    pass  # drained meanwhile
+            time.sleep(0.05)
+
+    workers = [threading.Thread(target=traffic, args=(index,)) for index in range(6)]
+    try:
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)
+        cluster.stop()
+        watch_spool(4.0)
+        before_restart = len(answered)
+        cluster.start()
+        time.sleep(5.0)  # the spool drains while calls keep coming
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+        with httpx.Client(base_url=gateway.url, timeout=30) as http:
+            metrics = http.get("/metrics").text
+    finally:
+        stop.set()
+        gateway.stop()
+    assert failed == [] and len(answered) > before_restart > 200
+    assert spool_files, "the outage produced more records than max_buffer: some must have been spooled"
+    assert min(spool_files.values()) >= 20  # spilled in large files (half of max_buffer at least)
+    dropped = [line for line in metrics.splitlines() if line.startswith("canary_records_dropped_total{")]
+    assert all(line.endswith(" 0.0") for line in dropped), dropped
+    stored = [row["id"] for row in query(cluster.url, "SELECT id FROM request_records")]
+    assert len(stored) == len(set(stored))
+    assert set(answered) <= set(stored)  # every answered call recorded once
+    assert not list(spool.glob("records-*"))

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config import DatabaseSettings, RecorderSettings, settings_from_dict
 from gateway.metrics import Metrics
 from gateway.models import QualityScore, RequestRecord
-from gateway.recorder import Recorder
+from gateway.recorder import Recorder, Spool
 from gateway.store import Store, create_engine
 from tests.conftest import Gateway, base_config, query
 from tests.fakes import FakeUpstream, free_port
@@ -150,6 +150,69 @@ async def test_a_full_spool_counts_the_loss(tmp_path: Path) -> None:
     spooled = sample(metrics, "canary_records_spooled_total")
     assert 0 < spooled < 20
     assert sample(metrics, "canary_records_dropped_total", reason="spool_full") == 20 - spooled
+
+
+async def test_new_records_are_written_while_a_large_spool_drains(database_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    backlog = [record() for _ in range(20_000)]
+    writer = Spool(spool, max_bytes=1 << 30)
+    for start in range(0, len(backlog), 1000):
+        assert writer.append_items(backlog[start : start + 1000]) == 1000
+    recorder, store, metrics = recorder_for(database_url, spool, batch_size=100)
+    recorder.start()
+    fresh = record()
+    recorder.submit(fresh)
+    for _ in range(200):
+        if query(database_url, "SELECT id FROM request_records WHERE id = :id", id=fresh.id):
+            break
+        await asyncio.sleep(0.05)
+    # The new record did not wait for the backlog: most of the spool is still there.
+    assert len(list(spool.glob("records-*"))) >= 10
+    await recorder.stop(timeout=60)
+    await store.close()
+    stored = [row["id"] for row in query(database_url, "SELECT id FROM request_records")]
+    assert len(stored) == len(set(stored)) == 20_001
+    assert not list(spool.glob("records-*"))
+    assert sample(metrics, "canary_records_written_total") == 20_001
+
+
+async def test_large_spills_make_few_files(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    recorder, store, metrics = recorder_for(UNREACHABLE, spool, max_buffer=100, batch_size=10)
+    recorder.start()
+    for _ in range(1000):
+        recorder.submit(record())
+        await asyncio.sleep(0)
+    for _ in range(100):
+        if recorder.depth <= 100:
+            break
+        await asyncio.sleep(0.05)
+    files = {path: len(path.read_text().splitlines()) for path in spool.glob("records-*.jsonl")}
+    assert files and min(files.values()) >= 50  # at least half of max_buffer per file, never one record
+    await recorder.stop(timeout=1)
+    await store.close()
+    assert sample(metrics, "canary_records_spooled_total") == 1000
+    assert sample(metrics, "canary_records_dropped_total", reason="buffer_full") == 0
+
+
+async def test_a_spooled_record_gets_the_quality_of_scores_written_before_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    call = record()
+    down, down_store, _ = recorder_for(UNREACHABLE, spool)
+    down.submit(call)
+    await down.stop(timeout=1)
+    await down_store.close()
+    assert list(spool.glob("records-*.jsonl"))
+
+    back, back_store, _ = recorder_for(database_url, spool)
+    back.submit_score(score(call.id, "feedback", 0.6))  # in memory: written before the spooled record
+    back.start()
+    await back.stop()
+    await back_store.close()
+    [row] = query(database_url, "SELECT quality FROM request_records WHERE id = :id", id=call.id)
+    assert row["quality"] == pytest.approx(0.6)
 
 
 def score(request_id: str, source: str, value: float) -> QualityScore:

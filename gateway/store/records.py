@@ -41,13 +41,17 @@ class RecordStore(Database):
         super().__init__(engine)
         self._record_insert = _record_insert_sql(self.dialect.paramstyle)
 
-    async def insert_batch(self, *, records: Sequence[RequestRecord], scores: Sequence[QualityScore]) -> None:
+    async def insert_batch(
+        self, *, records: Sequence[RequestRecord], scores: Sequence[QualityScore], scored_before: bool = False
+    ) -> None:
         """Insert records and quality scores in one transaction, then derive the calls' quality.
 
-        Ids already stored are skipped, so a retried batch lands once. Scores
-        may arrive before or after their call's record: both orders end with
-        the record's `quality` following QUALITY_RULE. Raises StoreUnavailable
-        or StoreRejected (see `gateway.store.engine`).
+        Ids already stored are skipped, so a retried batch lands once. A score
+        in the same batch as its record, or written after it, sets the record's
+        `quality` by QUALITY_RULE; `scored_before` says the records may come
+        after scores already stored (written back from the spool), so their
+        quality is derived from those too. Raises StoreUnavailable or
+        StoreRejected (see `gateway.store.engine`).
         """
         if not records and not scores:
             return
@@ -56,6 +60,15 @@ class RecordStore(Database):
                 # The hottest write: a prepared plain-SQL executemany, a fraction of the ORM
                 # insert's per-row cost, which is paid on the event loop.
                 await connection.exec_driver_sql(self._record_insert, [self._record_row(r) for r in records])
+                if scored_before:
+                    ids = [record.id for record in records]
+                    await connection.execute(
+                        update(RequestRecordRow)
+                        .where(RequestRecordRow.id.in_(
+                            select(QualityScoreRow.request_id).where(QualityScoreRow.request_id.in_(ids))
+                        ))
+                        .values(quality=_QUALITY)
+                    )
             if scores:
                 await connection.execute(
                     self.dialect.insert(QualityScoreRow).on_conflict_do_nothing(index_elements=["id"]),
