@@ -28,16 +28,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
 from gateway.config import PassthroughSettings
-from gateway.errors import GatewayError, UpstreamError, UpstreamRefused, UpstreamStatusError
+from gateway.errors import GatewayError, ShuttingDown, UpstreamError, UpstreamRefused, UpstreamStatusError
 from gateway.metrics import Metrics
 from gateway.models import RecordStatus, RequestRecord, Usage
 from gateway.providers import UpstreamRequest
 from gateway.recorder import Recorder
-from gateway.relay import CLIENT_CLOSED, Relay, loop_deadline
+from gateway.relay import CLIENT_CLOSED, Relay, loop_deadline, shutdown_error
 from gateway.upstream import UpstreamClient
 
 access_log = logging.getLogger("gateway.access")
@@ -57,7 +58,7 @@ _MAX_MODEL_CHARS = 256
 _SAFE_PATH = re.compile(r"^(/[A-Za-z0-9._~:@+=,-]+)+$")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PassCall:
     request_id: str
     route: str
@@ -68,6 +69,9 @@ class PassCall:
     first_byte_by: float | None
     created_at: datetime
     upstream: UpstreamRequest
+    # The task waiting on the upstream, and whether a shutdown ended the call (gateway.relay.end_calls).
+    task: asyncio.Task[Any] | None = None
+    ended: bool = False
 
 
 class PassThrough:
@@ -140,7 +144,7 @@ class PassThrough:
         )
         self._relay.admit()
         settings = self._client.settings
-        return PassCall(
+        call = PassCall(
             request_id=request_id,
             route=route,
             model=model,
@@ -153,13 +157,21 @@ class PassThrough:
             created_at=datetime.now(UTC),
             upstream=upstream,
         )
+        self._relay.track(call)
+        return call
 
     async def open(self, call: PassCall) -> httpx.Response:
         """Send the call; the answer's body is not read yet. Failures are recorded, then raised."""
+        call.task = asyncio.current_task()
         try:
-            return await self._client.send(
-                call.upstream, stream=True, deadline=call.deadline, first_byte_by=call.first_byte_by
-            )
+            try:
+                return await self._client.send(
+                    call.upstream, stream=True, deadline=call.deadline, first_byte_by=call.first_byte_by
+                )
+            except asyncio.CancelledError:
+                if not call.ended:
+                    raise
+                raise shutdown_error() from None
         except UpstreamError as exc:
             if type(exc) is not UpstreamStatusError or exc.upstream_status not in _RELAYED:
                 self._finish(call, status="error", http_status=self._http_status(exc), error_kind=exc.kind)
@@ -189,21 +201,32 @@ class PassThrough:
         ttft: float | None = None
         json_answer = "json" in response.headers.get("content-type", "")
         tail = b""
+        call.task = asyncio.current_task()
         try:
             try:
-                async for chunk in self._client.relay(response, deadline=call.deadline,
-                                                      first_byte_by=call.first_byte_by):
-                    if ttft is None:
-                        ttft = time.perf_counter() - call.received
-                    if json_answer:
-                        tail = (tail + chunk)[-_TAIL_BYTES:]
-                    yield chunk
+                try:
+                    if call.ended:
+                        raise asyncio.CancelledError  # ended between opening the answer and relaying it
+                    async for chunk in self._client.relay(response, deadline=call.deadline,
+                                                          first_byte_by=call.first_byte_by):
+                        if ttft is None:
+                            ttft = time.perf_counter() - call.received
+                        if json_answer:
+                            tail = (tail + chunk)[-_TAIL_BYTES:]
+                        yield chunk
+                except asyncio.CancelledError:
+                    if not call.ended:
+                        raise
+                    raise shutdown_error() from None
                 status, error_kind = "ok", None
             except UpstreamError as exc:
                 # The status line has gone out: all that is left is to end the body early.
                 status, error_kind = "error", exc.kind
             http_status = response.status_code
         finally:
+            if call.ended and error_kind == "client_cancelled":
+                # Cancelled while handing a chunk to the server: the body just ends early.
+                status, http_status, error_kind = "error", response.status_code, ShuttingDown.kind
             self._finish(call, status=status, http_status=http_status, error_kind=error_kind,
                          usage=_usage_in(tail) if json_answer else Usage(),
                          ttft=ttft if call.stream else None)
@@ -224,6 +247,7 @@ class PassThrough:
         ttft: float | None = None,
     ) -> None:
         self._relay.release()
+        self._relay.untrack(call)
         latency = time.perf_counter() - call.received
         provider = self._client.provider.name
         price = self._relay.price(call.model) if call.model and usage.prompt_tokens is not None else None
@@ -250,7 +274,7 @@ class PassThrough:
         metrics = self._metrics
         metrics.requests.labels("", call.route, status, "passthrough").inc()
         metrics.duration.labels("", call.route, "passthrough").observe(latency)
-        if error_kind is not None and error_kind != "client_cancelled":
+        if error_kind is not None and error_kind not in ("client_cancelled", ShuttingDown.kind):
             metrics.upstream_errors.labels(provider, error_kind).inc()
         if self._access_log:
             access_log.info("proxied call", extra={

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -46,6 +46,13 @@ log = logging.getLogger("gateway.relay")
 
 # Status recorded for a call whose client went away before the answer ended.
 CLIENT_CLOSED = 499
+
+
+class Endable(Protocol):
+    """A call `end_calls` can end: the task waiting for it, and whether a shutdown ended it."""
+
+    task: asyncio.Task[Any] | None
+    ended: bool
 
 
 @dataclass(slots=True, eq=False)
@@ -103,7 +110,7 @@ class Relay:
         self._quality = quality
         self._unpriced_warned: set[str] = set()
         self._closing: set[asyncio.Future[None]] = set()
-        self._calls: set[Call] = set()
+        self._calls: set[Endable] = set()
         self.in_flight = 0
 
     def admit(self) -> None:
@@ -152,14 +159,22 @@ class Relay:
             created_at=datetime.now(UTC),
             wanted=self._quality.draw(deployment.name) if self._quality is not None else None,
         )
-        self._calls.add(call)
+        self.track(call)
         return call
+
+    def track(self, call: Endable) -> None:
+        """Count `call` among those `end_calls` ends; `untrack` it when it is recorded."""
+        self._calls.add(call)
+
+    def untrack(self, call: Endable) -> None:
+        self._calls.discard(call)
 
     def end_calls(self) -> int:
         """End every call still running (the shutdown grace is over); returns how many.
 
-        Each is cancelled where it waits; `complete`, `open_stream` and `stream`
-        turn that cancellation into `ShuttingDown`.
+        Each is cancelled where it waits (its `task`); `complete`, `open_stream`
+        and `stream` here, and the pass-through's own steps, turn that
+        cancellation into `ShuttingDown` (see `shutdown_error`).
         """
         ended = 0
         for call in list(self._calls):
@@ -202,7 +217,7 @@ class Relay:
             except asyncio.CancelledError:
                 if not call.ended:
                     raise
-                raise _shutdown_error() from None
+                raise shutdown_error() from None
         except UpstreamError as exc:
             self._finish(call, status="error", http_status=self._http_status(exc), error_kind=exc.kind)
             raise
@@ -237,7 +252,7 @@ class Relay:
                 except asyncio.CancelledError:
                     if not call.ended:
                         raise
-                    raise _shutdown_error() from None
+                    raise shutdown_error() from None
                 tail = translator.finish()
                 error_kind = translator.error_kind
             except UpstreamError as exc:
@@ -278,7 +293,7 @@ class Relay:
         ttft: float | None = None,
     ) -> None:
         self.release()
-        self._calls.discard(call)
+        self.untrack(call)
         latency = time.perf_counter() - call.received
         version = call.version
         price = self.price(version.model)
@@ -372,8 +387,9 @@ class Relay:
 _NOT_THE_PROVIDERS = frozenset({"client_cancelled", ShuttingDown.kind})
 
 
-def _shutdown_error() -> ShuttingDown:
-    """The error that replaces the cancellation `end_calls` made (which is withdrawn from the task)."""
+def shutdown_error() -> ShuttingDown:
+    """The error that replaces the cancellation `end_calls` made; call it where that cancellation
+    is caught, in the cancelled task: the cancellation is withdrawn from the task."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         task.uncancel()

@@ -106,6 +106,7 @@ class FakeUpstream:
     def __post_init__(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._server = ServerThread(app)
 
     @property
@@ -127,6 +128,17 @@ class FakeUpstream:
         self.behaviour = Behaviour()
         self.received.clear()
         self.stream_finished_at.clear()
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """An embedding of the `input`, after the `delays` entry of the body's `user` (for pass-through tests)."""
+        body = await request.json()
+        self.received.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        await asyncio.sleep(self.behaviour.delays.get(body.get("user"), self.behaviour.delay))
+        return web.json_response({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
+            "usage": {"prompt_tokens": 2, "total_tokens": 2},
+        })
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -41,6 +41,7 @@ def start_gateway(tmp_path: Path, upstream_url: str, server: dict[str, Any]) -> 
         "providers": {"fake": {"kind": "openai", "base_url": upstream_url, "api_key": "sk-x-0000000000",
                                "timeout_s": 60, "retries": 0}},
         "deployments": {"bot": {"stable": "v1", "versions": {"v1": {"provider": "fake", "model": "model-a"}}}},
+        "passthrough": {"provider": "fake", "routes": ["/v1/embeddings"]},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -73,14 +74,15 @@ class Outcome:
 
 
 def call(url: str, user: str, *, stream: bool) -> tuple[threading.Thread, Outcome]:
+    """A call on its own thread: a pass-through embedding for users named `embed-*`, else a chat completion."""
     outcome = Outcome()
 
     def run() -> None:
-        body = {"model": "bot", "messages": MESSAGES, "user": user, "stream": stream}
+        path, body = "/v1/chat/completions", {"model": "bot", "messages": MESSAGES, "user": user, "stream": stream}
+        if user.startswith("embed"):
+            path, body = "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hello", "user": user}
         try:
-            with httpx.Client(timeout=60) as client, client.stream(
-                "POST", f"{url}/v1/chat/completions", json=body
-            ) as answer:
+            with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}{path}", json=body) as answer:
                 outcome.status, outcome.headers = answer.status_code, answer.headers
                 for part in answer.iter_raw():
                     outcome.body += part
@@ -108,15 +110,15 @@ def events(body: bytes) -> list[str]:
 
 def test_sigterm_drains_then_ends_what_is_left(tmp_path: Path, fake: FakeUpstream) -> None:
     b = fake.behaviour
-    b.delays = {"plain-short": 2.8, "plain-long": 60.0}
+    b.delays = {"plain-short": 2.8, "plain-long": 60.0, "embed-short": 2.8, "embed-long": 60.0}
     b.chunk_counts = {"stream-short": 3, "stream-long": 400}
     b.chunk_delays = {"stream-short": 0.9, "stream-long": 0.3}
     process, url = start_gateway(tmp_path, fake.url, {"drain_delay": f"{DRAIN_DELAY:g}s", "shutdown_grace": "1500ms"})
     try:
         calls = {user: call(url, user, stream=user.startswith("stream")) for user in
-                 ("plain-short", "plain-long", "stream-short", "stream-long")}
+                 ("plain-short", "plain-long", "stream-short", "stream-long", "embed-short", "embed-long")}
         deadline = time.monotonic() + 10
-        while fake.hits < 4:
+        while fake.hits < 6:
             assert time.monotonic() < deadline, "the calls did not reach the upstream"
             time.sleep(0.02)
         time.sleep(0.3)
@@ -161,6 +163,10 @@ def test_sigterm_drains_then_ends_what_is_left(tmp_path: Path, fake: FakeUpstrea
     assert set(error) == {"message", "type", "param", "code"}
     assert long.headers["content-type"] == "application/json" and long.headers["retry-after"] == "1"
     assert long.finished_at is not None and GRACE - 0.3 < long.finished_at - closed < GRACE + 1.0
+    # The pass-through too: answered within the grace, ended after it.
+    assert outcomes["embed-short"].status == 200 and json.loads(outcomes["embed-short"].body)["data"]
+    ended = outcomes["embed-long"]
+    assert ended.status == 503 and json.loads(ended.body)["error"]["code"] == "gateway_shutting_down"
     streamed = outcomes["stream-long"]
     assert streamed.status == 200
     last = json.loads(events(streamed.body)[-1])
@@ -170,12 +176,11 @@ def test_sigterm_drains_then_ends_what_is_left(tmp_path: Path, fake: FakeUpstrea
     assert process.returncode == 128 + signal.SIGTERM
     assert exited - signalled < DRAIN_DELAY + GRACE + 5
     assert "Traceback" not in stderr and "graceful shutdown exceeded" not in stderr
-    assert "ended 2 calls still in flight" in stderr and '"msg": "gateway stopped"' in stderr
+    assert "ended 3 calls still in flight" in stderr and '"msg": "gateway stopped"' in stderr
 
-    rows = {row["user_hash"]: row for row in query(
+    by_id = {row["id"]: row for row in query(
         f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}", "SELECT * FROM request_records")}
-    by_id = {row["id"]: row for row in rows.values()}
-    assert len(by_id) == 5  # the four in flight and the one served while draining
+    assert len(by_id) == 7  # the six in flight and the one served while draining
     for user, outcome in outcomes.items():
         assert outcome.headers is not None
         row = by_id[outcome.headers["x-request-id"]]
