@@ -1,9 +1,19 @@
-"""Pure quality evaluation: built-in evaluators, and the judge's prompt and verdict parsing.
+"""Pure quality evaluation: built-in evaluators, and the judge's prompts and verdict parsing.
 
 An evaluator scores one answer in [0, 1], or returns None when it does not
 apply (the `json` evaluator on a call that asked for no JSON). Built-in
 evaluators are cheap and deterministic; the LLM judge's call itself is made
 by `gateway.quality`, which uses `judge_body` and `parse_verdict` from here.
+
+The pairwise judge (the shadow stage) compares two answers to one
+conversation, blind: they are labelled A and B, never by version, and each
+pair is asked twice, once in each order, so that a judge's preference for a
+position cancels out (Zheng et al., "Judging LLM-as-a-Judge with MT-Bench
+and Chatbot Arena", NeurIPS 2023, section 3.3: position bias, controlled by
+swapping). `pairwise_body` builds one order's request, `parse_preference`
+reads its verdict, `win_score` combines the two orders into the canary's
+score: 1 won both, 0.5 a tie (or one order each: the judge followed the
+position, not the answers), 0 lost both, 0.75 / 0.25 a win or a loss and a tie.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.config import EvaluatorSettings
 
@@ -38,6 +48,23 @@ Judge the final assistant answer in the conversation below for correctness, help
 relevance to the user's request, and clarity. An answer that refuses a reasonable request,
 is empty, is wrong, or ignores the question scores low.
 Reply with JSON only: {"score": <a number from 0 to 1>, "reason": "<one short sentence>"}."""
+
+
+DEFAULT_PAIRWISE_RUBRIC = """You compare two answers that AI assistants gave to the same conversation.
+You are not told which assistant wrote which answer, and their order is random: never prefer an
+answer for its position, its length or its tone alone.
+Decide which answer better serves the user's last request, in this order of importance:
+1. correctness: no false statements, no wrong code, no invented facts;
+2. helpfulness: it does what was asked, completely, and follows the conversation's instructions
+   (format, language, constraints);
+3. relevance and focus: no padding, no ignoring of the question;
+4. clarity.
+An answer that refuses a reasonable request, is empty, or ignores the question loses to any
+reasonable answer. When both are equally good, or equally bad, answer "tie".
+Reply with JSON only: {"winner": "A" or "B" or "tie", "reason": "<one short sentence>"}."""
+
+# The judge's verdict on one order: which label it preferred.
+Preference = Literal["A", "B", "tie"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,3 +246,79 @@ def _text(content: object) -> str:
     if isinstance(content, list):
         return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
     return ""
+
+
+def pairwise_body(
+    messages: Sequence[Mapping[str, Any]],
+    first: str | None,
+    second: str | None,
+    *,
+    model: str,
+    rubric: str | None,
+    params: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The chat request asking the judge which of two answers is better: `first` is A, `second` is B.
+
+    The app's conversation is shown without its system messages (they are the
+    versions' own prompts, and would tell the versions apart).
+    """
+    return {
+        **params,
+        "model": model,
+        "messages": [
+            {"role": "system", "content": rubric or DEFAULT_PAIRWISE_RUBRIC},
+            {"role": "user", "content": f"<conversation>\n{_conversation(messages)}\n</conversation>\n\n"
+                                        f"<answer_a>\n{first or ''}\n</answer_a>\n\n"
+                                        f"<answer_b>\n{second or ''}\n</answer_b>"},
+        ],
+    }
+
+
+_PREFERENCE_WORD = re.compile(r"^\W*(?:answer\s+)?(a|b|tie)\W*$", re.IGNORECASE)
+
+
+def parse_preference(text: str) -> Preference | None:
+    """The label a pairwise verdict prefers: JSON (`{"winner": "A"}`) first, a bare `A`, `B` or `tie` second.
+
+    `Answer A`, lower case and surrounding punctuation are read too; anything
+    else is None (unreadable), never a tie.
+    """
+    for candidate in [text.strip(), *_SCORE_IN_JSON.findall(text)]:
+        try:
+            data = json.loads(candidate)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and "winner" in data:
+            return _preference(data["winner"])
+    return _preference(text)
+
+
+def win_score(canary_first: Preference, stable_first: Preference) -> float:
+    """The canary's score for one pair from both orders' verdicts, in {0, 0.25, 0.5, 0.75, 1}.
+
+    `canary_first`: the verdict when the canary's answer was A; `stable_first`:
+    when it was B. Each order gives the canary 1 (preferred), 0.5 (tie) or 0;
+    the pair's score is their mean, so a judge that always prefers one
+    position scores every pair 0.5.
+    """
+    first = {"A": 1.0, "tie": 0.5, "B": 0.0}[canary_first]
+    second = {"B": 1.0, "tie": 0.5, "A": 0.0}[stable_first]
+    return (first + second) / 2
+
+
+def _preference(value: object) -> Preference | None:
+    if not isinstance(value, str):
+        return None
+    match = _PREFERENCE_WORD.match(value.strip())
+    if match is None:
+        return None
+    word = match.group(1).lower()
+    return "tie" if word == "tie" else "A" if word == "a" else "B"
+
+
+def _conversation(messages: Sequence[Mapping[str, Any]]) -> str:
+    return "\n\n".join(
+        f"[{message.get('role')}]\n{_text(message.get('content'))}"
+        for message in messages
+        if message.get("role") not in ("system", "developer")
+    )

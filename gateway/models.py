@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 PromptMode = Literal["replace", "prepend", "append"]
 RolloutStatus = Literal["stable", "canary", "promoted", "rolled_back"]
+# What a running rollout is: a canary judged and moved by the checks, or an A/B test that is only reported on.
+RolloutKind = Literal["canary", "ab_test"]
 RecordStatus = Literal["ok", "error", "client_cancelled"]
 # The API a call came through: OpenAI chat completions, OpenAI Responses, Anthropic Messages, or pass-through.
 Api = Literal["chat", "responses", "messages", "passthrough"]
@@ -63,6 +65,10 @@ class RolloutState:
     revision: int = 0
     # When the canary percentage last changed: how long the current stage has run.
     stage_started_at: datetime | None = None
+    kind: RolloutKind = "canary"
+    # In the shadow stage: no user is served by the canary (percent 0); copies of a share of
+    # stable's calls are sent to it off the hot path and judged against stable's answers.
+    shadow: bool = False
 
     def public(self) -> dict[str, Any]:
         """The state as audit events and the admin API show it."""
@@ -73,6 +79,8 @@ class RolloutState:
             "stage": self.stage,
             "status": self.status,
             "paused": self.paused,
+            "kind": self.kind,
+            "shadow": self.shadow,
         }
 
 

@@ -9,6 +9,13 @@ Durations accept `500ms`, `30s`, `15m`, `1h`, `1d` or a number of seconds.
 Keys that lost their meaning with the sequential decisions (`window`,
 `rollback_when.error_rate_floor`) are still accepted, ignored, and named by
 `deprecated_keys()` so the gateway can warn at start.
+
+`stages` may begin with `shadow` (`[shadow, 5, 25, 50]`): a rollout then
+starts at 0 % exposure, judged on copies of stable's calls (`shadow`
+settings). The attribute `stages` keeps the percentages only and
+`shadow_stage` says whether the shadow stage comes first; the JSON form
+writes them back as one list. `mode: ab_test` runs an A/B test instead of
+a rollout: a fixed split (`ab.split`), reported on, never acted on.
 """
 
 from __future__ import annotations
@@ -17,7 +24,19 @@ import math
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -81,12 +100,51 @@ class RollbackWhen(_Frozen):
     error_rate_floor: float | None = None
 
 
+class ShadowPolicy(_Frozen):
+    """The shadow stage: which of stable's calls are also sent to the canary, and when it passes.
+
+    A call is copied when a draw under `sample_rate` says so, the per-minute
+    budget has a token left and today's (UTC) shadow spend is below
+    `max_cost_usd_per_day` (None: no cap). The stage needs `min_pairs` answered
+    pairs before any verdict; the judge's pairwise win rate must be shown at
+    least `win_rate_min` (a tie counts half).
+    """
+
+    sample_rate: float = Field(0.1, gt=0, le=1)
+    max_per_minute: int = Field(60, ge=1)
+    max_cost_usd_per_day: float | None = Field(10.0, gt=0)
+    win_rate_min: float = Field(0.45, gt=0, lt=1)
+    min_pairs: int = Field(100, ge=1)
+
+
+class ABPolicy(_Frozen):
+    """An A/B test: the share of users the candidate gets, and the report's significance level."""
+
+    split: float = Field(50.0, gt=0, lt=100)
+    # Two-sided level of every interval in the report: the chance that an identical pair of
+    # versions is ever reported as significantly different on a metric, however often one looks.
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+
+    @field_validator("split")
+    @classmethod
+    def _two_decimals(cls, split: float) -> float:
+        if round(split, 2) != split:
+            raise ValueError(f"split {split} has more than two decimals")
+        return split
+
+
 class RolloutPolicy(_Frozen):
     """How a canary is judged and moved; the defaults are SPEC section 6's."""
 
-    # canary: decide and apply; dry_run: decide and record as events, never apply, no webhooks.
-    mode: Literal["canary", "dry_run"] = "canary"
+    # canary: decide and apply; dry_run: decide and record as events, never apply, no webhooks;
+    # ab_test: a new rollout starts as an A/B test at `ab.split`, reported on and never acted on.
+    mode: Literal["canary", "dry_run", "ab_test"] = "canary"
+    # Canary percentages; the JSON form writes `shadow` first when `shadow_stage` is set.
     stages: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
+    # Whether a rollout starts in the shadow stage, before `stages` (0 % exposure).
+    shadow_stage: bool = False
+    shadow: ShadowPolicy = ShadowPolicy()
+    ab: ABPolicy = ABPolicy()
     check_interval: Duration = 900.0
     min_stage_duration: DurationOrZero = 86400.0
     # A stage undecided after this long does what on_timeout says.
@@ -115,6 +173,28 @@ class RolloutPolicy(_Frozen):
     # Deprecated: a check judges the whole stage, not a trailing window. Accepted and ignored.
     window: Duration | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shadow_first(cls, data: Any) -> Any:
+        """`stages: [shadow, 5, 25]` → `stages: (5, 25)` with `shadow_stage` set; `shadow` elsewhere is an error."""
+        if not isinstance(data, dict):
+            return data
+        stages = data.get("stages")
+        if not isinstance(stages, list | tuple) or "shadow" not in stages:
+            return data
+        if stages[0] != "shadow" or list(stages).count("shadow") > 1:
+            raise ValueError("stages: 'shadow' may only be the first stage")
+        return {**data, "stages": tuple(stages[1:]), "shadow_stage": True}
+
+    @model_serializer(mode="wrap")
+    def _shadow_in_stages(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """The JSON form as the configuration writes it: `shadow` back at the head of `stages`."""
+        data = handler(self)
+        if isinstance(data, dict) and "shadow_stage" in data:
+            if data.pop("shadow_stage") and "stages" in data:
+                data["stages"] = ["shadow", *data["stages"]]
+        return data
+
     @field_validator("stages")
     @classmethod
     def _increasing(cls, stages: tuple[float, ...]) -> tuple[float, ...]:
@@ -140,8 +220,8 @@ class RolloutPolicy(_Frozen):
 
     @property
     def judged_stages(self) -> int:
-        """Stages at which a check compares the versions (a stage of 100 is promotion itself)."""
-        return max(1, sum(1 for stage in self.stages if stage < 100))
+        """Stages at which a check compares the versions (a stage of 100 is promotion itself; shadow counts)."""
+        return max(1, sum(1 for stage in self.stages if stage < 100) + self.shadow_stage)
 
 
 def next_stage(percent: float, stages: tuple[float, ...]) -> float | None:
