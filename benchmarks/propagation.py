@@ -320,7 +320,9 @@ async def set_percent(session: aiohttp.ClientSession, base_url: str, percent: fl
         return dict(body)
 
 
-async def wait_for(prober: Prober, base_url: str, expected: str, poll: float, timeout: float) -> tuple[float, int, float]:
+async def wait_for(
+    prober: Prober, base_url: str, expected: str, poll: float, timeout: float
+) -> tuple[float, int, float]:
     """Probe until `expected` is served: (monotonic time of that answer, probes, longest gap between answers)."""
     deadline = time.perf_counter() + timeout
     probes = 0
@@ -505,7 +507,7 @@ async def run(args: argparse.Namespace) -> int:
     print(f"=== propagation delay A -> B, ms ({args.trials} changes each, probe every {args.poll_ms:g} ms; "
           "p95 by nearest rank) ===")
     rows = []
-    for label, trials, interval_s in results:
+    for label, trials, _interval_s in results:
         rows.append(summary_row(f"{label}: from PUT acknowledged", [t.from_ack_ms for t in trials]))
         rows.append(summary_row(f"{label}: from PUT sent", [t.from_sent_ms for t in trials]))
         rows.append(summary_row(f"{label}: PUT on A itself", [t.put_ms for t in trials]))

@@ -39,8 +39,9 @@ the rest on the others. The "other %" column is CPU used by processes outside
 the benchmark during each window: when it is high, throughput and latency are
 understated (CPU per request is the least sensitive figure). `--gateway-only`
 skips the direct runs and `--gateway-command` runs another server that takes
-`serve --config FILE` (a bare relay, a patched build) under the same load. Standard library and aiohttp only (uvloop is used for
-the harness processes when it is importable; `--no-uvloop` to avoid it).
+`serve --config FILE` (a bare relay, a patched build) under the same load.
+Standard library and aiohttp only (uvloop is used for the harness processes
+when it is importable; `--no-uvloop` to avoid it).
 Nothing is asserted: the targets are printed next to the figures.
 """
 
@@ -52,7 +53,6 @@ import contextlib
 import http.client
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -779,7 +779,9 @@ deployments:
                 sent_through = 0
                 for stream in self.args.modes:
                     for concurrency in self.args.concurrency:
-                        print(f"  gateway[{transport}] {'stream' if stream else 'json'} c={concurrency} ...", flush=True)
+                        print(
+                            f"  gateway[{transport}] {'stream' if stream else 'json'} c={concurrency} ...", flush=True
+                        )
                         side = self.run_load(
                             url=f"http://127.0.0.1:{port}/v1/chat/completions",
                             model=DEPLOYMENT,
@@ -789,7 +791,12 @@ deployments:
                         )
                         sent_through += side.completed_total
                         run.scenarios.append(
-                            Scenario(stream=stream, concurrency=concurrency, direct=directs[(stream, concurrency)], gateway=side)
+                            Scenario(
+                                stream=stream,
+                                concurrency=concurrency,
+                                direct=directs[(stream, concurrency)],
+                                gateway=side,
+                            )
                         )
                 run.rss_peak_mb = _proc_status_kb(gateway.pid, "VmHWM") / 1024
                 if self.args.profile:
@@ -888,17 +895,21 @@ deployments:
                 "the shutdown log lines ('Application shutdown complete', 'gateway stopped') never reached the log"
             )
 
-        requests_ok = sum(v for k, v in metrics.items() if k.startswith("canary_requests_total{") and 'status="ok"' in k)
+        requests_ok = sum(
+            v for k, v in metrics.items() if k.startswith("canary_requests_total{") and 'status="ok"' in k
+        )
         requests_all = sum(v for k, v in metrics.items() if k.startswith("canary_requests_total{"))
         written = metrics.get("canary_records_written_total", float("nan"))
         dropped = sum(v for k, v in metrics.items() if k.startswith("canary_records_dropped_total"))
         upstream_errors = sum(v for k, v in metrics.items() if k.startswith("canary_upstream_errors_total"))
         refused = sum(v for k, v in metrics.items() if k.startswith("canary_refused_requests_total"))
         canary = sum(v for k, v in metrics.items() if k.startswith("canary_requests_total{") and 'version="v2"' in k)
+        share = canary / max(1, requests_all)
         run.notes.append(
-            f"metrics: {requests_all:.0f} calls recorded ({requests_ok:.0f} ok), {canary / max(1, requests_all):.1%} on "
+            f"metrics: {requests_all:.0f} calls recorded ({requests_ok:.0f} ok), {share:.1%} on "
             f"the canary (configured {CANARY_PERCENT}%), {written:.0f} records written, {dropped:.0f} dropped, "
-            f"{upstream_errors:.0f} upstream errors, {refused:.0f} refused; the load generators completed {sent_through}"
+            f"{upstream_errors:.0f} upstream errors, {refused:.0f} refused; "
+            f"the load generators completed {sent_through}"
         )
         if dropped:
             run.problems.append(f"{dropped:.0f} request records dropped")
@@ -910,7 +921,9 @@ deployments:
         with contextlib.suppress(sqlite3.Error):
             with contextlib.closing(sqlite3.connect(directory / "gateway.db")) as database:
                 rows = database.execute("SELECT count(*) FROM request_records").fetchone()[0]
-                statuses = dict(database.execute("SELECT status, count(*) FROM request_records GROUP BY status").fetchall())
+                statuses = dict(
+                    database.execute("SELECT status, count(*) FROM request_records GROUP BY status").fetchall()
+                )
             run.notes.append(f"database after shutdown: {rows} request records {statuses}")
             if rows < requests_all:
                 run.problems.append(f"only {rows} of {requests_all:.0f} request records reached the database")
@@ -1035,25 +1048,61 @@ def _targets(run: GatewayRun) -> list[tuple[str, str, bool]]:
         scenario = by_key.get((False, concurrency))
         if scenario:
             cpu = scenario.gateway.gateway_cpu_ms_per_request
-            rows.append((f"gateway CPU <= {TARGET_CPU_MS} ms/request (json, c={concurrency})", f"{cpu:.3f} ms", cpu <= TARGET_CPU_MS))
+            rows.append(
+                (
+                    f"gateway CPU <= {TARGET_CPU_MS} ms/request (json, c={concurrency})",
+                    f"{cpu:.3f} ms",
+                    cpu <= TARGET_CPU_MS,
+                )
+            )
     scenario = by_key.get((False, 1))
     if scenario:
         added50 = scenario.gateway.p50 - scenario.direct.p50
         added99 = scenario.gateway.p99 - scenario.direct.p99
-        rows.append((f"added latency p50 <= {TARGET_ADDED_P50_MS} ms (json, c=1)", f"{added50:.2f} ms", added50 <= TARGET_ADDED_P50_MS))
-        rows.append((f"added latency p99 <= {TARGET_ADDED_P99_MS} ms (json, c=1)", f"{added99:.2f} ms", added99 <= TARGET_ADDED_P99_MS))
+        rows.append(
+            (
+                f"added latency p50 <= {TARGET_ADDED_P50_MS} ms (json, c=1)",
+                f"{added50:.2f} ms",
+                added50 <= TARGET_ADDED_P50_MS,
+            )
+        )
+        rows.append(
+            (
+                f"added latency p99 <= {TARGET_ADDED_P99_MS} ms (json, c=1)",
+                f"{added99:.2f} ms",
+                added99 <= TARGET_ADDED_P99_MS,
+            )
+        )
     scenario = by_key.get((False, 16))
     if scenario:
         rps = scenario.gateway.rps
-        rows.append((f">= {TARGET_RPS_C16:.0f} requests/s (json, c=16, one worker)", f"{rps:.0f} req/s", rps >= TARGET_RPS_C16))
+        rows.append(
+            (f">= {TARGET_RPS_C16:.0f} requests/s (json, c=16, one worker)", f"{rps:.0f} req/s", rps >= TARGET_RPS_C16)
+        )
     for concurrency in sorted(c for stream, c in by_key if stream):
         scenario = by_key[(True, concurrency)]
         added = scenario.gateway.ttfb_p50 - scenario.direct.ttfb_p50
         rows.append(
-            (f"streaming adds <= {TARGET_TTFB_ADDED_MS} ms to TTFB p50 (c={concurrency})", f"{added:.2f} ms", added <= TARGET_TTFB_ADDED_MS)
+            (
+                f"streaming adds <= {TARGET_TTFB_ADDED_MS} ms to TTFB p50 (c={concurrency})",
+                f"{added:.2f} ms",
+                added <= TARGET_TTFB_ADDED_MS,
+            )
         )
-    rows.append((f"RSS <= {TARGET_RSS_MB:.0f} MB per worker (peak)", f"{run.rss_peak_mb:.1f} MB", run.rss_peak_mb <= TARGET_RSS_MB))
-    rows.append((f"ready in <= {TARGET_READY_S:.0f} s (start to /readyz 200)", f"{run.ready_s:.2f} s", run.ready_s <= TARGET_READY_S))
+    rows.append(
+        (
+            f"RSS <= {TARGET_RSS_MB:.0f} MB per worker (peak)",
+            f"{run.rss_peak_mb:.1f} MB",
+            run.rss_peak_mb <= TARGET_RSS_MB,
+        )
+    )
+    rows.append(
+        (
+            f"ready in <= {TARGET_READY_S:.0f} s (start to /readyz 200)",
+            f"{run.ready_s:.2f} s",
+            run.ready_s <= TARGET_READY_S,
+        )
+    )
     return rows
 
 
@@ -1067,7 +1116,8 @@ def print_comparison(runs: list[GatewayRun]) -> None:
     for a, b in zip(first.scenarios, second.scenarios, strict=True):
         ratio = a.gateway.rps / b.gateway.rps if b.gateway.rps else float("nan")
         print(
-            f"{a.name:<9}{a.concurrency:>5}  {first.transport} {a.gateway.rps:>7.0f} req/s {a.gateway.gateway_cpu_ms_per_request:.3f} ms   "
+            f"{a.name:<9}{a.concurrency:>5}  "
+            f"{first.transport} {a.gateway.rps:>7.0f} req/s {a.gateway.gateway_cpu_ms_per_request:.3f} ms   "
             f"{second.transport} {b.gateway.rps:>7.0f} req/s {b.gateway.gateway_cpu_ms_per_request:.3f} ms   "
             f"throughput x{ratio:.2f}"
         )

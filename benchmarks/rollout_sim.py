@@ -48,7 +48,7 @@ import math
 import multiprocessing
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -59,10 +59,11 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway.analysis import ArmEvidence, Evidence, LatencyThresholds, Sums, decide  # noqa: E402
-from gateway.models import RolloutState  # noqa: E402
-from gateway.policy import RolloutPolicy, next_stage  # noqa: E402
-from seed_rule import SeedPolicy, WindowNumbers, seed_decide  # noqa: E402
+from seed_rule import SeedPolicy, WindowNumbers, seed_decide
+
+from gateway.analysis import ArmEvidence, Evidence, LatencyThresholds, Sums, decide
+from gateway.models import RolloutState
+from gateway.policy import RolloutPolicy
 
 CHECK_S = 900.0
 LATENCY_MEDIAN_MS = 1000.0
@@ -283,7 +284,7 @@ def simulate(scenario: Scenario, rate: float, min_stage_s: float, engine: str, r
                       error_p, cost_factor, quality_factor, per_user, sums, ring, slot, served, track)
             now_s = (check + 1) * CHECK_S
             now = start + timedelta(seconds=now_s)
-            for r in np.flatnonzero(active):
+            for r in np.flatnonzero(active).tolist():
                 elapsed = now_s - stage_start[r]
                 if track:
                     outcome, following = _decide_new(sums[r], t0[r], t1[r], policy, percent[r], now,

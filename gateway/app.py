@@ -13,8 +13,8 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
@@ -25,19 +25,19 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
-from gateway.api import admin, dashboard, health, passthrough, proxy
 from gateway.alerts import Alerts
+from gateway.api import admin, dashboard, health, passthrough, proxy
 from gateway.api.admin import AdminGuard
 from gateway.api.deps import Services
 from gateway.api.errors import error_response, http_status
 from gateway.config import Settings, declared_deployments, load_settings
-from gateway.drain import Drain
 from gateway.control import ControlPlane, sync_declared
+from gateway.drain import Drain
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics, forget_process
-from gateway.passthrough import PassThrough
 from gateway.models import Deployment, Price
+from gateway.passthrough import PassThrough
 from gateway.pricing import PriceTable
 from gateway.providers import create_provider
 from gateway.quality import QualityMonitor

@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import socket
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -661,7 +661,9 @@ def declared_deployments(settings: Settings) -> dict[str, Deployment]:
     """The deployments as the file declares them: the state before any rollout ran."""
     deployments = {}
     for name, declared in settings.deployments.items():
-        versions = {version_name: version.to_version(version_name) for version_name, version in declared.versions.items()}
+        versions = {
+            version_name: version.to_version(version_name) for version_name, version in declared.versions.items()
+        }
         rollout = RolloutState(
             stable=declared.stable,
             canary=declared.canary,

@@ -82,7 +82,12 @@ class ControlPlane:
     async def rollback(self, *, deployment: str, actor: str, reason: str | None,
                       revision: int | None = None) -> Deployment:
         return await self._change(
-            deployment, "rolled_back", actor, reason, lambda current: rollout.rollback(current, now=self._clock()), revision
+            deployment,
+            "rolled_back",
+            actor,
+            reason,
+            lambda current: rollout.rollback(current, now=self._clock()),
+            revision,
         )
 
     async def pause(self, *, deployment: str, actor: str, reason: str | None,

@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -122,7 +121,7 @@ class QualityMonitor:
                     self._run_evaluators(sample, plan)
                 if wanted.judge:
                     await self._ask_judge(sample, plan)
-            except Exception:  # noqa: BLE001 - one bad sample must not stop the worker
+            except Exception:
                 log.exception("evaluating a sample of %s failed", sample.deployment)
 
     def _run_evaluators(self, sample: Sample, plan: _Plan) -> None:

@@ -160,7 +160,7 @@ class Recorder:
                     continue  # more to write now: no pause
             except StoreUnavailable:
                 backoff = min(max(backoff * 2, 1.0), self._settings.max_backoff)
-            except Exception:  # noqa: BLE001 - the writer must outlive any single failure
+            except Exception:
                 log.exception("the record writer failed; retrying")
                 backoff = self._settings.max_backoff
             with contextlib.suppress(TimeoutError):
@@ -177,7 +177,7 @@ class Recorder:
             try:
                 if len(self._buffer) > self._settings.max_buffer:
                     await self._spill(len(self._buffer) - keep)
-            except Exception:  # noqa: BLE001 - the spiller must outlive any single failure
+            except Exception:
                 log.exception("spilling records to the spool failed; retrying")
                 await asyncio.sleep(1.0)
                 self._overflow.set()

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from gateway.inbound import InboundRequest
 from gateway.errors import GatewayError, NotFound, Overloaded, ShuttingDown, UpstreamBadResponse, UpstreamError
 from gateway.evaluators import Sample, wants_json
+from gateway.inbound import InboundRequest
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
 from gateway.pricing import PriceTable

@@ -18,8 +18,8 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from gateway import rollout
-from gateway.analysis import window_rule as analysis
 from gateway.alerts import Alerts, alert_text
+from gateway.analysis import window_rule as analysis
 from gateway.analysis.window_rule import Decision
 from gateway.config import PolicySettings, policy_of
 from gateway.errors import Conflict, StoreUnavailable
@@ -97,7 +97,7 @@ class RolloutChecker:
             await self.check(name)
         except StoreUnavailable as exc:
             log.warning("rollout check of %s skipped: %s", name, exc)
-        except Exception:  # noqa: BLE001 - a scheduled job must never die silently
+        except Exception:
             log.exception("rollout check of %s failed", name)
 
     async def _decide(self, deployment: Deployment) -> CheckResult:

@@ -651,7 +651,13 @@ def _message_events(body: Mapping[str, Any], answer: _Answer) -> list[tuple[int,
 class _PacedStream(httpx.AsyncByteStream):
     """Sends each event once the simulated model has produced its tokens."""
 
-    def __init__(self, events: list[tuple[int, bytes]], profile: SimulatedModel, first_token_delay: float, sleep: Callable[[float], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        events: list[tuple[int, bytes]],
+        profile: SimulatedModel,
+        first_token_delay: float,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
         self._events = events
         self._profile = profile
         self._first = first_token_delay

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
+
 from gateway.errors import StoreUnavailable
 from gateway.models import Deployment
 from gateway.store import Store
@@ -70,7 +71,7 @@ class Snapshot:
                 if self.database_ok:
                     log.warning("database unavailable; routing on the last known state")
                 self.database_ok = False
-            except Exception:  # noqa: BLE001 - keep serving the last state whatever happens
+            except Exception:
                 log.exception("refreshing the rollout state failed")
                 self.database_ok = False
 

@@ -23,6 +23,7 @@ by the deadline only, never by the idle timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -241,7 +242,5 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
 
 
 async def _close_quietly(response: httpx.Response) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the call already failed; closing is best effort
         await response.aclose()
-    except Exception:  # noqa: BLE001 - the call already failed; closing is best effort
-        pass

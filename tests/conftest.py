@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import os
 import shutil
@@ -89,9 +90,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
         upgrade(url)
         return url
-    url: str = request.getfixturevalue("postgres_url")
-    query(url, f"TRUNCATE {', '.join(TABLES)} CASCADE")
-    return url
+    postgres: str = request.getfixturevalue("postgres_url")
+    query(postgres, f"TRUNCATE {', '.join(TABLES)} CASCADE")
+    return postgres
 
 
 @pytest.fixture(scope="session")
@@ -298,12 +299,8 @@ def cluster() -> Iterator[Cluster]:
     made.init()
     made.start()
     yield made
-    try:
+    with contextlib.suppress(OSError, ValueError):
         made.thaw()
-    except (OSError, ValueError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.CalledProcessError):
         made.stop()
-    except subprocess.CalledProcessError:
-        pass
     made.remove()

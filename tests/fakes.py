@@ -196,11 +196,11 @@ class FakeUpstream:
             await asyncio.sleep(b.first_chunk_delay)
         end = b"\r\n\r\n" if b.crlf else b"\n\n"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        pieces = [f"piece{i} " for i in range(b.chunk_counts.get(body.get("user"), b.chunks))]
-        chunk_delay = b.chunk_delays.get(body.get("user"), b.chunk_delay)
-        sent = 0
+        user = str(body.get("user"))
+        pieces = [f"piece{i} " for i in range(b.chunk_counts.get(user, b.chunks))]
+        chunk_delay = b.chunk_delays.get(user, b.chunk_delay)
         for index, piece in enumerate(pieces):
-            if b.cut_after is not None and sent >= b.cut_after:
+            if b.cut_after is not None and index >= b.cut_after:
                 self.stream_finished_at.append(time.monotonic())
                 return response  # the connection ends without [DONE]
             last = index == len(pieces) - 1
@@ -208,7 +208,6 @@ class FakeUpstream:
             event = chunk(body, {"content": piece} if index else {"role": "assistant", "content": piece},
                           usage=usage, include_usage=include_usage, finish="stop" if last else None)
             await response.write(b"data: " + json.dumps(event).encode() + end)
-            sent += 1
             if chunk_delay:
                 await asyncio.sleep(chunk_delay)
         for tool in (body.get("tools") or [])[:1]:

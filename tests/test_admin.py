@@ -40,7 +40,7 @@ def expected(users: list[str], percent: float, canary: str = "v2", stable: str =
 
 def admin_paths(gateway: Gateway) -> list[tuple[str, str]]:
     """Every admin route the app serves (from its OpenAPI schema), with path parameters filled in."""
-    found = []
+    found: list[tuple[str, str]] = []
     for path, operations in gateway.app.openapi()["paths"].items():
         if not path.startswith("/admin"):
             continue
@@ -211,7 +211,9 @@ def test_concurrent_conflicting_writes_never_both_apply(gateway: Gateway) -> Non
             next_canary = "v1" if state["stable"] == "v2" else "v2"
             restarted = http.post("/admin/deployments/support-bot/canary", json={"version": next_canary})
             assert restarted.status_code == 200, restarted.text
-            query(gateway.settings.database_url, "DELETE FROM rollout_events WHERE action IN ('promoted', 'rolled_back')")
+            query(
+                gateway.settings.database_url, "DELETE FROM rollout_events WHERE action IN ('promoted', 'rolled_back')"
+            )
 
 
 def test_admin_changes_survive_a_restart(make_gateway: Any) -> None:
@@ -283,18 +285,33 @@ def test_admin_writes_answer_503_while_the_database_is_down(fake: FakeUpstream, 
 
 def seed(url: str, rows: list[dict[str, Any]]) -> None:
     for index, row in enumerate(rows):
-        values = {"id": f"r{index}", "created_at": datetime.now(UTC) - timedelta(minutes=5), "deployment": "support-bot",
-                  "user_hash": None, "provider": "fake", "upstream_model": "m", "stream": False, "status": "ok",
-                  "http_status": 200, "error_kind": None, "ttft_ms": None, "prompt_tokens": 10,
-                  "completion_tokens": 20, "cost_usd": 0.001, "quality": None, **row}
+        values = {
+            "id": f"r{index}",
+            "created_at": datetime.now(UTC) - timedelta(minutes=5),
+            "deployment": "support-bot",
+            "user_hash": None,
+            "provider": "fake",
+            "upstream_model": "m",
+            "stream": False,
+            "status": "ok",
+            "http_status": 200,
+            "error_kind": None,
+            "ttft_ms": None,
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "cost_usd": 0.001,
+            "quality": None,
+            **row,
+        }
         columns = ", ".join(values)
         query(url, f"INSERT INTO request_records ({columns}) VALUES ({', '.join(':' + k for k in values)})", **values)
 
 
 def test_compare_matches_hand_computed_numbers(gateway: Gateway) -> None:
     url = gateway.settings.database_url
+    qualities = [0.8, 0.9, None, 1.0, 0.7, None, None, None, None, None]
     stable = [{"version": "v1", "latency_ms": float(ms), "quality": q, "cost_usd": 0.002}
-              for ms, q in zip(range(100, 1100, 100), [0.8, 0.9, None, 1.0, 0.7, None, None, None, None, None])]
+              for ms, q in zip(range(100, 1100, 100), qualities, strict=True)]
     stable.append({"version": "v1", "latency_ms": 50.0, "status": "error", "http_status": 502, "cost_usd": None})
     canary = [{"version": "v2", "latency_ms": 200.0, "quality": 0.9, "cost_usd": 0.001, "ttft_ms": 40.0},
               {"version": "v2", "latency_ms": 400.0, "quality": 0.5, "cost_usd": 0.003, "ttft_ms": 80.0},

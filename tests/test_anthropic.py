@@ -8,6 +8,11 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+)
 
 from gateway.models import Price, Usage
 from gateway.providers.anthropic import (
@@ -22,7 +27,7 @@ from tests.fakes import FakeAnthropic, FakeUpstream
 from tests.test_scheduler import users_in
 
 ANTHROPIC_KEY = "sk-ant-SENTINEL-anthropic-key-000000"
-TOOLS = [{"type": "function", "function": {
+TOOLS: list[ChatCompletionFunctionToolParam] = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
@@ -118,24 +123,24 @@ def test_cost_uses_cache_prices() -> None:
     assert price.cost(usage) == pytest.approx((1000 * 3.0 + 10_000 * 0.3 + 2000 * 3.75 + 100 * 15.0) / 1e6)
 
 
+_STREAM_EVENTS: list[tuple[str, dict[str, Any]]] = [
+    ("message_start", {"message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 12,
+                                                                                 "output_tokens": 1}}}),
+    ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+    ("ping", {}),
+    ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Héllo"}}),
+    ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " world"}}),
+    ("content_block_stop", {"index": 0}),
+    ("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "toolu_1",
+                                                           "name": "get_weather", "input": {}}}),
+    ("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"city":'}}),
+    ("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": ' "Paris"}'}}),
+    ("content_block_stop", {"index": 1}),
+    ("message_delta", {"delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}}),
+    ("message_stop", {}),
+]
 STREAM = b"".join(
-    f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
-    for kind, data in [
-        ("message_start", {"message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 12,
-                                                                                     "output_tokens": 1}}}),
-        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
-        ("ping", {}),
-        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Héllo"}}),
-        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " world"}}),
-        ("content_block_stop", {"index": 0}),
-        ("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "toolu_1",
-                                                               "name": "get_weather", "input": {}}}),
-        ("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"city":'}}),
-        ("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": ' "Paris"}'}}),
-        ("content_block_stop", {"index": 1}),
-        ("message_delta", {"delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}}),
-        ("message_stop", {}),
-    ]
+    f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode() for kind, data in _STREAM_EVENTS
 )
 
 
@@ -223,12 +228,15 @@ def sdk(gateway: Gateway) -> openai.OpenAI:
 def test_both_versions_answer_the_same_sdk_calls(mixed: Gateway, claude: FakeAnthropic, fake: FakeUpstream,
                                                  user: str) -> None:
     client = sdk(mixed)
-    messages = [{"role": "system", "content": "app prompt"}, {"role": "user", "content": "Weather in Paris?"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "app prompt"},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
     raw = client.chat.completions.with_raw_response.create(model="support-bot", messages=messages, user=user)
     plain = raw.parse()
     expected_version = "v2" if user == CANARY_USER else "v1"
     assert raw.headers["x-canary-version"] == expected_version
-    assert plain.choices[0].message.content.endswith("[You are v2.]" if expected_version == "v2" else
+    assert (plain.choices[0].message.content or "").endswith("[You are v2.]" if expected_version == "v2" else
                                                      "[You are v1.]")
     streamed = "".join(event.choices[0].delta.content or "" for event in client.chat.completions.create(
         model="support-bot", messages=messages, user=user, stream=True) if event.choices)
@@ -236,11 +244,12 @@ def test_both_versions_answer_the_same_sdk_calls(mixed: Gateway, claude: FakeAnt
     assert streamed == (plain.choices[0].message.content if expected_version == "v2" else "piece0 piece1 piece2 ")
 
     tooled = client.chat.completions.create(model="support-bot", messages=messages, user=user, tools=TOOLS)
-    call = tooled.choices[0].message.tool_calls[0]
+    [call] = tooled.choices[0].message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
     assert tooled.choices[0].finish_reason == "tool_calls"
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
     arguments = "".join(
-        tool.function.arguments or "" for event in client.chat.completions.create(
+        (tool.function.arguments if tool.function else None) or "" for event in client.chat.completions.create(
             model="support-bot", messages=messages, user=user, tools=TOOLS, stream=True)
         if event.choices for tool in (event.choices[0].delta.tool_calls or []))
     assert json.loads(arguments) == {"city": "Paris"}

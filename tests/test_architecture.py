@@ -1,4 +1,4 @@
-"""The package keeps its shape: pure modules stay pure, imports point one way, types check."""
+"""The package keeps its shape: pure modules stay pure, imports point one way (types: scripts/check)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,22 @@ import ast
 from pathlib import Path
 
 import pytest
-from mypy import api as mypy_api
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
-PURE = ("routing", "prompts", "chat", "models", "errors", "config", "rollout", "analysis", "evaluators", "pricing", "limits", "policy")
+PURE = (
+    "routing",
+    "prompts",
+    "chat",
+    "models",
+    "errors",
+    "config",
+    "rollout",
+    "analysis",
+    "evaluators",
+    "pricing",
+    "limits",
+    "policy",
+)
 IO_LIBRARIES = ("fastapi", "starlette", "httpx", "httpx_aiohttp", "aiohttp", "sqlalchemy", "alembic", "uvicorn")
 
 
@@ -50,8 +62,3 @@ def test_only_the_api_layer_and_the_app_import_fastapi() -> None:
 def test_nothing_but_the_cli_imports_the_app() -> None:
     importers = {module for module, imported in modules().items() if "gateway.app" in imported}
     assert importers <= {"gateway.cli"}
-
-
-def test_the_package_type_checks_strictly() -> None:
-    out, err, status = mypy_api.run(["--no-incremental", "--config-file", str(PACKAGE.parent / "pyproject.toml")])
-    assert status == 0, out + err

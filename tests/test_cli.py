@@ -60,7 +60,9 @@ def test_a_missing_config_file_is_one_line(tmp_path: Path) -> None:
 def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     result = run_cli("migrate", "--config", str(EXAMPLE), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    tables = query(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}", "SELECT name FROM sqlite_master WHERE type='table'")
+    tables = query(
+        f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}", "SELECT name FROM sqlite_master WHERE type='table'"
+    )
     assert {"deployments", "versions", "request_records", "alembic_version"} <= {row["name"] for row in tables}
 
 
@@ -154,7 +156,9 @@ def test_several_workers_report_one_set_of_metrics(tmp_path: Path, fake: Any) ->
     try:
         wait_until_ready(url, process)
         for _ in range(40):  # new connections, so both workers answer some
-            httpx.post(f"{url}/v1/chat/completions", json={"model": "bot", "messages": [{"role": "user", "content": "x"}]})
+            httpx.post(
+                f"{url}/v1/chat/completions", json={"model": "bot", "messages": [{"role": "user", "content": "x"}]}
+            )
         totals = set()
         for _ in range(6):
             text = httpx.get(f"{url}/metrics").text

@@ -6,6 +6,7 @@ initdb on a free port), so stopping it disturbs nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -106,10 +107,8 @@ def test_nothing_is_dropped_while_a_small_buffer_spills_and_the_spool_drains_und
         until = time.monotonic() + seconds
         while time.monotonic() < until:
             for path in spool.glob("records-*.jsonl"):
-                try:
+                with contextlib.suppress(OSError):  # drained meanwhile
                     spool_files.setdefault(path.name, len(path.read_text().splitlines()))
-                except OSError:
-                    pass  # drained meanwhile
             time.sleep(0.05)
 
     workers = [threading.Thread(target=traffic, args=(index,)) for index in range(6)]

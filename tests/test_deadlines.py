@@ -13,11 +13,12 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Gateway
 from tests.fakes import FakeUpstream
 
-MESSAGES = [{"role": "user", "content": "think hard"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "think hard"}]
 SCALED = {"providers": {"fake": {"timeout_s": 3, "idle_timeout_s": 0.6, "retries": 0}}}
 
 
@@ -59,7 +60,7 @@ def test_silence_between_chunks_is_bounded_by_the_idle_timeout(make_gateway: Any
     fake.behaviour.chunks = 3
     fake.behaviour.chunk_delay = 2.0  # after the first chunk: longer than idle, shorter than the deadline
     started = time.monotonic()
-    with pytest.raises(openai.APIError, match="sent nothing for 0.6 s"):
+    with pytest.raises(openai.APIError, match=r"sent nothing for 0\.6 s"):
         stream_text(gateway)
     assert 0.5 < time.monotonic() - started < 1.8
     [row] = gateway.records(1)

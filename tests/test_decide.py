@@ -25,7 +25,10 @@ def arm(version: str, *, users: int, calls_per_user: float = 20.0, error_rate: f
     answered = calls - errors
     scored = rng.binomial(answered, 0.3)
     quality_sum = rng.binomial(scored, quality).astype(float)
-    pairs = lambda x, y: Sums.of(zip(x.astype(float).tolist(), y.astype(float).tolist(), strict=True))  # noqa: E731
+
+    def pairs(x: Any, y: Any) -> Sums:
+        return Sums.of(zip(x.astype(float).tolist(), y.astype(float).tolist(), strict=True))
+
     return ArmEvidence(
         version=version, users=users, calls=int(calls.sum()), errors=pairs(calls, errors),
         quality=pairs(scored, quality_sum), slow=pairs(answered, rng.binomial(answered, slow)),
@@ -83,7 +86,9 @@ def test_a_doubled_error_rate_is_rolled_back_with_its_interval_beyond_the_bound(
 def test_a_critical_error_rate_rolls_back_at_the_first_check() -> None:
     decision = run({"error_rate": 0.4}, canary_users=30, elapsed=timedelta(minutes=15))
     assert decision.outcome == "rollback"
-    assert decision.summary.startswith("critical: canary error rate 4") and "> critical_error_rate 20%" in decision.summary
+    assert (
+        decision.summary.startswith("critical: canary error rate 4") and "> critical_error_rate 20%" in decision.summary
+    )
 
 
 def test_worse_quality_is_rolled_back_and_slightly_worse_quality_only_holds() -> None:
@@ -141,11 +146,26 @@ def test_metrics_without_data_pass_their_gate_and_say_why() -> None:
     empty = Sums()
     stable, canary = arm("v1", users=3000, seed=4), arm("v2", users=200, seed=5)
     no_signal = Evidence(
-        stable=ArmEvidence("v1", stable.users, stable.calls, errors=Sums(3000, stable.errors.x, 0, stable.errors.xx, 0, 0),
-                           slow=stable.slow, slow_reference=stable.slow_reference),
-        canary=ArmEvidence("v2", canary.users, canary.calls, errors=Sums(200, canary.errors.x, 0, canary.errors.xx, 0, 0),
-                           slow=canary.slow, slow_reference=canary.slow_reference),
-        since=NOW - timedelta(days=1), until=NOW, latency=LatencyThresholds.of(1800.0, POLICY))
+        stable=ArmEvidence(
+            "v1",
+            stable.users,
+            stable.calls,
+            errors=Sums(3000, stable.errors.x, 0, stable.errors.xx, 0, 0),
+            slow=stable.slow,
+            slow_reference=stable.slow_reference,
+        ),
+        canary=ArmEvidence(
+            "v2",
+            canary.users,
+            canary.calls,
+            errors=Sums(200, canary.errors.x, 0, canary.errors.xx, 0, 0),
+            slow=canary.slow,
+            slow_reference=canary.slow_reference,
+        ),
+        since=NOW - timedelta(days=1),
+        until=NOW,
+        latency=LatencyThresholds.of(1800.0, POLICY),
+    )
     decision = decide(no_signal, POLICY, state(), NOW)
     lines = {test.metric: test.line for test in decision.tests}
     assert lines["error_rate"].startswith("error rate: no errors on either version (")
@@ -185,9 +205,14 @@ def record(index: int, version: str, user: str | None, *, status: str = "ok", la
 
 def test_evidence_from_records_sums_per_user_and_leaves_out_anonymous_and_cancelled_calls() -> None:
     records = [
-        record(1, "v2", "a", latency=3000.0, quality=1.0), record(2, "v2", "a", status="error", cost=None, uncached=None),
-        record(3, "v2", "b", quality=0.5), record(4, "v2", None), record(5, "v2", "b", status="client_cancelled"),
-        record(6, "v1", "c"), record(7, "v1", "c", latency=2500.0), record(8, "v3", "a"),
+        record(1, "v2", "a", latency=3000.0, quality=1.0),
+        record(2, "v2", "a", status="error", cost=None, uncached=None),
+        record(3, "v2", "b", quality=0.5),
+        record(4, "v2", None),
+        record(5, "v2", "b", status="client_cancelled"),
+        record(6, "v1", "c"),
+        record(7, "v1", "c", latency=2500.0),
+        record(8, "v3", "a"),
         record(9000, "v2", "a"),  # before the stage
     ]
     scores = [QualityScore(id="s1", request_id="r1", source="feedback", score=1.0, created_at=NOW),

@@ -48,8 +48,11 @@ def test_a_decision_reads_as_one_line_of_its_deciding_reasons() -> None:
     rollback = {"action": "rolled_back", "reason": "avg_quality 0.48 < 0.90 × 0.83 (stable) → rollback; "
                                                    "error_rate 0.004 ≤ 2 × 0.005 (stable), floor 0.01: no rollback"}
     assert headline(rollback) == "avg_quality 0.48 < 0.90 × 0.83 (stable) → rollback"
-    advance = {"action": "advanced", "reason": "stage has run 3.0s ≥ min_stage_duration 1.0s; "
-                                              "quality ratio 1.004 ≥ 0.95; p95_latency 480 ms ≤ 1.20 × 600 ms (stable); "
-                                              "5 % → 25 %: advance"}
+    advance = {
+        "action": "advanced",
+        "reason": "stage has run 3.0s ≥ min_stage_duration 1.0s; "
+        "quality ratio 1.004 ≥ 0.95; p95_latency 480 ms ≤ 1.20 × 600 ms (stable); "
+        "5 % → 25 %: advance",
+    }
     assert headline(advance) == "quality ratio 1.004 ≥ 0.95; p95_latency 480 ms ≤ 1.20 × 600 ms (stable)"
     assert headline({"action": "advanced", "snapshot": {"summary": "every gate shown"}}) == "every gate shown"

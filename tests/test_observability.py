@@ -36,7 +36,7 @@ def samples(gateway: Gateway) -> list[Any]:
 
 
 def value(found: list[Any], name: str, **labels: str) -> float:
-    return sum(s.value for s in found if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return float(sum(s.value for s in found if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())))
 
 
 def test_metrics_count_100_known_requests_exactly(make_gateway: Any, fake: FakeUpstream) -> None:

@@ -65,8 +65,14 @@ class OpenAIRest:
         body = await request.read()
         self.seen.append(Seen(request.method, request.path, request.query_string, dict(request.headers), body))
         if self.status >= 400:
-            error = {"error": {"message": f"Incorrect API key provided: {PROVIDER_KEY}", "type": "invalid_request_error",
-                               "param": None, "code": "invalid_api_key"}}
+            error = {
+                "error": {
+                    "message": f"Incorrect API key provided: {PROVIDER_KEY}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
             return web.json_response(error, status=self.status)
         path = request.path
         if path == "/v1/embeddings":

@@ -293,7 +293,9 @@ messages = st.lists(st.fixed_dictionaries({"role": roles, "content": texts}), mi
     app_messages=messages,
     prompt=texts,
     mode=st.sampled_from(["replace", "prepend", "append"]),
-    shots=st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": texts}), max_size=3),
+    shots=st.lists(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": texts}), max_size=3
+    ),
     stream=st.booleans(),
 )
 def test_shape_of_any_result(

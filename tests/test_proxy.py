@@ -12,13 +12,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PROVIDER_KEY, Gateway
 from tests.fakes import FakeUpstream, free_port
 
 CLIENT_KEY = "client-secret-never-forwarded"
-MESSAGES = [{"role": "system", "content": "app prompt"}, {"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "app prompt"},
+    {"role": "user", "content": "hello"},
+]
 
 
 def sdk(gateway: Gateway) -> openai.OpenAI:
@@ -176,7 +180,8 @@ def test_stream_hides_the_usage_chunk_unless_asked(gateway: Gateway, fake: FakeU
 
     asked = list(client.chat.completions.create(model="support-bot", messages=MESSAGES, user="u", stream=True,
                                                 stream_options={"include_usage": True}))
-    assert asked[-1].choices == [] and asked[-1].usage.completion_tokens == 7
+    usage = asked[-1].usage
+    assert asked[-1].choices == [] and usage is not None and usage.completion_tokens == 7
 
     rows = gateway.records(2)
     assert [(row["prompt_tokens"], row["completion_tokens"]) for row in rows] == [(11, 7), (11, 7)]
@@ -333,7 +338,7 @@ def test_a_transient_500_is_retried_to_success(gateway: Gateway, fake: FakeUpstr
     fake.behaviour.status = 503
     fake.behaviour.fail_first = 1
     answer = sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
-    assert answer.choices[0].message.content.startswith("answer to")
+    assert (answer.choices[0].message.content or "").startswith("answer to")
     assert fake.hits == 2
 
 
@@ -372,7 +377,7 @@ def test_invalid_upstream_answers_are_502(gateway: Gateway, fake: FakeUpstream, 
 def test_missing_or_malformed_usage_still_answers(gateway: Gateway, fake: FakeUpstream, mode: str) -> None:
     fake.behaviour.mode = mode
     answer = sdk(gateway).chat.completions.create(model="support-bot", messages=MESSAGES, user="u")
-    assert answer.choices[0].message.content.startswith("answer to")
+    assert (answer.choices[0].message.content or "").startswith("answer to")
     [row] = gateway.records(1)
     assert row["status"] == "ok" and row["prompt_tokens"] is None and row["cost_usd"] is None
 
@@ -459,7 +464,8 @@ def test_calls_beyond_the_concurrency_limit_are_refused_at_once(make_gateway: An
 
     def call() -> int:
         with gateway.client() as http:
-            return http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES}).status_code
+            answer = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
+            return int(answer.status_code)
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         slow = [pool.submit(call) for _ in range(2)]

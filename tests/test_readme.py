@@ -29,7 +29,8 @@ def test_the_walkthrough_config_loads_with_a_real_provider_and_with_the_simulate
     settings = load_settings(config, environ=environ)
     assert settings.deployments["support-bot"].versions["v1"].provider == "openai"
     offline = yaml.safe_load(config.read_text())
-    offline["providers"] = yaml.safe_load(re.search(r"`(providers: \{openai: \{kind: simulated\}\})`",
-                                                    section).group(1))["providers"]
+    offline_providers = re.search(r"`(providers: \{openai: \{kind: simulated\}\})`", section)
+    assert offline_providers is not None, "the README no longer shows the offline providers line"
+    offline["providers"] = yaml.safe_load(offline_providers.group(1))["providers"]
     config.write_text(yaml.safe_dump(offline))
     assert load_settings(config, environ=environ).providers["openai"].kind == "simulated"

@@ -110,7 +110,7 @@ async def test_database_down_records_are_spooled_then_written_once_back(
     assert sorted(line["id"] for line in lines) == sorted(item.id for item in records)
     assert sample(down_metrics, "canary_records_spooled_total") == 25
 
-    back, back_store, back_metrics = recorder_for(database_url, spool)
+    back, back_store, _ = recorder_for(database_url, spool)
     back.start()
     back.submit(record())  # wakes the writer; the spool is drained first
     await back.stop()
@@ -154,7 +154,7 @@ async def test_a_full_spool_counts_the_loss(tmp_path: Path) -> None:
 
 async def test_new_records_are_written_while_a_large_spool_drains(database_url: str, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    backlog = [record() for _ in range(20_000)]
+    backlog: list[RequestRecord | QualityScore] = [record() for _ in range(20_000)]
     writer = Spool(spool, max_bytes=1 << 30)
     for start in range(0, len(backlog), 1000):
         assert writer.append_items(backlog[start : start + 1000]) == 1000

@@ -130,7 +130,9 @@ def test_sigterm_drains_then_ends_what_is_left(tmp_path: Path, fake: FakeUpstrea
         with httpx.Client(timeout=10) as client:
             ready = client.get(f"{url}/readyz")
             assert ready.status_code == 503 and ready.json()["status"] == "shutting_down"
-            late = client.post(f"{url}/v1/chat/completions", json={"model": "bot", "messages": MESSAGES, "user": "late"})
+            late = client.post(
+                f"{url}/v1/chat/completions", json={"model": "bot", "messages": MESSAGES, "user": "late"}
+            )
             assert late.status_code == 200
         assert not refused(url)
 

@@ -115,17 +115,35 @@ def transport(api: str = "chat_completions", **model: Any) -> SimulatedTransport
                               sleep=no_wait)
 
 
-@pytest.mark.parametrize(("body", "param", "message"), [
-    ({"model": "m", "messages": QUESTION, "api_base": "x"}, None, "Unrecognized request argument supplied: api_base"),
-    ({"model": "m"}, "messages", "Missing required parameter: 'messages'."),
-    ({"model": "m", "messages": []}, "messages", "Invalid 'messages': empty array."),
-    ({"model": "m", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "Invalid value: 'robot'"),
-    ({"model": "m", "messages": QUESTION, "temperature": 2.5}, "temperature", "Invalid 'temperature': decimal above maximum value"),
-    ({"model": "m", "messages": QUESTION, "temperature": "hot"}, "temperature", "Invalid type for 'temperature'"),
-    ({"model": "m", "messages": QUESTION, "stream_options": {"include_usage": True}}, "stream_options",
-     "only allowed when 'stream' is enabled"),
-    ({"model": "m", "messages": QUESTION, "n": 0}, "n", "Invalid 'n': integer below minimum value"),
-])
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        (
+            {"model": "m", "messages": QUESTION, "api_base": "x"},
+            None,
+            "Unrecognized request argument supplied: api_base",
+        ),
+        ({"model": "m"}, "messages", "Missing required parameter: 'messages'."),
+        ({"model": "m", "messages": []}, "messages", "Invalid 'messages': empty array."),
+        (
+            {"model": "m", "messages": [{"role": "robot", "content": "hi"}]},
+            "messages[0].role",
+            "Invalid value: 'robot'",
+        ),
+        (
+            {"model": "m", "messages": QUESTION, "temperature": 2.5},
+            "temperature",
+            "Invalid 'temperature': decimal above maximum value",
+        ),
+        ({"model": "m", "messages": QUESTION, "temperature": "hot"}, "temperature", "Invalid type for 'temperature'"),
+        (
+            {"model": "m", "messages": QUESTION, "stream_options": {"include_usage": True}},
+            "stream_options",
+            "only allowed when 'stream' is enabled",
+        ),
+        ({"model": "m", "messages": QUESTION, "n": 0}, "n", "Invalid 'n': integer below minimum value"),
+    ],
+)
 async def test_chat_completions_refuses_what_openai_refuses_in_its_error_shape(
     body: dict[str, Any], param: str | None, message: str
 ) -> None:

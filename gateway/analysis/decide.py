@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from gateway.analysis.evidence import ArmEvidence, Evidence, LogRatio, Sums, log_ratio
+from gateway.analysis.evidence import ArmEvidence, Evidence, Sums, log_ratio
 from gateway.analysis.sequential import radius_multiplier
 from gateway.analysis.srm import SrmResult, sample_ratio_mismatch
 from gateway.models import RolloutState

@@ -228,8 +228,20 @@ def latency_reference(baseline: Sequence[float], stage: Sequence[float], *, min_
 
 
 class _User:
-    __slots__ = ("calls", "errors", "answered", "slow", "slow_reference", "slow_rollback", "cost", "priced",
-                 "actual_cost", "quality", "scored", "sources")
+    __slots__ = (
+        "actual_cost",
+        "answered",
+        "calls",
+        "cost",
+        "errors",
+        "priced",
+        "quality",
+        "scored",
+        "slow",
+        "slow_reference",
+        "slow_rollback",
+        "sources",
+    )
 
     def __init__(self) -> None:
         self.calls = self.errors = self.answered = self.slow = self.slow_reference = self.slow_rollback = 0

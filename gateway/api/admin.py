@@ -24,7 +24,9 @@ from gateway.config import VersionSettings, check_name
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, RateLimited, Unauthorized
 from gateway.models import Deployment, RolloutEvent, Version
 
-_ERROR: dict[str, Any] = {"description": "an error in OpenAI's shape: `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`"}
+_ERROR: dict[str, Any] = {
+    "description": 'an error in OpenAI\'s shape: `{"error": {"message", "type", "param", "code"}}`'
+}
 # Answers every admin route can give, documented in the OpenAPI schema.
 router = APIRouter(prefix="/admin", responses={
     401: {**_ERROR, "description": "no admin token, or a wrong one"},
@@ -33,7 +35,10 @@ router = APIRouter(prefix="/admin", responses={
     503: {**_ERROR, "description": "the database is unavailable; retry later"},
 })
 _UNKNOWN: dict[int | str, dict[str, Any]] = {404: {**_ERROR, "description": "unknown deployment (or version)"}}
-_CHANGE: dict[int | str, dict[str, Any]] = {**_UNKNOWN, 409: {**_ERROR, "description": "the state changed (stale revision) or forbids the change"}}
+_CHANGE: dict[int | str, dict[str, Any]] = {
+    **_UNKNOWN,
+    409: {**_ERROR, "description": "the state changed (stale revision) or forbids the change"},
+}
 
 
 class AdminGuard:
@@ -194,7 +199,8 @@ async def change(
     actor: Actor,
     body: Reason | None = None,
 ) -> JSONResponse:
-    """`promote` (the canary becomes stable now), `rollback` (percent 0, rollout ended), `pause` or `resume` automatic decisions."""
+    """`promote` (the canary becomes stable now), `rollback` (percent 0, rollout ended), `pause` or `resume`
+    automatic decisions."""
     control = services.control
     method = {"promote": control.promote, "rollback": control.rollback, "pause": control.pause,
               "resume": control.resume}[action]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hmac
 import math
-import re
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated

@@ -308,7 +308,7 @@ class AnthropicStreamTranslator(StreamTranslator):
             return b""
         try:
             data = json.loads(payload)
-        except (ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError):
             return b""
         if not isinstance(data, dict):
             return b""

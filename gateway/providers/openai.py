@@ -25,7 +25,6 @@ from gateway.providers.base import (
 )
 
 
-
 class OpenAIProvider(Provider):
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
         headers = {**self.json_headers(stream=stream), **self.auth_headers()}
@@ -100,7 +99,7 @@ class OpenAIStreamRelay(StreamTranslator):
     def _take_usage(self, event: bytes, payload: bytes, terminator: bytes) -> bytes:
         try:
             data = json.loads(payload)
-        except (ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError):
             return event
         if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
             return event

@@ -161,7 +161,9 @@ class RolloutStore(Database):
     async def record_event(self, event: RolloutEvent) -> None:
         """An event that changes no state (a version created, a check that held)."""
         async with translated_errors(), self.engine.begin() as connection:
-            await connection.execute(insert(RolloutEventRow).values(**_event_values(event, event.at or datetime.now(UTC))))
+            await connection.execute(
+                insert(RolloutEventRow).values(**_event_values(event, event.at or datetime.now(UTC)))
+            )
 
     async def create_version(self, *, deployment: str, version: Version, actor: str) -> None:
         """Insert a new version; Conflict if the name is taken, NotFound if the deployment is unknown."""
