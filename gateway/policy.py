@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Literal
-
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -190,9 +188,8 @@ class RolloutPolicy(_Frozen):
     def _shadow_in_stages(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
         """The JSON form as the configuration writes it: `shadow` back at the head of `stages`."""
         data = handler(self)
-        if isinstance(data, dict) and "shadow_stage" in data:
-            if data.pop("shadow_stage") and "stages" in data:
-                data["stages"] = ["shadow", *data["stages"]]
+        if isinstance(data, dict) and "shadow_stage" in data and data.pop("shadow_stage") and "stages" in data:
+            data["stages"] = ["shadow", *data["stages"]]
         return data
 
     @field_validator("stages")

@@ -127,8 +127,21 @@ class ShadowEvidence:
 
 
 class _Unit:
-    __slots__ = ("pairs", "stable_errors", "canary_errors", "stable_answered", "canary_answered", "stable_slow",
-                 "canary_slow", "judged", "win", "sources", "priced", "stable_cost", "canary_cost")
+    __slots__ = (
+        "canary_answered",
+        "canary_cost",
+        "canary_errors",
+        "canary_slow",
+        "judged",
+        "pairs",
+        "priced",
+        "sources",
+        "stable_answered",
+        "stable_cost",
+        "stable_errors",
+        "stable_slow",
+        "win",
+    )
 
     def __init__(self) -> None:
         self.pairs = self.stable_errors = self.canary_errors = self.stable_answered = self.canary_answered = 0
@@ -384,7 +397,9 @@ def _latency(check: _Check) -> None:
 
 
 def _arms(check: _Check, metric: str, label: str, canary: Sums, stable: Sums, threshold: float) -> None:
-    """A count metric of the two sides compared as the canary stages compare it (`evidence.log_ratio`): rollback only."""
+    """A count metric of the two sides compared as the canary stages compare it (`evidence.log_ratio`).
+
+    Rollback only."""
     if min(canary.x, stable.x) < check.policy.shadow.min_pairs:
         return
     compared = log_ratio(canary, stable, counts=True)
@@ -408,8 +423,8 @@ def _decide_ratio(check: _Check, metric: str, label: str, ratio: float, log_valu
             passed = upper <= threshold if at_most else lower >= threshold
             verdict: Verdict = "pass" if passed else "undecided"
             margin = (math.log(threshold) - log_value) * (1 if at_most else -1)
-            line = (f"{head} {good} {threshold:g}: gate passes" if passed
-                    else f"{head} not shown {good} {threshold:g}: " + _advice(check, margin, radius, fail_radius, pairs))
+            line = (f"{head} {good} {threshold:g}: gate passes" if passed else
+                    f"{head} not shown {good} {threshold:g}: {_advice(check, margin, radius, fail_radius, pairs)}")
         else:
             failed = lower > threshold if at_most else upper < threshold
             verdict = "rollback" if failed else "no_rollback"
