@@ -469,15 +469,19 @@ def test_calls_beyond_the_concurrency_limit_are_refused_at_once(make_gateway: An
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         slow = [pool.submit(call) for _ in range(2)]
-        time.sleep(0.3)
-        started = time.monotonic()
+        deadline = time.monotonic() + 10
+        while len(fake.received) < 2:  # both slow calls have reached the upstream
+            assert time.monotonic() < deadline, "the slow calls never reached the upstream"
+            time.sleep(0.01)
         with gateway.client() as http:
             refused = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES})
-        elapsed = time.monotonic() - started
+        # Refused at once: the answer came back while both slow calls were still in flight, not queued behind them.
+        in_flight = sum(not future.done() for future in slow)
         assert [future.result() for future in slow] == [200, 200]
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert error_of(refused)["code"] == "gateway_overloaded"
-    assert elapsed < 0.5
+    assert in_flight == 2
+    assert len(fake.received) == 2  # the refused call never reached the upstream
     with gateway.client() as http:
         metrics = http.get("/metrics").text
     counted = {sample.labels["reason"]: sample.value for family in text_string_to_metric_families(metrics)

@@ -134,7 +134,8 @@ async def test_memory_stays_bounded_while_the_database_is_down(tmp_path: Path) -
             break
         await asyncio.sleep(0.05)
     assert recorder.depth <= 10
-    assert sample(metrics, "canary_records_spooled_total") >= 50
+    # Whatever memory does not hold (max_buffer, plus the one batch the writer is trying) is on disk.
+    assert sample(metrics, "canary_records_spooled_total") >= 60 - 10 - 5
     await recorder.stop(timeout=1)
     await store.close()
     assert sample(metrics, "canary_records_spooled_total") == 60
