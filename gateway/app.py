@@ -39,6 +39,7 @@ from gateway.metrics import Metrics, forget_process
 from gateway.models import Deployment, Price
 from gateway.passthrough import PassThrough
 from gateway.pricing import PriceTable
+from gateway.probe import DatabaseProbe
 from gateway.providers import create_provider
 from gateway.quality import QualityMonitor
 from gateway.recorder import Recorder
@@ -122,6 +123,12 @@ def create_app(
         alerts = Alerts(settings.alerts.webhooks, metrics)
         checker = RolloutChecker(store, snapshot, alerts=alerts, metrics=metrics)
         scheduler = CheckScheduler(checker)
+        probe = DatabaseProbe(
+            store.ping,
+            timeout=settings.database.probe_timeout,
+            max_age=settings.database.refresh_interval,
+            give_up=settings.database.pool_timeout + settings.database.statement_timeout,
+        )
         drain = Drain(
             delay=settings.server.drain_delay, grace=settings.server.shutdown_grace, end_calls=relay.end_calls
         )
@@ -134,6 +141,7 @@ def create_app(
             store=store,
             metrics=metrics,
             drain=drain,
+            probe=probe,
             client_tokens=settings.client_tokens,
             max_body_bytes=settings.server.max_body_bytes,
             user_id_header=settings.server.user_id_header,
@@ -170,6 +178,7 @@ def create_app(
             await quality.stop()
             await alerts.stop()
             await snapshot.stop()
+            await probe.close()
             await recorder.stop()
             for client in clients.values():
                 await client.aclose()

@@ -455,6 +455,8 @@ class DatabaseSettings(_Frozen):
     statement_timeout: Duration = 5.0
     # How often each replica checks the rollout state for changes.
     refresh_interval: Duration = 1.0
+    # Longest wait of /readyz for the database to answer its probe; beyond it, "unavailable".
+    probe_timeout: Duration = 1.0
 
 
 class LoggingSettings(_Frozen):

@@ -138,3 +138,43 @@ def test_nothing_is_dropped_while_a_small_buffer_spills_and_the_spool_drains_und
     assert len(stored) == len(set(stored))
     assert set(answered) <= set(stored)  # every answered call recorded once
     assert not list(spool.glob("records-*"))
+
+
+def test_readiness_tells_the_truth_about_a_hung_database(cluster: Cluster, fake: FakeUpstream, tmp_path: Path) -> None:
+    """RELIABILITY C6/C2 with a database that neither answers nor fails (every process SIGSTOPped)."""
+    upgrade(cluster.url)
+    config: dict[str, Any] = base_config(cluster.url, fake.url, tmp_path / "spool")
+    config["database"] = {"pool_timeout": "1s", "statement_timeout": "2s", "refresh_interval": "200ms",
+                          "probe_timeout": "500ms"}
+    config["recorder"].update({"max_backoff": "500ms"})
+    gateway = Gateway(settings_from_dict(config)).start()
+    try:
+        with gateway.client() as http:
+            assert http.get("/readyz").json() == {
+                "status": "ready", "database": "ok", "deployments": 1, "records_held": 0, "records_spooled": False}
+            cluster.freeze()
+            try:
+                started = time.monotonic()
+                answers = [http.post("/v1/chat/completions", json={
+                    "model": "support-bot", "messages": MESSAGES, "user": f"u{index}"}) for index in range(20)]
+                assert [answer.status_code for answer in answers] == [200] * 20  # the hot path does not wait
+                assert time.monotonic() - started < 5
+                deadline = time.monotonic() + 3
+                while True:
+                    asked = time.monotonic()
+                    ready = http.get("/readyz")
+                    assert time.monotonic() - asked < 1.5  # the probe is bounded
+                    if ready.json()["database"] == "unavailable" or time.monotonic() > deadline:
+                        break
+                assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+                assert ready.json()["records_held"] == 20
+            finally:
+                cluster.thaw()
+            deadline = time.monotonic() + 15
+            while http.get("/readyz").json()["status"] != "ready":
+                assert time.monotonic() < deadline, "readiness did not recover after the database did"
+                time.sleep(0.2)
+        rows = gateway.records(20, timeout=15)
+    finally:
+        gateway.stop()
+    assert {row["id"] for row in rows} == {answer.headers["x-request-id"] for answer in answers}

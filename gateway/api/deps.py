@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from gateway.control import ControlPlane
 from gateway.drain import Drain
+from gateway.probe import DatabaseProbe
 from gateway.errors import InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics
@@ -56,6 +57,7 @@ class Services:
     store: Store
     metrics: Metrics
     drain: Drain
+    probe: DatabaseProbe
     client_tokens: Mapping[str, SecretStr]
     max_body_bytes: int
     user_id_header: str = "x-user-id"

@@ -20,17 +20,21 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready to proxy. A database outage degrades (records are held) but does not stop serving."""
+    """Ready to proxy: 200 `ready`, or 200 `degraded` while the database does not answer (calls are
+    still served from the last known routing state; records are held, then spooled); 503 while
+    shutting down. The database probe waits at most `database.probe_timeout`."""
+    recorder = services.recorder
+    held = {"records_held": recorder.depth, "records_spooled": recorder.spooled}
     if services.drain.draining:
         # Stopping: the load balancer should send new calls elsewhere (this one is still served).
-        return JSONResponse({"status": "shutting_down", "records_held": services.recorder.depth}, status_code=503)
-    database_ok = services.snapshot.database_ok and services.recorder.database_up
+        return JSONResponse({"status": "shutting_down", **held}, status_code=503)
+    database_ok = await services.probe.check() and services.snapshot.database_ok
     return JSONResponse(
         {
             "status": "ready" if database_ok else "degraded",
             "database": "ok" if database_ok else "unavailable",
             "deployments": len(services.snapshot.deployments),
-            "records_held": services.recorder.depth,
+            **held,
         }
     )
 

@@ -92,6 +92,11 @@ class Database:
         """Close every pooled connection."""
         await self.engine.dispose()
 
+    async def ping(self) -> None:
+        """One trivial query; raises StoreUnavailable when the database does not answer it."""
+        async with translated_errors(), self.engine.connect() as connection:
+            await connection.exec_driver_sql("SELECT 1")
+
 
 @contextlib.asynccontextmanager
 async def translated_errors() -> AsyncIterator[None]:
