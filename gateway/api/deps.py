@@ -15,11 +15,11 @@ from pydantic import SecretStr
 
 from gateway.control import ControlPlane
 from gateway.drain import Drain
-from gateway.probe import DatabaseProbe
 from gateway.errors import InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics
 from gateway.passthrough import PassThrough
+from gateway.probe import DatabaseProbe
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.scheduler import RolloutChecker
