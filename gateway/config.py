@@ -165,6 +165,11 @@ class ProviderSettings(_Frozen):
     max_connections: int = Field(256, ge=1)
     retries: int = Field(2, ge=0, le=5)
     headers: dict[str, str] = Field(default_factory=dict)
+    # Streamed calls to an OpenAI-compatible upstream carry `stream_options`
+    # (`include_usage`, so the record has token counts). Some upstreams refuse
+    # the field: false never sends it, the client's own included; a stream's
+    # usage is then recorded only when the upstream reports it unasked.
+    stream_options: bool = True
     # The HTTP stack under httpx: aiohttp's is several times cheaper per call
     # (see the README's performance section); httpx's own is the fallback.
     transport: Literal["aiohttp", "httpx"] = "aiohttp"

@@ -44,6 +44,9 @@ from gateway.providers import Provider, UpstreamRequest
 from gateway.simulator import SimulatedTransport
 
 _MAX_ERROR_BODY = 65_536
+# Content-Encodings httpx decodes with the extras this package installs (httpx[brotli,zstd]).
+# An upstream may compress although asked for identity; any other encoding is a bad answer.
+DECODABLE_ENCODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 _BACKOFF_BASE_S = 0.1
 
 
@@ -139,6 +142,7 @@ class UpstreamClient:
             async with asyncio.timeout_at(headers_by) as limit:
                 response = await self._transport.handle_async_request(request)
                 limit.reschedule(deadline)
+                self._check_encoding(response)
                 if response.status_code >= 400:
                     error_body = await _read_capped(response, _MAX_ERROR_BODY)
                     raise self.provider.error_from(response.status_code, error_body, response.headers)
@@ -160,17 +164,31 @@ class UpstreamClient:
                 raise self.translate(exc) from exc
             raise
 
+    def _check_encoding(self, response: httpx.Response) -> None:
+        encoding = response.headers.get("content-encoding")
+        if encoding is None:
+            return
+        unknown = [part for part in (p.strip().lower() for p in encoding.split(",")) if part and part not in
+                   DECODABLE_ENCODINGS]
+        if unknown:
+            raise UpstreamBadResponse(
+                f"upstream provider '{self.provider.name}' answered with Content-Encoding "
+                f"'{unknown[0][:40]}', which the gateway cannot decode"
+            )
+
     async def relay(
         self, response: httpx.Response, *, deadline: float, first_byte_by: float | None = None
     ) -> AsyncIterator[bytes]:
-        """The raw bytes of a streamed answer.
+        """The decoded bytes of a streamed answer: any Content-Encoding the upstream
+        applied (gzip, deflate, br, zstd) is undone, so translators and clients
+        always get plain event bytes.
 
         The first chunk must come before `first_byte_by` (when set), each later
         one within `idle_timeout_s` of the one before, all before `deadline`
         (loop-clock times). Raises UpstreamTimeout when a limit passes, other
         UpstreamErrors when the stream breaks.
         """
-        chunks = response.aiter_raw()
+        chunks = response.aiter_bytes()
         loop = asyncio.get_running_loop()
         limit = deadline if first_byte_by is None else min(deadline, first_byte_by)
         idle = False  # whether `limit` is the idle timeout rather than the deadline
@@ -233,7 +251,7 @@ def _caused_by_timeout(exc: BaseException) -> bool:
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_raw():
+    async for chunk in response.aiter_bytes():
         parts.append(chunk)
         size += len(chunk)
         if size >= limit:

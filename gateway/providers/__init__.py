@@ -12,8 +12,10 @@ __all__ = ["Answer", "Provider", "StreamTranslator", "UpstreamRequest", "create_
 
 def create_provider(name: str, settings: ProviderSettings) -> Provider:
     """The wire format of a provider; a simulated one speaks the API it simulates."""
-    kind = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}.get(settings.kind)
+    api_key = settings.api_key.get_secret_value()
+    anthropic = settings.kind == "anthropic"
     if settings.simulation is not None:
-        kind = OpenAIProvider if settings.simulation.api == "chat_completions" else AnthropicProvider
-    assert kind is not None
-    return kind(name, api_key=settings.api_key.get_secret_value(), headers=settings.headers)
+        anthropic = settings.simulation.api != "chat_completions"
+    if anthropic:
+        return AnthropicProvider(name, api_key=api_key, headers=settings.headers)
+    return OpenAIProvider(name, api_key=api_key, headers=settings.headers, stream_options=settings.stream_options)

@@ -41,6 +41,19 @@ FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+# The HTTP status each of Anthropic's error types comes with (anthropic-sdk-python
+# types/shared/*_error.py and `_make_status_error`), for an error inside a 200 answer.
+ERROR_STATUSES = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 # Anthropic's 529 means overloaded: the client should come back later, like a 503.
 _OVERLOADED = 529
 
@@ -66,6 +79,10 @@ class AnthropicProvider(Provider):
             message = json.loads(content)
         except (ValueError, RecursionError) as exc:
             raise UpstreamBadResponse("upstream answered with a body that is not JSON") from exc
+        if isinstance(message, dict) and message.get("type") == "error":
+            error = message.get("error")
+            kind = error.get("type") if isinstance(error, dict) else None
+            raise self.error_from(ERROR_STATUSES.get(str(kind), 500), content, {})
         if not isinstance(message, dict) or message.get("type") != "message" or not isinstance(
             message.get("content"), list
         ):

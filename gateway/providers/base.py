@@ -167,7 +167,7 @@ class Provider(ABC):
 
     def status_error(
         self,
-        status: int,
+        status: int | None,
         message: str,
         *,
         error_type: str | None = None,
@@ -181,6 +181,8 @@ class Provider(ABC):
         (on 429) `retry_after`; anything else (the gateway's key refused, the
         version's model unknown, a server fault) is the operator's problem:
         an UpstreamStatusError whose message names the provider and status.
+        `status` None: an error the upstream reported inside a 200 answer
+        without saying which status it stands for.
         """
         if status in _CALLERS_FAULT:
             return UpstreamRefused(
@@ -190,11 +192,22 @@ class Provider(ABC):
                 code=code,
                 retry_after=retry_after if status == 429 else None,
             )
+        said = f"answered HTTP {status}" if status is not None else "answered with an error"
         return UpstreamStatusError(
-            self.scrub(f"upstream provider '{self.name}' answered HTTP {status}: {message}")[:2000],
-            upstream_status=status,
+            self.scrub(f"upstream provider '{self.name}' {said}: {message}")[:2000],
+            upstream_status=status or 502,
             code="upstream_error",
         )
+
+    def embedded_error(self, content: bytes) -> UpstreamStatusError:
+        """The error for a 200 answer whose body is an error (OpenRouter and other aggregators do this).
+
+        The status the error stands for is its numeric `code` (OpenRouter's
+        `{"error": {"code": 429, "message": ...}}`) or `status`; without one
+        the client gets 502 with the upstream's message.
+        """
+        error = error_body(content, 200)
+        return self.status_error(error.status, error.message, error_type=error.type, code=error.code)
 
 
 def usage_from(data: object, prompt_key: str, completion_key: str) -> Usage:
@@ -212,11 +225,16 @@ def usage_from(data: object, prompt_key: str, completion_key: str) -> Usage:
 
 @dataclass(frozen=True, slots=True)
 class ErrorBody:
-    """What an upstream's JSON error body says: both wire formats nest it under "error"."""
+    """What an upstream's JSON error body says: both wire formats nest it under "error".
+
+    `status` is the HTTP status an error embedded in a 200 answer stands for
+    (a numeric `code` or a `status` between 400 and 599), else None.
+    """
 
     message: str
     type: str | None = None
     code: str | None = None
+    status: int | None = None
 
 
 def error_body(content: bytes, status: int) -> ErrorBody:
@@ -234,7 +252,18 @@ def error_body(content: bytes, status: int) -> ErrorBody:
         value = error.get(key)
         return value if isinstance(value, str) else None
 
-    return ErrorBody(message=str(error.get("message") or f"HTTP {status}"), type=text("type"), code=text("code"))
+    def http_status(key: str) -> int | None:
+        value = error.get(key)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599 else None
+
+    return ErrorBody(
+        message=str(error.get("message") or f"HTTP {status}"),
+        type=text("type"),
+        code=text("code"),
+        status=http_status("code") or http_status("status"),
+    )
 
 
 def sse_error_event(message: str, code: str) -> bytes:

@@ -26,7 +26,21 @@ from gateway.providers.base import (
 
 
 class OpenAIProvider(Provider):
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: str,
+        headers: Mapping[str, str] | None = None,
+        stream_options: bool = True,
+    ) -> None:
+        super().__init__(name, api_key=api_key, headers=headers)
+        # False: the upstream refuses `stream_options`, so it is never sent.
+        self._stream_options = stream_options
+
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+        if not self._stream_options and "stream_options" in body:
+            body = {key: value for key, value in body.items() if key != "stream_options"}
         headers = {**self.json_headers(stream=stream), **self.auth_headers()}
         return UpstreamRequest(
             path="/chat/completions",
@@ -43,6 +57,8 @@ class OpenAIProvider(Provider):
             data = json.loads(content)
         except (ValueError, RecursionError) as exc:
             raise UpstreamBadResponse("upstream answered with a body that is not JSON") from exc
+        if isinstance(data, dict) and not isinstance(data.get("choices"), list) and data.get("error"):
+            raise self.embedded_error(content)
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamBadResponse("upstream answered with JSON that is not a chat completion")
         return Answer(content=content, usage=openai_usage(data.get("usage")))
