@@ -1,7 +1,10 @@
 """Pure prompt injection: a version + the app's request → the upstream request body.
 
 The version's system prompt, few-shot messages, model and params win over the
-app's; parameters the app sent and the version does not set pass through.
+app's; parameters the app sent and the version does not set pass through. A
+version's param set to null removes the app's parameter of that name, and
+a version setting one of `max_tokens` / `max_completion_tokens` replaces the
+app's value of either (they are two names of one limit).
 
 System prompt modes:
 - `replace`: the app's system (and developer) messages are dropped, the
@@ -19,6 +22,7 @@ from typing import Any
 from gateway.models import Version
 
 _SYSTEM_ROLES = ("system", "developer")
+_TOKEN_LIMITS = {"max_tokens": "max_completion_tokens", "max_completion_tokens": "max_tokens"}
 
 
 def build_upstream_body(version: Version, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
@@ -37,6 +41,14 @@ def build_upstream_body(version: Version, body: dict[str, Any], *, stream: bool)
     messages.extend(conversation)
 
     upstream = {**body, **version.params, "model": version.model, "messages": messages}
+    if version.params:
+        for name, value in version.params.items():
+            if value is None:
+                del upstream[name]
+            elif name in _TOKEN_LIMITS:
+                other = _TOKEN_LIMITS[name]
+                if other not in version.params:
+                    upstream.pop(other, None)
     if stream:
         # Always ask for usage so the record has token counts; the relay hides
         # the usage chunk from a client that did not ask for it.

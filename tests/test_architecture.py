@@ -21,6 +21,7 @@ PURE = (
     "pricing",
     "limits",
     "policy",
+    "families",
 )
 IO_LIBRARIES = ("fastapi", "starlette", "httpx", "httpx_aiohttp", "aiohttp", "sqlalchemy", "alembic", "uvicorn")
 

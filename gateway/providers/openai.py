@@ -4,15 +4,20 @@ Answers are relayed byte for byte; the gateway only reads them for usage.
 Streams are relayed event by event: an SSE event is forwarded as soon as its
 terminating blank line has arrived, unchanged, except the usage the gateway
 asked for on the client's behalf, which a client that did not ask never sees.
+Requests are adapted to the upstream model's family (`gateway.families`:
+`max_tokens` → `max_completion_tokens` for reasoning models, parameters the
+family refuses removed with a debug log).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import UpstreamBadResponse, UpstreamStatusError
+from gateway.families import Family, adapt, openai_family
 from gateway.models import Usage
 from gateway.providers.base import (
     Answer,
@@ -24,6 +29,7 @@ from gateway.providers.base import (
     usage_from,
 )
 
+log = logging.getLogger("gateway.providers")
 
 class OpenAIProvider(Provider):
     def __init__(
@@ -37,10 +43,19 @@ class OpenAIProvider(Provider):
         super().__init__(name, api_key=api_key, headers=headers)
         # False: the upstream refuses `stream_options`, so it is never sent.
         self._stream_options = stream_options
+        # Upstream model → its family; versions use a handful of models.
+        self._families: dict[str, Family] = {}
 
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
         if not self._stream_options and "stream_options" in body:
             body = {key: value for key, value in body.items() if key != "stream_options"}
+        family = self._families.get(body["model"])
+        if family is None:
+            family = self._families[body["model"]] = openai_family(body["model"])
+        body, removed = adapt(body, family)
+        if removed:
+            log.debug("removed %s: not supported by model %r (family %s)", ", ".join(removed), body["model"],
+                      family.name)
         headers = {**self.json_headers(stream=stream), **self.auth_headers()}
         return UpstreamRequest(
             path="/chat/completions",
