@@ -28,6 +28,7 @@ from gateway import __version__
 from gateway.alerts import Alerts
 from gateway.api import admin, dashboard, health, passthrough, proxy
 from gateway.api.admin import AdminGuard
+from gateway.api.bodies import BodyBudget, BodyBudgetMiddleware
 from gateway.api.deps import Services
 from gateway.api.errors import error_response, http_status
 from gateway.config import Settings, declared_deployments, load_settings
@@ -204,6 +205,7 @@ def create_app(
     if not settings.admin_tokens:
         log.warning("no admin token is configured: the admin API answers 403")
     app.add_middleware(AdminGuard, tokens=settings.admin_tokens)
+    app.add_middleware(BodyBudgetMiddleware, budget=BodyBudget(settings.server.max_body_bytes_in_flight))
     app.include_router(proxy.router)
     app.include_router(admin.router)
     app.include_router(health.router)

@@ -88,7 +88,12 @@ class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
-    max_body_bytes: int = Field(1_048_576, ge=1024)
+    # One request body: 32 MiB serves vision calls (a 1.5 MB photo is about 2 MB
+    # of base64 JSON) and is Anthropic's own Messages API limit.
+    max_body_bytes: int = Field(33_554_432, ge=1024)
+    # All request bodies a worker holds at once (read, parsed, sent upstream,
+    # until the answer ends); beyond it, 503 with Retry-After. Memory stays flat.
+    max_body_bytes_in_flight: int = Field(268_435_456, ge=1024)
     # Upstream calls in flight per worker; beyond it the proxy answers 503 at once.
     max_concurrency: int = Field(1024, ge=1)
     # Proxy calls per minute per client (its token's name, or its address without
@@ -102,6 +107,12 @@ class ServerSettings(_Frozen):
     cors_origins: tuple[str, ...] = ()
     # The header a user id is read from when the body carries none (see gateway.inbound).
     user_id_header: str = Field("x-user-id", pattern=r"^[A-Za-z0-9-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> ServerSettings:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise _KeyError("max_body_bytes_in_flight", "must be at least max_body_bytes, or no such body fits")
+        return self
 
     @field_validator("user_id_header")
     @classmethod

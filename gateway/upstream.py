@@ -48,6 +48,9 @@ _MAX_ERROR_BODY = 65_536
 # An upstream may compress although asked for identity; any other encoding is a bad answer.
 DECODABLE_ENCODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 _BACKOFF_BASE_S = 0.1
+# Request bodies above this size (aiohttp's own threshold) go upstream in pieces.
+_STREAMED_BODY_BYTES = 1 << 20
+_BODY_PIECE_BYTES = 1 << 16
 
 
 def default_transport(kind: Literal["aiohttp", "httpx"], settings: ProviderSettings) -> httpx.AsyncBaseTransport:
@@ -134,8 +137,15 @@ class UpstreamClient:
                 url = self._urls[upstream.path] = httpx.URL(self._base_url + upstream.path)
         else:
             url = httpx.URL(self._base_url + upstream.path)
-        request = httpx.Request(upstream.method, url, headers=upstream.headers, content=upstream.content,
-                                extensions={"timeout": self._timeouts})
+        content = upstream.content
+        if len(content) > _STREAMED_BODY_BYTES:
+            # Sent in pieces: aiohttp writes a large bytes body in one go, blocking the loop (and warns).
+            headers = {**upstream.headers, "host": url.netloc.decode("ascii"), "content-length": str(len(content))}
+            request = httpx.Request(upstream.method, url, headers=headers, stream=_BodyPieces(content),
+                                    extensions={"timeout": self._timeouts})
+        else:
+            request = httpx.Request(upstream.method, url, headers=upstream.headers, content=content,
+                                    extensions={"timeout": self._timeouts})
         response: httpx.Response | None = None
         headers_by = deadline if first_byte_by is None else min(deadline, first_byte_by)
         try:
@@ -246,6 +256,18 @@ def _caused_by_timeout(exc: BaseException) -> bool:
             return True  # raised by httpx's own transport, which means a real timeout
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+class _BodyPieces(httpx.AsyncByteStream):
+    """A request body sent in 64 KiB pieces; iterable again for a retry."""
+
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        view = memoryview(self._content)
+        for start in range(0, len(view), _BODY_PIECE_BYTES):
+            yield bytes(view[start : start + _BODY_PIECE_BYTES])
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:

@@ -17,6 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
+# Request bodies the fakes accept: the real APIs take tens of MB (vision calls).
+MAX_BODY = 64 * 1024 * 1024
+
 
 @dataclass
 class Received:
@@ -104,7 +107,7 @@ class FakeUpstream:
     stream_finished_at: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         self._server = ServerThread(app)
@@ -236,7 +239,7 @@ class WebhookReceiver:
         self.received: list[dict[str, Any]] = []
         self.attempts = 0
         self._fail_first = fail_first
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/hook", self._collect)
         self._server = ServerThread(app)
 
@@ -322,7 +325,7 @@ class FakeAnthropic:
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/v1/messages", self._messages)
         self._server = ServerThread(app)
 
