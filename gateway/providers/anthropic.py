@@ -5,10 +5,14 @@ where Anthropic requires alternation; tool results → `tool_result` blocks;
 image parts → image blocks; function tools and `tool_choice` → Anthropic
 tools; `stop` → `stop_sequences`; `max_tokens` from the request, else the
 version's params, else DEFAULT_MAX_TOKENS (Anthropic requires one).
-Answer: text and `tool_use` blocks → message content and `tool_calls`;
-`stop_reason` → `finish_reason`; usage (with cache tokens) → OpenAI usage.
+Answer: every content block type and `stop_reason` as `gateway.providers.normalise`
+maps it (text → `content`, thinking → `reasoning_content`, tool_use →
+`tool_calls`, a refusal → `refusal` and `content_filter`; an unknown stop
+reason is never "stop"); usage (with cache tokens) → OpenAI usage.
 Stream: Anthropic's events → `chat.completion.chunk` events ending in
-`data: [DONE]`; an `error` event ends the stream with an SSE error event.
+`data: [DONE]`, the same mapping delta by delta (a tool without input gets
+arguments `"{}"`, as in the plain answer); an `error` event ends the stream
+with an SSE error event.
 """
 
 from __future__ import annotations
@@ -29,18 +33,19 @@ from gateway.providers.base import (
     error_body,
     sse_error_event,
 )
+from gateway.providers.normalise import (
+    CONTENT,
+    REASONING,
+    TOOL_CALL,
+    block_role,
+    delta_role,
+    finish_reason,
+    refusal_text,
+)
 
 API_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; used when neither the app nor the version sets one.
 DEFAULT_MAX_TOKENS = 4096
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
 # The HTTP status each of Anthropic's error types comes with (anthropic-sdk-python
 # types/shared/*_error.py and `_make_status_error`), for an error inside a 200 answer.
 ERROR_STATUSES = {
@@ -281,18 +286,37 @@ def _openai_usage(usage: Usage) -> dict[str, Any] | None:
 
 
 def to_chat_completion(message: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+    """An Anthropic `Message` as an OpenAI `chat.completion`, with its usage.
+
+    Each content block goes where `normalise.BLOCKS` says: text → `content`,
+    thinking → `reasoning_content`, tool_use → `tool_calls` (arguments `"{}"`
+    for a tool without input); `stop_reason` → `finish_reason` and, for a
+    refusal, `refusal` (`normalise`).
+    """
     texts: list[str] = []
+    reasoning: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for block in message["content"]:
         if not isinstance(block, dict):
             continue
-        if block.get("type") == "text" and isinstance(block.get("text"), str):
+        role = block_role(block.get("type"))
+        if role == CONTENT and isinstance(block.get("text"), str):
             texts.append(block["text"])
-        elif block.get("type") == "tool_use":
+        elif role == REASONING and isinstance(block.get("thinking"), str):
+            reasoning.append(block["thinking"])
+        elif role == TOOL_CALL:
+            arguments = block.get("input")
             tool_calls.append({"id": block.get("id"), "type": "function", "function": {
-                "name": block.get("name"), "arguments": json.dumps(block.get("input") or {})}})
+                "name": block.get("name"), "arguments": json.dumps(arguments if isinstance(arguments, dict) else {})}})
     usage = anthropic_usage(message.get("usage"))
-    reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None}
+    stop_reason = message.get("stop_reason")
+    reply: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not tool_calls else None,
+        "refusal": refusal_text(stop_reason, message.get("stop_details")),
+    }
+    if reasoning:
+        reply["reasoning_content"] = "".join(reasoning)
     if tool_calls:
         reply["tool_calls"] = tool_calls
     completion = {
@@ -300,14 +324,21 @@ def to_chat_completion(message: Mapping[str, Any]) -> tuple[dict[str, Any], Usag
         "object": "chat.completion",
         "created": int(time.time()),
         "model": message.get("model"),
-        "choices": [{"index": 0, "message": reply,
-                     "finish_reason": FINISH_REASONS.get(str(message.get("stop_reason")), "stop")}],
+        "choices": [{"index": 0, "message": reply, "finish_reason": finish_reason(stop_reason)}],
         "usage": _openai_usage(usage),
     }
     return completion, usage
 
 
 class AnthropicStreamTranslator(StreamTranslator):
+    """Anthropic's `RawMessageStreamEvent`s as `chat.completion.chunk` events, one at a time.
+
+    Blocks and deltas go where `normalise` says; a tool call whose input
+    streamed nothing (a tool without parameters) gets arguments `"{}"` when
+    its block stops, as the plain answer has. Event types Anthropic may add
+    later are skipped, as its versioning policy asks of clients.
+    """
+
     def __init__(self, *, wants_usage: bool, collect_text: bool = False) -> None:
         super().__init__(collect_text=collect_text)
         self._wants_usage = wants_usage
@@ -318,6 +349,8 @@ class AnthropicStreamTranslator(StreamTranslator):
         self._output_tokens: int | None = None
         # Anthropic content block index → OpenAI tool call index.
         self._tools: dict[int, int] = {}
+        # Tool calls (OpenAI index) whose arguments have not streamed a character yet.
+        self._no_arguments: set[int] = set()
 
     def _event(self, event: bytes, terminator: bytes) -> bytes:
         payload = data_of(event)
@@ -337,21 +370,25 @@ class AnthropicStreamTranslator(StreamTranslator):
             self.usage = anthropic_usage(self._input)
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "content_block_start":
-            block = data.get("content_block") or {}
-            if block.get("type") == "tool_use":
-                index = self._tools.setdefault(int(data.get("index", 0)), len(self._tools))
-                return self._chunk({"tool_calls": [{"index": index, "id": block.get("id"), "type": "function",
-                                                    "function": {"name": block.get("name"), "arguments": ""}}]})
-            return b""
+            return self._block_start(data)
         if kind == "content_block_delta":
             return self._delta(data)
+        if kind == "content_block_stop":
+            index = self._tools.get(_int(data.get("index")))
+            if index is not None and index in self._no_arguments:
+                self._no_arguments.discard(index)
+                return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": "{}"}}]})
+            return b""
         if kind == "message_delta":
             usage = data.get("usage") or {}
             if isinstance(usage.get("output_tokens"), int):
                 self._output_tokens = usage["output_tokens"]
                 self.usage = anthropic_usage({**self._input, **usage})
-            reason = (data.get("delta") or {}).get("stop_reason")
-            return self._chunk({}, finish=FINISH_REASONS.get(str(reason), "stop"))
+            delta = data.get("delta") or {}
+            reason = delta.get("stop_reason")
+            refusal = refusal_text(reason, delta.get("stop_details"))
+            closing = self._chunk({"refusal": refusal}) if refusal is not None else b""
+            return closing + self._chunk({}, finish=finish_reason(reason))
         if kind == "message_stop":
             self.done = True
             closing = b""
@@ -369,18 +406,45 @@ class AnthropicStreamTranslator(StreamTranslator):
             return b": ping\n\n"
         return b""
 
+    def _block_start(self, data: Mapping[str, Any]) -> bytes:
+        block = data.get("content_block") or {}
+        role = block_role(block.get("type"))
+        if role == TOOL_CALL:
+            index = self._tools.setdefault(_int(data.get("index")), len(self._tools))
+            given = block.get("input")
+            arguments = json.dumps(given) if isinstance(given, dict) and given else ""
+            if not arguments:
+                self._no_arguments.add(index)
+            self.started = True
+            return self._chunk({"tool_calls": [{"index": index, "id": block.get("id"), "type": "function",
+                                                "function": {"name": block.get("name"), "arguments": arguments}}]})
+        if role == CONTENT and isinstance(block.get("text"), str) and block["text"]:
+            return self._content(block["text"])
+        if role == REASONING and isinstance(block.get("thinking"), str) and block["thinking"]:
+            self.started = True
+            return self._chunk({"reasoning_content": block["thinking"]})
+        return b""
+
     def _delta(self, data: Mapping[str, Any]) -> bytes:
         delta = data.get("delta") or {}
-        if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+        role = delta_role(delta.get("type"))
+        if role == CONTENT and isinstance(delta.get("text"), str):
+            return self._content(delta["text"])
+        if role == REASONING and isinstance(delta.get("thinking"), str):
             self.started = True
-            self._collect(delta["text"])
-            return self._chunk({"content": delta["text"]})
-        if delta.get("type") == "input_json_delta":
-            index = self._tools.get(int(data.get("index", 0)))
-            if index is not None:
-                return self._chunk({"tool_calls": [{"index": index,
-                                                    "function": {"arguments": delta.get("partial_json", "")}}]})
+            return self._chunk({"reasoning_content": delta["thinking"]})
+        if role == TOOL_CALL:
+            index = self._tools.get(_int(data.get("index")))
+            partial = delta.get("partial_json")
+            if index is not None and isinstance(partial, str) and partial:
+                self._no_arguments.discard(index)
+                return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": partial}}]})
         return b""
+
+    def _content(self, text: str) -> bytes:
+        self.started = True
+        self._collect(text)
+        return self._chunk({"content": text})
 
     def _chunk(self, delta: dict[str, Any], *, finish: str | None = None) -> bytes:
         return self._frame({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
@@ -389,3 +453,7 @@ class AnthropicStreamTranslator(StreamTranslator):
     @staticmethod
     def _frame(payload: Mapping[str, Any]) -> bytes:
         return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
