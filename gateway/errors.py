@@ -34,6 +34,8 @@ HTTP status: the one mapping to HTTP answers is `gateway.api.errors`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose.
@@ -157,11 +159,20 @@ class UpstreamStatusError(UpstreamError):
     kind = "status"
 
     def __init__(
-        self, message: str, *, upstream_status: int, code: str | None = None, retry_after: str | None = None
+        self,
+        message: str,
+        *,
+        upstream_status: int,
+        code: str | None = None,
+        retry_after: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message, code=code, param=param)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        # Upstream response headers the client gets too (rate limits, retry hints).
+        self.headers: Mapping[str, str] = dict(headers or {})
 
     @property
     def retryable(self) -> bool:
@@ -173,7 +184,8 @@ class UpstreamRefused(UpstreamStatusError):
     """The provider refused the caller's request (400, 413, 422, 429): relayed as the provider answered.
 
     `error_type` is the provider's error type (OpenAI's `type` field);
-    `retry_after` the provider's Retry-After on 429.
+    `code` and `param` are the provider's, null included; `retry_after` the
+    provider's Retry-After on 429.
     """
 
     def __init__(
@@ -184,8 +196,11 @@ class UpstreamRefused(UpstreamStatusError):
         error_type: str,
         code: str | None = None,
         retry_after: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, upstream_status=upstream_status, code=code, retry_after=retry_after)
+        super().__init__(message, upstream_status=upstream_status, code=code, retry_after=retry_after, param=param,
+                         headers=headers)
         self.error_type = error_type
 
 

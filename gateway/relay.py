@@ -20,7 +20,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -195,6 +195,9 @@ class Relay:
                 answer = call.client.provider.parse_answer(response.content)
             finally:
                 await response.aclose()
+            relayed = call.client.provider.relayed_headers(response.headers)
+            if relayed:
+                answer = replace(answer, headers=relayed)
         self._finish(call, status="ok", http_status=200, usage=answer.usage)
         if call.wanted is not None:
             self._sample(call, call.client.provider.answer_text(answer.content))

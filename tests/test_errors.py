@@ -43,8 +43,9 @@ def test_every_class_in_the_table_comes_before_its_bases() -> None:
         (UpstreamTimeout("late"), 504, "upstream_error", "upstream_timeout"),
         (UpstreamStatusError("bad key", upstream_status=401, code="upstream_error"), 502, "upstream_error",
          "upstream_error"),
+        # A refusal keeps the provider's own code, null included.
         (UpstreamRefused("too long", upstream_status=422, error_type="invalid_request_error"), 422,
-         "invalid_request_error", "upstream_status"),
+         "invalid_request_error", None),
         (UpstreamRefused("slow down", upstream_status=429, error_type="rate_limit_error", code="rate_limit_exceeded"),
          429, "rate_limit_error", "rate_limit_exceeded"),
         (UpstreamOverloaded("overloaded", upstream_status=529, code="overloaded_error"), 503, "server_error",

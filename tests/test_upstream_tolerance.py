@@ -2,7 +2,8 @@
 
 - an upstream that refuses `stream_options` (provider setting `stream_options: false`);
 - an upstream that compresses its answers although asked for identity;
-- an aggregator that answers HTTP 200 with an error body (OpenRouter).
+- an aggregator that answers HTTP 200 with an error body (OpenRouter);
+- errors whose `param`, `code` and rate-limit headers the client needs.
 
 The misbehaving upstream is a real HTTP server on 127.0.0.1 that answers in
 OpenAI's wire shapes (openai-python `types/chat/chat_completion.py`,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +25,9 @@ import pytest
 import zstandard
 from aiohttp import web
 
+from gateway.api.errors import http_status
 from gateway.errors import UpstreamStatusError
-from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.anthropic import AnthropicProvider, openai_duration
 from tests.conftest import Gateway
 from tests.fakes import ServerThread
 
@@ -81,6 +84,10 @@ class OddUpstream:
     error_body: dict[str, Any] | None = None
     # Streams: send this error event after the first chunk, still under HTTP 200.
     error_event: dict[str, Any] | None = None
+    # Answer this status with `error_body` (an error status, unlike the 200 above).
+    status: int = 200
+    # Headers sent with every answer.
+    headers: dict[str, str] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
     accept_encodings: list[str | None] = field(default_factory=list)
 
@@ -102,6 +109,7 @@ class OddUpstream:
 
     def reset(self) -> None:
         self.refuses_stream_options, self.encoding, self.error_body, self.error_event = False, None, None, None
+        self.status, self.headers = 200, {}
         self.received.clear()
         self.accept_encodings.clear()
 
@@ -114,8 +122,8 @@ class OddUpstream:
                                                 "type": "invalid_request_error", "param": None, "code": None}},
                                      status=400)
         if self.error_body is not None:
-            return web.json_response(self.error_body)
-        headers = {"Content-Encoding": self.encoding} if self.encoding else {}
+            return web.json_response(self.error_body, status=self.status, headers=self.headers)
+        headers = {**self.headers, **({"Content-Encoding": self.encoding} if self.encoding else {})}
         if not body.get("stream"):
             data = json.dumps(_completion(body["model"])).encode()
             if self.encoding:
@@ -267,5 +275,82 @@ def test_an_anthropic_error_inside_a_200_answer_keeps_its_status(error_type: str
                        "request_id": "req_1"}).encode()
     with pytest.raises(UpstreamStatusError) as caught:
         AnthropicProvider("claude", api_key="").parse_answer(body)
-    assert caught.value.status == status
+    assert http_status(caught.value) == status
     assert "said the upstream" in caught.value.message
+
+
+# -- errors keep param, code and the rate-limit headers --------------------------------------------
+
+RATE_LIMITS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "0",
+               "x-ratelimit-reset-requests": "120ms", "x-ratelimit-limit-tokens": "30000",
+               "x-ratelimit-remaining-tokens": "29000", "x-ratelimit-reset-tokens": "2s"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_refused_call_keeps_param_code_and_rate_limit_headers(
+    make_gateway: Any, odd: OddUpstream, stream: bool
+) -> None:
+    odd.status = 429
+    odd.headers = {"Retry-After": "1", "retry-after-ms": "1200", **RATE_LIMITS}
+    odd.error_body = {"error": {"message": "Rate limit reached for requests", "type": "requests",
+                                "param": None, "code": "rate_limit_exceeded"}}
+    gateway = _gateway(make_gateway, odd)
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES,
+                                                         "stream": stream})
+    assert answer.status_code == 429
+    assert answer.json()["error"] == {"message": "Rate limit reached for requests", "type": "requests",
+                                      "param": None, "code": "rate_limit_exceeded"}
+    assert answer.headers["retry-after"] == "1" and answer.headers["retry-after-ms"] == "1200"
+    assert {name: answer.headers[name] for name in RATE_LIMITS} == RATE_LIMITS
+
+
+def test_a_bad_request_keeps_the_upstreams_param_and_null_code(make_gateway: Any, odd: OddUpstream) -> None:
+    odd.status = 400
+    odd.error_body = {"error": {"message": "Invalid value for 'top_logprobs'.", "type": "invalid_request_error",
+                                "param": "top_logprobs", "code": None}}
+    gateway = _gateway(make_gateway, odd)
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.openai().chat.completions.create(model="support-bot", messages=MESSAGES)
+    assert caught.value.param == "top_logprobs"
+    assert caught.value.code is None
+    assert caught.value.body == {"message": "Invalid value for 'top_logprobs'.", "type": "invalid_request_error",
+                                 "param": "top_logprobs", "code": None}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_answers_carry_the_upstreams_rate_limit_headers(make_gateway: Any, odd: OddUpstream, stream: bool) -> None:
+    odd.headers = {**RATE_LIMITS, "openai-organization": "org-secret", "set-cookie": "a=b"}
+    gateway = _gateway(make_gateway, odd)
+    with gateway.client() as http:
+        answer = http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES,
+                                                         "stream": stream})
+    assert answer.status_code == 200
+    assert {name: answer.headers[name] for name in RATE_LIMITS} == RATE_LIMITS
+    assert "openai-organization" not in answer.headers and "set-cookie" not in answer.headers
+
+
+def test_anthropic_rate_limit_headers_are_mapped_as_openai_names_them() -> None:
+    reset = (datetime.now(UTC) + timedelta(seconds=90)).isoformat().replace("+00:00", "Z")
+    headers = {"anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "0",
+               "anthropic-ratelimit-requests-reset": reset, "anthropic-ratelimit-tokens-limit": "40000",
+               "anthropic-ratelimit-tokens-remaining": "100", "anthropic-ratelimit-tokens-reset": reset,
+               "anthropic-ratelimit-input-tokens-limit": "30000", "retry-after": "12", "request-id": "req_1"}
+    error = AnthropicProvider("claude", api_key="").error_from(
+        429, json.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}).encode(),
+        headers)
+    assert error.retry_after == "12"
+    relayed = dict(error.headers)
+    assert relayed.pop("x-ratelimit-reset-requests") in ("1m30s", "1m29s")
+    assert relayed.pop("x-ratelimit-reset-tokens") in ("1m30s", "1m29s")
+    assert relayed == {
+        "x-ratelimit-limit-requests": "50", "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-limit-tokens": "40000", "x-ratelimit-remaining-tokens": "100",
+        **{name: value for name, value in headers.items() if name.startswith("anthropic-ratelimit-")},
+    }
+
+
+@pytest.mark.parametrize(("seconds", "written"), [(0.02, "20ms"), (0.9994, "999ms"), (12, "12s"), (12.2, "13s"),
+                                                   (360, "6m0s"), (3723, "1h2m3s"), (-5, "0ms")])
+def test_durations_are_written_as_openai_writes_them(seconds: float, written: str) -> None:
+    assert openai_duration(seconds) == written

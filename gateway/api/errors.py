@@ -77,13 +77,19 @@ def error_body(exc: GatewayError) -> dict[str, Any]:
     _, error_type = _answer(exc)
     if isinstance(exc, UpstreamRefused):
         error_type = exc.error_type
-    code = exc.code_or_kind if isinstance(exc, UpstreamError) else exc.code
+    if isinstance(exc, UpstreamRefused):
+        code = exc.code  # the provider's own, null included
+    else:
+        code = exc.code_or_kind if isinstance(exc, UpstreamError) else exc.code
     return {"message": exc.message, "type": error_type, "param": exc.param, "code": code}
 
 
 def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The HTTP answer for `exc`: OpenAI's error shape, its status, `Retry-After` where given."""
+    """The HTTP answer for `exc`: OpenAI's error shape, its status, `Retry-After` where given, and
+    the upstream's rate-limit headers on an error the provider answered."""
     answer_headers = dict(headers or {})
+    if isinstance(exc, UpstreamStatusError):
+        answer_headers.update(exc.headers)
     if exc.retry_after:
         answer_headers["Retry-After"] = exc.retry_after
     return JSONResponse({"error": error_body(exc)}, status_code=http_status(exc), headers=answer_headers)

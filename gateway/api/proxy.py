@@ -48,14 +48,15 @@ async def chat_completions(request: Request) -> Response:
     try:
         if not chat.stream:
             answer = await services.relay.complete(call)
-            return Response(answer.content, media_type="application/json", headers=headers)
+            return Response(answer.content, media_type="application/json", headers={**answer.headers, **headers})
         upstream = await services.relay.open_stream(call)
     except UpstreamError as exc:
         return error_response(exc, headers=headers)
+    relayed = call.client.provider.relayed_headers(upstream.headers)
     return StreamingResponse(
         services.relay.stream(call, upstream),
         media_type="text/event-stream",
-        headers={**headers, **_STREAM_HEADERS},
+        headers={**relayed, **headers, **_STREAM_HEADERS},
     )
 
 

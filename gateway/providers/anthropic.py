@@ -18,7 +18,9 @@ with an SSE error event.
 from __future__ import annotations
 
 import json
+import math
 import time
+from datetime import UTC, datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -109,16 +111,65 @@ class AnthropicProvider(Provider):
         error = error_body(content, status)
         message, error_type = error.message, error.type
         retry_after = headers.get("retry-after")
+        relayed = self.relayed_headers(headers)
         if status == _OVERLOADED:
             return UpstreamOverloaded(
                 self.scrub(f"upstream provider '{self.name}' is overloaded: {message}")[:2000],
                 upstream_status=status,
                 code=error_type or "overloaded_error",
                 retry_after=retry_after,
+                headers=relayed,
             )
         return self.status_error(
-            status, message, error_type=_openai_type(error_type), code=error_type, retry_after=retry_after
+            status, message, error_type=_openai_type(error_type), code=error_type, retry_after=retry_after,
+            headers=relayed,
         )
+
+    def relayed_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Anthropic's `anthropic-ratelimit-*` headers, and the same limits as OpenAI names them.
+
+        `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` become
+        `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`; a reset time
+        (RFC 3339) becomes OpenAI's duration until it (`"1m30s"`, `"250ms"`).
+        The `anthropic-ratelimit-*` headers are relayed too (the input and
+        output token limits have no OpenAI name).
+        """
+        relayed: dict[str, str] = {}
+        for name, value in headers.items():
+            if not name.startswith("anthropic-ratelimit-"):
+                continue
+            relayed[name] = value
+            kind, _, what = name.removeprefix("anthropic-ratelimit-").rpartition("-")
+            if kind in ("requests", "tokens") and what in ("limit", "remaining", "reset"):
+                openai_value = _until(value) if what == "reset" else value
+                if openai_value is not None:
+                    relayed[f"x-ratelimit-{what}-{kind}"] = openai_value
+        return relayed
+
+
+def _until(moment: str) -> str | None:
+    """The time from now until an RFC 3339 moment, in OpenAI's rate-limit duration format ("6m0s", "20ms")."""
+    try:
+        reset = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if reset.tzinfo is None:
+        return None
+    return openai_duration((reset - datetime.now(UTC)).total_seconds())
+
+
+def openai_duration(seconds: float) -> str:
+    """Seconds as OpenAI writes them in `x-ratelimit-reset-*`: "20ms", "12s", "6m0s", "1h2m3s"."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
 
 
 def _openai_type(anthropic_type: str | None) -> str | None:

@@ -12,7 +12,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import UpstreamRefused, UpstreamStatusError
@@ -41,10 +41,11 @@ class UpstreamRequest:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A complete answer in OpenAI's shape, ready for the client."""
+    """A complete answer in OpenAI's shape, ready for the client, with the upstream headers it relays."""
 
     content: bytes
     usage: Usage
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class StreamTranslator(ABC):
@@ -173,12 +174,15 @@ class Provider(ABC):
         error_type: str | None = None,
         code: str | None = None,
         retry_after: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamStatusError:
         """Classify an upstream error status; the message is scrubbed of keys and capped.
 
         The client's own mistakes (400, 413, 422) and rate limits (429) become
         UpstreamRefused, relayed with the provider's `error_type`, `code` and
-        (on 429) `retry_after`; anything else (the gateway's key refused, the
+        (on 429) `retry_after`, its `param` and the rate-limit `headers`
+        (`relayed_headers`); anything else (the gateway's key refused, the
         version's model unknown, a server fault) is the operator's problem:
         an UpstreamStatusError whose message names the provider and status.
         `status` None: an error the upstream reported inside a 200 answer
@@ -191,6 +195,8 @@ class Provider(ABC):
                 error_type=error_type or "invalid_request_error",
                 code=code,
                 retry_after=retry_after if status == 429 else None,
+                param=param,
+                headers=headers,
             )
         said = f"answered HTTP {status}" if status is not None else "answered with an error"
         return UpstreamStatusError(
@@ -207,7 +213,18 @@ class Provider(ABC):
         the client gets 502 with the upstream's message.
         """
         error = error_body(content, 200)
-        return self.status_error(error.status, error.message, error_type=error.type, code=error.code)
+        return self.status_error(error.status, error.message, error_type=error.type, code=error.code,
+                                 param=error.param)
+
+    def relayed_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The upstream response headers the client gets too: rate limits and retry hints.
+
+        OpenAI's `x-ratelimit-*` and `retry-after-ms` (openai-python reads
+        `retry-after-ms` before `retry-after` to time its retries). `headers`
+        must have lower-case names (httpx's do).
+        """
+        return {name: value for name, value in headers.items()
+                if name.startswith("x-ratelimit-") or name == "retry-after-ms"}
 
 
 def usage_from(data: object, prompt_key: str, completion_key: str) -> Usage:
@@ -235,6 +252,7 @@ class ErrorBody:
     type: str | None = None
     code: str | None = None
     status: int | None = None
+    param: str | None = None
 
 
 def error_body(content: bytes, status: int) -> ErrorBody:
@@ -263,6 +281,7 @@ def error_body(content: bytes, status: int) -> ErrorBody:
         type=text("type"),
         code=text("code"),
         status=http_status("code") or http_status("status"),
+        param=text("param"),
     )
 
 

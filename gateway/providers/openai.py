@@ -92,7 +92,8 @@ class OpenAIProvider(Provider):
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
         error = error_body(content, status)
         return self.status_error(
-            status, error.message, error_type=error.type, code=error.code, retry_after=headers.get("retry-after")
+            status, error.message, error_type=error.type, code=error.code, retry_after=headers.get("retry-after"),
+            param=error.param, headers=self.relayed_headers(headers),
         )
 
 
