@@ -75,9 +75,23 @@ class Sample:
     deployment: str
     version: str
     messages: Sequence[Mapping[str, Any]]
+    # The answer's text: the reply's content, else its refusal.
     answer: str | None
     wants_json: bool = False
     schema: Mapping[str, Any] | None = field(default=None)
+    # The reply as the client got it (the first choice's message, reassembled from a
+    # stream): content, refusal, tool_calls, reasoning_content. None: text only.
+    message: Mapping[str, Any] | None = None
+
+    @property
+    def tool_calls(self) -> list[Mapping[str, Any]]:
+        calls = self.message.get("tool_calls") if self.message is not None else None
+        return [call for call in calls if isinstance(call, Mapping)] if isinstance(calls, list) else []
+
+    @property
+    def refusal(self) -> str | None:
+        refusal = self.message.get("refusal") if self.message is not None else None
+        return refusal if isinstance(refusal, str) and refusal else None
 
 
 class Evaluator(Protocol):
@@ -92,7 +106,8 @@ class NonEmpty:
     source: str
 
     def score(self, sample: Sample) -> float | None:
-        return 1.0 if sample.answer and sample.answer.strip() else 0.0
+        """1 for text that is not blank or a tool call, else 0 (a refusal's text counts: `refusal` judges it)."""
+        return 1.0 if (sample.answer and sample.answer.strip()) or sample.tool_calls else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +116,9 @@ class Refusal:
     phrases: tuple[str, ...]
 
     def score(self, sample: Sample) -> float | None:
+        """0 for a refusal: the reply's `refusal` field, or a refusal phrase opening its text."""
+        if sample.refusal is not None:
+            return 0.0
         opening = " ".join((sample.answer or "")[:_REFUSAL_WINDOW].lower().replace("’", "'").split())
         return 0.0 if any(phrase in opening for phrase in self.phrases) else 1.0
 
@@ -201,9 +219,24 @@ def judge_body(sample: Sample, *, model: str, rubric: str | None, params: Mappin
         "messages": [
             {"role": "system", "content": rubric or DEFAULT_RUBRIC},
             {"role": "user", "content": f"<conversation>\n{conversation}\n</conversation>\n\n"
-                                        f"<answer>\n{sample.answer or ''}\n</answer>"},
+                                        f"<answer>\n{answer_for_judge(sample)}\n</answer>"},
         ],
     }
+
+
+def answer_for_judge(sample: Sample) -> str:
+    """The reply as the judge reads it: its text, each tool call, and a refusal, each on its own lines."""
+    parts: list[str] = []
+    content = sample.message.get("content") if sample.message is not None else sample.answer
+    if isinstance(content, str) and content:
+        parts.append(content)
+    for call in sample.tool_calls:
+        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        assert isinstance(function, Mapping)
+        parts.append(f"[tool call] {function.get('name')}({function.get('arguments') or ''})")
+    if sample.refusal is not None:
+        parts.append(f"[refusal] {sample.refusal}")
+    return "\n".join(parts)
 
 
 _SCORE_IN_JSON = re.compile(r"\{[^{}]*\}")

@@ -34,6 +34,7 @@ from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage
 from gateway.pricing import PriceTable
 from gateway.prompts import build_upstream_body
 from gateway.providers import Answer
+from gateway.providers.assembly import completion_choices, reply_text
 from gateway.providers.base import sse_error_event
 from gateway.quality import QualityMonitor, Wanted
 from gateway.recorder import Recorder
@@ -200,7 +201,7 @@ class Relay:
                 answer = replace(answer, headers=relayed)
         self._finish(call, status="ok", http_status=200, usage=answer.usage)
         if call.wanted is not None:
-            self._sample(call, call.client.provider.answer_text(answer.content))
+            self._sample(call, completion_choices(answer.content))
         return answer
 
     async def open_stream(self, call: Call) -> httpx.Response:
@@ -231,7 +232,7 @@ class Relay:
     async def stream(self, call: Call, response: httpx.Response) -> AsyncIterator[bytes]:
         """Relay the upstream stream event by event; a failure mid-stream ends in an SSE error event."""
         translator = call.client.provider.stream_translator(
-            wants_usage=call.chat.wants_usage, collect_text=call.wanted is not None
+            wants_usage=call.chat.wants_usage, collect=call.wanted is not None
         )
         status: RecordStatus = "client_cancelled"
         error_kind: str | None = "client_cancelled"
@@ -263,7 +264,7 @@ class Relay:
                 error_kind = exc.kind
             status, http_status = ("error" if error_kind else "ok"), 200
             if status == "ok" and call.wanted is not None:
-                self._sample(call, translator.text)
+                self._sample(call, translator.choices or [])
             if tail:
                 yield tail
         finally:
@@ -354,17 +355,25 @@ class Relay:
             },
         )
 
-    def _sample(self, call: Call, answer: str | None) -> None:
-        """Hand an answered call to the quality checks (off the hot path)."""
+    def _sample(self, call: Call, choices: list[dict[str, Any]]) -> None:
+        """Hand an answered call to the quality checks (off the hot path).
+
+        `choices` are the answer's choices as the client got them (reassembled
+        from a stream); the first one is judged.
+        """
         assert self._quality is not None and call.wanted is not None
         json_asked, schema = wants_json(call.chat.body)
+        first = next((choice for choice in choices if choice.get("index", 0) == 0), None)
+        message = first.get("message") if first is not None else None
+        message = message if isinstance(message, dict) else None
         self._quality.submit(
             Sample(
                 request_id=call.request_id,
                 deployment=call.deployment.name,
                 version=call.version.name,
                 messages=call.body["messages"],
-                answer=answer,
+                answer=reply_text(message),
+                message=message,
                 wants_json=json_asked,
                 schema=call.version.response_schema or schema,
             ),

@@ -152,7 +152,7 @@ def chunks_of(raw: bytes) -> list[Any]:
 @pytest.mark.parametrize("piece", [1, 7, 64, len(STREAM)])
 @pytest.mark.parametrize("wants_usage", [False, True])
 def test_stream_translation_at_any_split(piece: int, wants_usage: bool) -> None:
-    translator = AnthropicStreamTranslator(wants_usage=wants_usage, collect_text=True)
+    translator = AnthropicStreamTranslator(wants_usage=wants_usage, collect=True)
     out = b"".join(translator.feed(STREAM[i:i + piece]) for i in range(0, len(STREAM), piece)) + translator.finish()
     chunks = chunks_of(out)
     assert chunks[-1] == "[DONE]"
@@ -167,7 +167,9 @@ def test_stream_translation_at_any_split(piece: int, wants_usage: bool) -> None:
     usage_chunks = [c for c in chunks[:-1] if isinstance(c, dict) and not c["choices"]]
     assert len(usage_chunks) == (1 if wants_usage else 0)
     assert translator.usage == Usage(prompt_tokens=12, completion_tokens=7)
-    assert translator.text == "Héllo world" and translator.error_kind is None and translator.started
+    assert translator.error_kind is None and translator.started
+    [choice] = translator.choices or []
+    assert choice["message"]["content"] == "Héllo world" and choice["finish_reason"] == "tool_calls"
 
 
 def test_an_error_event_ends_the_stream_with_an_error() -> None:

@@ -104,8 +104,8 @@ class AnthropicProvider(Provider):
             return None
         return text if isinstance(text, str) else None
 
-    def stream_translator(self, *, wants_usage: bool, collect_text: bool = False) -> StreamTranslator:
-        return AnthropicStreamTranslator(wants_usage=wants_usage, collect_text=collect_text)
+    def stream_translator(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
+        return AnthropicStreamTranslator(wants_usage=wants_usage, collect=collect)
 
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
         error = error_body(content, status)
@@ -390,8 +390,8 @@ class AnthropicStreamTranslator(StreamTranslator):
     later are skipped, as its versioning policy asks of clients.
     """
 
-    def __init__(self, *, wants_usage: bool, collect_text: bool = False) -> None:
-        super().__init__(collect_text=collect_text)
+    def __init__(self, *, wants_usage: bool, collect: bool = False) -> None:
+        super().__init__(collect=collect)
         self._wants_usage = wants_usage
         self._id = ""
         self._model = ""
@@ -494,12 +494,13 @@ class AnthropicStreamTranslator(StreamTranslator):
 
     def _content(self, text: str) -> bytes:
         self.started = True
-        self._collect(text)
         return self._chunk({"content": text})
 
     def _chunk(self, delta: dict[str, Any], *, finish: str | None = None) -> bytes:
-        return self._frame({"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                            "model": self._model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        self._collect(chunk)
+        return self._frame(chunk)
 
     @staticmethod
     def _frame(payload: Mapping[str, Any]) -> bytes:

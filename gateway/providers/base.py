@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.errors import UpstreamRefused, UpstreamStatusError
 from gateway.models import Usage
+from gateway.providers.assembly import ChunkAssembly
 
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|sk-ant-[A-Za-z0-9_\-*]{6,})")
 # The client-facing status for an upstream error status; anything else is 502.
@@ -63,14 +64,14 @@ class StreamTranslator(ABC):
     # Set once the first event carrying an answer has been produced.
     started: bool = False
     error_kind: str | None = None
-    # The answer's text reassembled from the stream, when asked for (`collect_text`).
-    text: str | None = None
+    # The choices the client was sent, reassembled once the stream ends, when asked for (`collect`).
+    choices: list[dict[str, Any]] | None = None
     # Set by the subclass when the upstream's end-of-stream marker arrived.
     done: bool = False
 
-    def __init__(self, *, collect_text: bool = False) -> None:
+    def __init__(self, *, collect: bool = False) -> None:
         self._buffer = b""
-        self._parts: list[str] | None = [] if collect_text else None
+        self._assembly: ChunkAssembly | None = ChunkAssembly() if collect else None
 
     def feed(self, chunk: bytes) -> bytes:
         buffer = self._buffer + chunk if self._buffer else chunk
@@ -90,16 +91,17 @@ class StreamTranslator(ABC):
             # The upstream ended without the final blank line; judge what it sent.
             tail = self._event(self._buffer + b"\n\n", b"\n\n")
             self._buffer = b""
-        if self._parts is not None:
-            self.text = "".join(self._parts)
+        if self._assembly is not None:
+            self.choices = self._assembly.choices()
         if self.done:
             return tail
         self.error_kind = self.error_kind or "stream_truncated"
         return tail + sse_error_event("the upstream stream ended before it was complete", "stream_truncated")
 
-    def _collect(self, text: str) -> None:
-        if self._parts is not None:
-            self._parts.append(text)
+    def _collect(self, chunk: Mapping[str, Any]) -> None:
+        """Count one `chat.completion.chunk` sent to the client into the reassembled answer."""
+        if self._assembly is not None:
+            self._assembly.add(chunk)
 
     @abstractmethod
     def _event(self, event: bytes, terminator: bytes) -> bytes:
@@ -145,7 +147,8 @@ class Provider(ABC):
         """The text of the first choice of a complete answer, for evaluation."""
 
     @abstractmethod
-    def stream_translator(self, *, wants_usage: bool, collect_text: bool = False) -> StreamTranslator: ...
+    def stream_translator(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
+        """A translator for one streamed call; `collect`: also reassemble what the client is sent."""
 
     @abstractmethod
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:

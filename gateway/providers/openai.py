@@ -86,8 +86,8 @@ class OpenAIProvider(Provider):
         text = message.get("content") if isinstance(message, dict) else None
         return text if isinstance(text, str) else None
 
-    def stream_translator(self, *, wants_usage: bool, collect_text: bool = False) -> StreamTranslator:
-        return OpenAIStreamRelay(wants_usage=wants_usage, collect_text=collect_text)
+    def stream_translator(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
+        return OpenAIStreamRelay(wants_usage=wants_usage, collect=collect)
 
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
         error = error_body(content, status)
@@ -98,8 +98,8 @@ class OpenAIProvider(Provider):
 
 
 class OpenAIStreamRelay(StreamTranslator):
-    def __init__(self, *, wants_usage: bool, collect_text: bool = False) -> None:
-        super().__init__(collect_text=collect_text)
+    def __init__(self, *, wants_usage: bool, collect: bool = False) -> None:
+        super().__init__(collect=collect)
         self._wants_usage = wants_usage
 
     def _event(self, event: bytes, terminator: bytes) -> bytes:
@@ -113,20 +113,19 @@ class OpenAIStreamRelay(StreamTranslator):
             event = self._take_usage(event, payload, terminator)
         elif b'"error"' in payload and _is_error(payload):
             self.error_kind = "stream_error"
-        if self._parts is not None:
-            self._collect_delta(payload)
+        if self._assembly is not None and event:
+            self._collect_chunk(payload)
         if event and not self.started:
             self.started = True
         return event
 
-    def _collect_delta(self, payload: bytes) -> None:
+    def _collect_chunk(self, payload: bytes) -> None:
         try:
-            delta = json.loads(payload)["choices"][0]["delta"]
-        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+            data = json.loads(payload)
+        except (ValueError, RecursionError):
             return
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str):
-            self._collect(content)
+        if isinstance(data, dict):
+            self._collect(data)
 
     def _take_usage(self, event: bytes, payload: bytes, terminator: bytes) -> bytes:
         try:
