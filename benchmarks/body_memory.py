@@ -164,10 +164,10 @@ async def run_budget(args: argparse.Namespace, budget_mb: int, directory: Path, 
 
     print(f"\nbudget max_body_bytes_in_flight = {budget_mb} MiB")
     print(f"  idle:                         RSS {idle[0]:7.1f} MiB")
-    print(f"  {args.oversized} oversized 40 MiB bodies:  RSS {after_oversized[0]:7.1f} MiB, peak {after_oversized[1]:7.1f}"
-          f" MiB; answers {dict(statuses)}")
-    print(f"  {args.rounds}×{args.concurrency} calls with {len(body) / MB:.1f} MiB bodies: RSS {after_photos[0]:7.1f} MiB,"
-          f" peak {after_photos[1]:7.1f} MiB; answers {dict(served)}; {elapsed:.1f} s")
+    print(f"  {args.oversized} oversized 40 MiB bodies:  RSS {after_oversized[0]:7.1f} MiB,"
+          f" peak {after_oversized[1]:7.1f} MiB; answers {dict(statuses)}")
+    print(f"  {args.rounds}×{args.concurrency} calls with {len(body) / MB:.1f} MiB bodies:"
+          f" RSS {after_photos[0]:7.1f} MiB, peak {after_photos[1]:7.1f} MiB; answers {dict(served)}; {elapsed:.1f} s")
 
 
 async def main() -> None:

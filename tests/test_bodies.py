@@ -34,7 +34,7 @@ def test_the_default_limits() -> None:
 
 
 def test_a_budget_smaller_than_one_body_is_refused_at_load() -> None:
-    with pytest.raises(ConfigError, match="server.max_body_bytes_in_flight: must be at least max_body_bytes"):
+    with pytest.raises(ConfigError, match=r"server\.max_body_bytes_in_flight: must be at least max_body_bytes"):
         settings_from_dict({"server": {"max_body_bytes": 2048, "max_body_bytes_in_flight": 1024}})
 
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.families import DEFAULT, OPENAI_REASONING, adapt, openai_family
 from gateway.models import Version
@@ -14,7 +15,7 @@ from gateway.providers.openai import OpenAIProvider
 from tests.conftest import Gateway
 from tests.fakes import FakeUpstream
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 @pytest.mark.parametrize(("model", "family"), [

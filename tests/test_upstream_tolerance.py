@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import json
 import zlib
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 import openai
 import pytest
 import zstandard
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.api.errors import http_status
 from gateway.errors import UpstreamStatusError
@@ -31,7 +32,7 @@ from gateway.providers.anthropic import AnthropicProvider, openai_duration
 from tests.conftest import Gateway
 from tests.fakes import ServerThread
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def _completion(model: str) -> dict[str, Any]:
@@ -238,6 +239,7 @@ def test_an_error_inside_a_200_answer_keeps_its_status_and_message(make_gateway:
     with pytest.raises(openai.RateLimitError) as caught:
         gateway.openai().chat.completions.create(model="support-bot", messages=MESSAGES)
     assert caught.value.status_code == 429
+    assert isinstance(caught.value.body, dict)
     assert caught.value.body["message"] == "Rate limit exceeded: free-models-per-day"
     [row] = gateway.records(1)
     assert (row["status"], row["http_status"]) == ("error", 429)

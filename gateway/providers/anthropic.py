@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import UTC, datetime
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import UpstreamBadResponse, UpstreamOverloaded, UpstreamStatusError
