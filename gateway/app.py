@@ -37,6 +37,7 @@ from gateway.drain import Drain
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.limits import KeyedLimiter
 from gateway.metrics import Metrics, forget_process
+from gateway.migrate import ensure_schema
 from gateway.models import Deployment, Price
 from gateway.passthrough import PassThrough
 from gateway.pricing import PriceTable
@@ -95,7 +96,7 @@ def create_app(
         snapshot = Snapshot(
             store,
             declared=declared,
-            sync=functools.partial(sync_declared, store, deployments=declared, policies=policies),
+            sync=functools.partial(_prepare, settings, store, declared, policies),
             refresh_interval=settings.database.refresh_interval,
             on_change=on_change,
         )
@@ -280,6 +281,14 @@ def _served_routes(app: FastAPI, passthrough_routes: tuple[str, ...]) -> list[st
     walk(app.routes)
     served.extend(f"{route} (pass-through)" for route in passthrough_routes)
     return served
+
+
+async def _prepare(
+    settings: Settings, store: Store, declared: Mapping[str, Deployment], policies: Mapping[str, Any]
+) -> None:
+    """What the snapshot does once the database answers: its schema first, then the declared deployments."""
+    await ensure_schema(settings.database_url, store.engine, apply=settings.database.migrate)
+    await sync_declared(store, deployments=declared, policies=policies)
 
 
 async def sync_declared_at_start(settings: Settings) -> bool:

@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
     serve.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
-    serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
+    serve.add_argument("--no-migrate", action="store_true",
+                       help="never apply pending migrations (at start or later): database.migrate false")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser(
@@ -198,7 +199,13 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     metrics_dir = None
     try:
-        if not args.no_migrate and _apply_migrations(settings):
+        if args.no_migrate:
+            # The workers of --workers N read the file again: the environment carries the choice.
+            os.environ["GATEWAY_MIGRATE"] = "false"
+            settings = settings.model_copy(
+                update={"database": settings.database.model_copy(update={"migrate": False})}
+            )
+        if settings.database.migrate and _apply_migrations(settings):
             asyncio.run(sync_declared_at_start(settings))
         host = args.host or settings.server.host
         port = args.port or settings.server.port

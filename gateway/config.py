@@ -473,6 +473,9 @@ class DatabaseSettings(_Frozen):
     refresh_interval: Duration = 1.0
     # Longest wait of /readyz for the database to answer its probe; beyond it, "unavailable".
     probe_timeout: Duration = 1.0
+    # Apply pending migrations at start and when the database becomes reachable; false: only
+    # `canary-gateway migrate` does (e.g. a migration job), and a schema behind is logged.
+    migrate: bool = True
 
 
 class LoggingSettings(_Frozen):
@@ -595,6 +598,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "GATEWAY_LOG_LEVEL": ("logging", "level"),
     "GATEWAY_USER_ID_SALT": ("user_id_salt",),
     "GATEWAY_SPOOL_DIR": ("recorder", "spool_dir"),
+    "GATEWAY_MIGRATE": ("database", "migrate"),
 }
 
 

@@ -9,19 +9,26 @@ an empty database.
 
 `serve` runs this at every start; when the schema is already at the newest
 revision (the usual case) it answers from one query, without loading Alembic.
+A running gateway whose database was unreachable at start calls
+`ensure_schema` when it first reaches it: it migrates then (or, told not to
+migrate, says in the log that the schema is missing), so a database that was
+never migrated does not read as "unavailable" forever.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import logging
 from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from gateway.errors import MigrationsNotFound
+from gateway.errors import MigrationsNotFound, StoreUnavailable
+
+log = logging.getLogger("gateway.migrate")
 
 _HERE = Path(__file__).resolve().parent
 # Installed from a wheel first, then a source tree (checkout or editable install).
@@ -99,3 +106,37 @@ async def current_revision(database_url: str) -> str | None:
         return None  # no schema yet, or no version table: let Alembic decide
     finally:
         await engine.dispose()
+
+
+async def ensure_schema(database_url: str, engine: AsyncEngine, *, apply: bool) -> None:
+    """Bring a reachable database's schema to the head revision, or say why not.
+
+    `engine` is the gateway's own (for the check); the migration itself runs
+    Alembic in a worker thread. With `apply` false a schema behind the head is
+    logged (once per call) with the command that fixes it. Raises
+    StoreUnavailable when the database cannot be reached, or its schema is
+    behind and not migrated here; MigrationsNotFound for a broken installation.
+    """
+    head = head_revision()
+    try:
+        async with engine.connect() as connection:
+            try:
+                current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+            except DBAPIError:
+                current = None  # no version table: a database never migrated
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from exc
+    if current == head:
+        return
+    found = f"at revision {current}" if current else "empty (never migrated)"
+    if not apply:
+        log.error("the database schema is %s; this gateway needs revision %s: run `canary-gateway migrate`",
+                  found, head)
+        raise StoreUnavailable(f"the database schema is {found}, not at revision {head}")
+    log.warning("the database is reachable and its schema is %s: migrating to revision %s", found, head)
+    try:
+        await asyncio.to_thread(upgrade, database_url)
+    except (DBAPIError, OSError) as exc:
+        # Unreachable again, or another replica migrating at the same moment: the next refresh looks again.
+        raise StoreUnavailable(f"migrating the database failed ({type(exc).__name__})") from exc
+    log.warning("the database schema is now at revision %s", head)

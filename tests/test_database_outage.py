@@ -7,15 +7,17 @@ initdb on a free port), so stopping it disturbs nothing else.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from gateway.config import settings_from_dict
-from gateway.migrate import upgrade
+from gateway.migrate import head_revision, upgrade
 from tests.conftest import Cluster, Gateway, base_config, query
 from tests.fakes import FakeUpstream
 
@@ -178,3 +180,55 @@ def test_readiness_tells_the_truth_about_a_hung_database(cluster: Cluster, fake:
     finally:
         gateway.stop()
     assert {row["id"] for row in rows} == {answer.headers["x-request-id"] for answer in answers}
+
+
+def test_a_database_never_migrated_and_down_at_start_is_migrated_when_it_comes(
+    cluster: Cluster, fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    cluster.stop()  # a fresh cluster: no schema at all, and not running when the gateway starts
+    config: dict[str, Any] = base_config(cluster.url, fake.url, tmp_path / "spool")
+    config["database"] = {"pool_timeout": "1s", "statement_timeout": "2s", "refresh_interval": "200ms"}
+    config["recorder"].update({"max_backoff": "500ms"})
+    gateway = Gateway(settings_from_dict(config)).start()
+    try:
+        with gateway.client() as http:
+            served = [http.post("/v1/chat/completions", json={
+                "model": "support-bot", "messages": MESSAGES, "user": f"u{index}"}) for index in range(5)]
+            assert [answer.status_code for answer in served] == [200] * 5  # on the declared configuration
+            assert http.get("/readyz").json()["status"] == "degraded"
+            cluster.start()
+            deadline = time.monotonic() + 20
+            while http.get("/readyz").json()["status"] != "ready":
+                assert time.monotonic() < deadline, "the gateway did not recover once the database came"
+                time.sleep(0.2)
+            with gateway.admin() as admin:
+                deployment = admin.get("/admin/deployments/support-bot")
+            assert deployment.status_code == 200 and deployment.json()["canary"] == "v2"  # synced, then stored
+        rows = gateway.records(5, timeout=15)
+    finally:
+        gateway.stop()
+    [version] = query(cluster.url, "SELECT version_num FROM alembic_version")
+    assert version["version_num"] == head_revision()
+    assert {row["id"] for row in rows} == {answer.headers["x-request-id"] for answer in served}
+    assert any("empty (never migrated): migrating to revision" in record.getMessage() for record in caplog.records)
+
+
+def test_a_gateway_told_not_to_migrate_says_the_schema_is_missing(
+    cluster: Cluster, fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config: dict[str, Any] = base_config(cluster.url, fake.url, tmp_path / "spool")
+    config["database"] = {"pool_timeout": "1s", "refresh_interval": "200ms", "migrate": False}
+    gateway = Gateway(settings_from_dict(config)).start()
+    try:
+        with gateway.client() as http:
+            assert http.get("/readyz").json()["status"] == "degraded"
+            assert any("run `canary-gateway migrate`" in record.getMessage() for record in caplog.records)
+            assert query(cluster.url, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'") == [{"n": 0}]
+            upgrade(cluster.url)  # the operator's migration job
+            deadline = time.monotonic() + 10
+            while http.get("/readyz").json()["status"] != "ready":
+                assert time.monotonic() < deadline, "the gateway did not notice the migrated schema"
+                time.sleep(0.2)
+    finally:
+        gateway.stop()
