@@ -48,7 +48,8 @@ import math
 import multiprocessing
 import sys
 import time
-from dataclasses import dataclass
+from statistics import NormalDist
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -59,13 +60,13 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from seed_rule import SeedPolicy, WindowNumbers, seed_decide
-
-from gateway.analysis import ArmEvidence, Evidence, LatencyThresholds, Sums, decide
-from gateway.models import RolloutState
-from gateway.policy import RolloutPolicy
+from gateway.analysis import ArmEvidence, Evidence, LatencyThresholds, Sums, decide  # noqa: E402
+from gateway.models import RolloutState  # noqa: E402
+from gateway.policy import RolloutPolicy, next_stage  # noqa: E402
+from seed_rule import SeedPolicy, WindowNumbers, seed_decide  # noqa: E402
 
 CHECK_S = 900.0
+_NORMAL = NormalDist()
 LATENCY_MEDIAN_MS = 1000.0
 LATENCY_SIGMA = 0.5
 COST_MEAN = 0.002
@@ -74,6 +75,9 @@ BASE_ERROR = 0.01
 # Per-user variables (cumulative over the stage) and ratio metrics (pairs of them).
 N, E, M, Q, A, S1, S0, C, FBM, FBQ, EVM, EVQ, JDM, JDQ = range(14)
 METRICS = ((N, E), (M, Q), (A, S1), (A, S0), (A, C), (FBM, FBQ), (EVM, EVQ), (JDM, JDQ))
+_CHOOSE_4 = np.array([1.0, 4.0, 6.0, 4.0, 1.0])
+METRICS_X = np.array([x for x, _ in METRICS], dtype=np.int64)
+METRICS_Y = np.array([y for _, y in METRICS], dtype=np.int64)
 # Trailing-window ring per interval and version: calls, errors, answered, scored, Σquality, Σcost.
 RING = 4
 
@@ -99,97 +103,143 @@ SCENARIOS = (
 
 
 @numba.njit(cache=True)
-def _interval(active: np.ndarray, rate_per_interval: float, alias_prob: np.ndarray, alias: np.ndarray,
-              buckets: np.ndarray, user_quality: np.ndarray, threshold: np.ndarray, slow_p: np.ndarray,
-              error_p: np.ndarray, cost_factor: np.ndarray, quality_factor: np.ndarray, per_user: np.ndarray,
-              sums: np.ndarray, ring: np.ndarray, slot: int, served: np.ndarray, track_users: bool) -> None:
-    """Simulate one check interval of traffic for every active run, updating the stage's sums.
+def _fill(delta: np.ndarray, u_error: float, u_latency: float, z_cost: float, u_source: float, u_eval: float,
+          u_feedback: float, u_evaluator: float, u_judge: float, error_p: float, slow_reference: float,
+          slow_gate: float, cost_factor: float, level: float) -> None:
+    """One call's outcome from its random draws and a version's truth (common random numbers)."""
+    delta[:] = 0.0
+    delta[N] = 1.0
+    if u_error < error_p:
+        delta[E] = 1.0
+        return
+    delta[A] = 1.0
+    if u_latency < slow_gate:
+        delta[S1] = 1.0
+    if u_latency < slow_reference:
+        delta[S0] = 1.0
+    delta[C] = COST_MEAN * cost_factor * math.exp(COST_SIGMA * z_cost - 0.5 * COST_SIGMA * COST_SIGMA)
+    feedback = u_source < 0.05
+    judged = 0.05 <= u_source < 0.10
+    evaluated = u_eval < 0.20
+    if not (feedback or judged or evaluated):
+        return
+    automatic = 0.0
+    count = 0.0
+    if feedback:
+        delta[FBM] = 1.0
+        delta[FBQ] = 1.0 if u_feedback < level else 0.0
+    if evaluated:
+        delta[EVM] = 1.0
+        delta[EVQ] = 1.0 if u_evaluator < level else 0.0
+        automatic += delta[EVQ]
+        count += 1.0
+    if judged:
+        # Binomial(4, level) / 4 by its inverse distribution function.
+        k = 0
+        cumulative = (1.0 - level) ** 4
+        while u_judge > cumulative and k < 4:
+            k += 1
+            cumulative += _CHOOSE_4[k] * level**k * (1.0 - level) ** (4 - k)
+        delta[JDM] = 1.0
+        delta[JDQ] = k / 4.0
+        automatic += delta[JDQ]
+        count += 1.0
+    delta[M] = 1.0
+    delta[Q] = delta[FBQ] if feedback else automatic / count
 
-    Users are drawn with Vose's alias method from the activity weights.
-    slow_p[r, arm, 0 / 1]: chance that an answered call is slower than the
-    stage's latency reference / gate threshold (exact for the lognormal latency).
-    sums[r, arm, metric, :] = units, Σx, Σy, Σx², Σy², Σxy, updated call by call.
+
+@numba.njit(cache=True)
+def _add(delta: np.ndarray, state: np.ndarray, sums: np.ndarray) -> None:
+    """Add one call to a user's stage totals and to its version's Σx, Σy, Σx², Σy², Σxy (and units)."""
+    for m in range(8):
+        xi = METRICS_X[m]
+        yi = METRICS_Y[m]
+        dx = delta[xi]
+        dy = delta[yi]
+        if dx == 0.0 and dy == 0.0:
+            continue
+        x = state[xi]
+        y = state[yi]
+        if x == 0.0 and dx > 0.0:
+            sums[m, 0] += 1.0
+        sums[m, 1] += dx
+        sums[m, 2] += dy
+        sums[m, 3] += 2.0 * x * dx + dx * dx
+        sums[m, 4] += 2.0 * y * dy + dy * dy
+        sums[m, 5] += x * dy + y * dx + dx * dy
+    for v in range(14):
+        state[v] += delta[v]
+
+
+@numba.njit(cache=True)
+def _interval(calls_mean: float, alias_prob: np.ndarray, alias: np.ndarray, buckets: np.ndarray,
+              user_quality: np.ndarray, active: np.ndarray, new_engine: np.ndarray, shared: np.ndarray,
+              threshold: np.ndarray, error_p: np.ndarray, slow_p: np.ndarray, cost_factor: np.ndarray,
+              quality_factor: np.ndarray, shared_slow: np.ndarray, shared_users: np.ndarray,
+              shared_sums: np.ndarray, per_user: np.ndarray, sums: np.ndarray, ring: np.ndarray, slot: int,
+              served: np.ndarray) -> None:
+    """One check interval of one run's traffic, for every lane (scenario × policy × engine) at once.
+
+    Lanes still at the first stage share the stable version's users, answers
+    and sums (their stable traffic is the same); a lane that moved on keeps
+    its own. Outcomes use common random numbers across lanes.
     """
     users = alias.shape[0]
+    lanes = active.shape[0]
     delta = np.zeros(14)
-    for r in range(active.shape[0]):
-        if not active[r]:
-            continue
+    stable_delta = np.zeros(14)
+    for lane in range(lanes):
         for k in range(6):
-            ring[r, slot, 0, k] = 0.0
-            ring[r, slot, 1, k] = 0.0
-        calls = np.random.poisson(rate_per_interval)
-        for _ in range(calls):
-            pick = np.random.random() * users
-            u = int(pick)
-            if pick - u >= alias_prob[u]:
-                u = alias[u]
-            arm = 1 if buckets[r, u] < threshold[r] else 0
-            if arm == 1:
-                served[r] += 1
-            delta[:] = 0.0
-            delta[N] = 1.0
-            if np.random.random() < error_p[arm]:
-                delta[E] = 1.0
-            else:
-                delta[A] = 1.0
-                draw = np.random.random()
-                if draw < slow_p[r, arm, 1]:
-                    delta[S1] = 1.0
-                if draw < slow_p[r, arm, 0]:
-                    delta[S0] = 1.0
-                delta[C] = COST_MEAN * cost_factor[arm] * math.exp(
-                    COST_SIGMA * np.random.normal() - 0.5 * COST_SIGMA * COST_SIGMA)
-                source = np.random.random()
-                feedback = source < 0.05
-                evaluated = np.random.random() < 0.20
-                judged = 0.05 <= source < 0.10
-                if feedback or evaluated or judged:
-                    level = min(max(user_quality[r, u] * quality_factor[arm], 0.0), 1.0)
-                    automatic = 0.0
-                    count = 0.0
-                    if feedback:
-                        delta[FBM] = 1.0
-                        delta[FBQ] = 1.0 if np.random.random() < level else 0.0
-                    if evaluated:
-                        delta[EVM] = 1.0
-                        delta[EVQ] = 1.0 if np.random.random() < level else 0.0
-                        automatic += delta[EVQ]
-                        count += 1.0
-                    if judged:
-                        delta[JDM] = 1.0
-                        delta[JDQ] = np.random.binomial(4, level) / 4.0
-                        automatic += delta[JDQ]
-                        count += 1.0
-                    delta[M] = 1.0
-                    delta[Q] = delta[FBQ] if feedback else automatic / count
-            ring[r, slot, arm, 0] += 1.0
-            ring[r, slot, arm, 1] += delta[E]
-            ring[r, slot, arm, 2] += delta[A]
-            ring[r, slot, arm, 3] += delta[M]
-            ring[r, slot, arm, 4] += delta[Q]
-            ring[r, slot, arm, 5] += delta[C]
-            if not track_users:
+            ring[lane, slot, 0, k] = 0.0
+            ring[lane, slot, 1, k] = 0.0
+    for _ in range(np.random.poisson(calls_mean)):
+        pick = np.random.random() * users
+        u = int(pick)
+        if pick - u >= alias_prob[u]:
+            u = alias[u]
+        u_error = np.random.random()
+        u_latency = np.random.random()
+        z_cost = np.random.normal()
+        u_source = np.random.random()
+        u_eval = np.random.random()
+        u_feedback = np.random.random()
+        u_evaluator = np.random.random()
+        u_judge = np.random.random()
+        # The stable version's answer to this call: the same in every lane (only slow flags differ by stage).
+        _fill(stable_delta, u_error, u_latency, z_cost, u_source, u_eval, u_feedback, u_evaluator, u_judge,
+              BASE_ERROR, shared_slow[0], shared_slow[1], 1.0, min(user_quality[u], 1.0))
+        shared_done = False
+        for lane in range(lanes):
+            if not active[lane]:
                 continue
-            for m in range(8):
-                xi = METRICS_X[m]
-                yi = METRICS_Y[m]
-                dx = delta[xi]
-                dy = delta[yi]
-                if dx == 0.0 and dy == 0.0:
-                    continue
-                x = per_user[r, u, xi]
-                y = per_user[r, u, yi]
-                if x == 0.0 and dx > 0.0:
-                    sums[r, arm, m, 0] += 1.0
-                sums[r, arm, m, 1] += dx
-                sums[r, arm, m, 2] += dy
-                sums[r, arm, m, 3] += 2.0 * x * dx + dx * dx
-                sums[r, arm, m, 4] += 2.0 * y * dy + dy * dy
-                sums[r, arm, m, 5] += x * dy + y * dx + dx * dy
-            for v in range(14):
-                if delta[v] != 0.0:
-                    per_user[r, u, v] += delta[v]
+            arm = 1 if buckets[u] < threshold[lane] else 0
+            if arm == 1:
+                served[lane] += 1
+            if not new_engine[lane]:
+                # The seed's rule reads window counts only (its p95 is drawn at the check).
+                if arm == 0:
+                    outcome = stable_delta
+                else:
+                    level = min(max(user_quality[u] * quality_factor[lane, 1], 0.0), 1.0)
+                    _fill(delta, u_error, u_latency, z_cost, u_source, u_eval, u_feedback, u_evaluator, u_judge,
+                          error_p[lane, 1], 0.0, 0.0, cost_factor[lane, 1], level)
+                    outcome = delta
+                ring[lane, slot, arm, 0] += 1.0
+                ring[lane, slot, arm, 1] += outcome[E]
+                ring[lane, slot, arm, 2] += outcome[A]
+                ring[lane, slot, arm, 3] += outcome[M]
+                ring[lane, slot, arm, 4] += outcome[Q]
+                ring[lane, slot, arm, 5] += outcome[C]
+                continue
+            if shared[lane] and arm == 0:
+                if not shared_done:
+                    _add(stable_delta, shared_users[u], shared_sums)
+                    shared_done = True
+                continue
+            level = min(max(user_quality[u] * quality_factor[lane, arm], 0.0), 1.0)
+            _fill(delta, u_error, u_latency, z_cost, u_source, u_eval, u_feedback, u_evaluator, u_judge,
+                  error_p[lane, arm], slow_p[lane, arm, 0], slow_p[lane, arm, 1], cost_factor[lane, arm], level)
+            _add(delta, per_user[lane, u], sums[lane, arm])
 
 
 def _alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,10 +260,6 @@ def _alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return prob, alias
 
 
-METRICS_X = np.array([x for x, _ in METRICS], dtype=np.int64)
-METRICS_Y = np.array([y for _, y in METRICS], dtype=np.int64)
-
-
 @dataclass
 class Outcome:
     kind: str  # rollback, promote, running
@@ -227,85 +273,130 @@ def _p95_order_statistic(rng: np.random.Generator, n: int, factor: float) -> flo
         return None
     k = 0.95 * (n - 1) + 1
     u = rng.beta(k, n + 1 - k)
-    return float(LATENCY_MEDIAN_MS * factor * math.exp(LATENCY_SIGMA * stats.norm.ppf(u)))
+    return float(LATENCY_MEDIAN_MS * factor * math.exp(LATENCY_SIGMA * _NORMAL.inv_cdf(u)))
 
 
-def simulate(scenario: Scenario, rate: float, min_stage_s: float, engine: str, runs: int, days: float,
-             seed: int, batch: int = 125) -> list[Outcome]:
-    """`runs` rollouts of `scenario` at `rate` calls/hour; engine "new" (decide) or "seed" (seed_rule)."""
+@dataclass(frozen=True)
+class Lane:
+    scenario: int
+    min_stage_s: float
+    engine: str
+
+
+def simulate(rate: float, lanes: list[Lane], runs: int, days: float, seed: int) -> dict[Lane, list[Outcome]]:
+    """`runs` independent runs at `rate` calls/hour; in each, every lane's rollout over the same traffic."""
     rng = np.random.default_rng(seed)
-    np_seed = int(rng.integers(2**31))
-    _seed_numba(np_seed)
+    _seed_numba(int(rng.integers(2**31)))
     users = int(2 * rate)
-    alias_prob, alias = _alias_table(rng.lognormal(0.0, 1.2, users))
-    policy = RolloutPolicy(min_stage_duration=min_stage_s)
-    seed_policy = SeedPolicy(min_stage_duration_s=min_stage_s)
     checks = int(days * 86400 / CHECK_S)
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    error_p = np.array([BASE_ERROR, scenario.error])
-    cost_factor = np.array([1.0, scenario.cost])
-    quality_factor = np.array([1.0, scenario.quality])
-    outcomes: list[Outcome] = []
-    track = engine == "new"
-    for first in range(0, runs, batch):
-        size = min(batch, runs - first)
-        buckets = rng.integers(0, 10000, (size, users)).astype(np.int32)
-        user_quality = np.clip(rng.normal(0.8, 0.1, (size, users)), 0.05, 0.98)
-        per_user = np.zeros((size, users if track else 1, 14))
-        sums = np.zeros((size, 2, 8, 6))
-        ring = np.zeros((size, RING, 2, 6))
-        served = np.zeros(size, dtype=np.int64)
-        active = np.ones(size, dtype=np.bool_)
-        percent = np.full(size, policy.stages[0])
-        stage_start = np.zeros(size)
-        t0 = np.zeros(size)
-        t1 = np.zeros(size)
-        slow_p = np.zeros((size, 2, 2))
-        result: list[Outcome | None] = [None] * size
+    count = len(lanes)
+    policies = {lane: RolloutPolicy(min_stage_duration=lane.min_stage_s) for lane in lanes}
+    seed_policies = {lane: SeedPolicy(min_stage_duration_s=lane.min_stage_s) for lane in lanes}
+    new_engine = np.array([lane.engine == "new" for lane in lanes])
+    error_p = np.array([[BASE_ERROR, SCENARIOS[lane.scenario].error] for lane in lanes])
+    cost_factor = np.array([[1.0, SCENARIOS[lane.scenario].cost] for lane in lanes])
+    quality_factor = np.array([[1.0, SCENARIOS[lane.scenario].quality] for lane in lanes])
+    latency_factor = [(1.0, SCENARIOS[lane.scenario].latency) for lane in lanes]
+    outcomes: dict[Lane, list[Outcome]] = {lane: [] for lane in lanes}
+    first_stage = RolloutPolicy().stages[0]
 
-        def new_stage(r: int, previous: float) -> None:
-            stable_calls = rng.poisson(rate * (1 - previous / 100) * (1 - BASE_ERROR))
-            reference = _p95_order_statistic(rng, int(stable_calls), 1.0) or LATENCY_MEDIAN_MS
-            thresholds = LatencyThresholds.of(reference, policy)
-            t0[r], t1[r] = thresholds.reference_ms, thresholds.gate_ms
-            for arm, factor in ((0, 1.0), (1, scenario.latency)):
-                for index, limit in ((0, t0[r]), (1, t1[r])):
-                    z = (math.log(limit / (LATENCY_MEDIAN_MS * factor))) / LATENCY_SIGMA
-                    slow_p[r, arm, index] = float(stats.norm.sf(z))
-            per_user[r] = 0.0
-            sums[r] = 0.0
+    def slow_chances(reference: float, factor: float, policy: RolloutPolicy) -> tuple[float, float]:
+        thresholds = LatencyThresholds.of(reference, policy)
+        return tuple(1.0 - _NORMAL.cdf(math.log(limit / (LATENCY_MEDIAN_MS * factor)) / LATENCY_SIGMA)
+                     for limit in (thresholds.reference_ms, thresholds.gate_ms))  # type: ignore[return-value]
 
-        for r in range(size):
-            new_stage(r, 0.0)
+    def reference_p95(previous_percent: float) -> float:
+        stable_calls = rng.poisson(rate * (1 - previous_percent / 100) * (1 - BASE_ERROR))
+        return _p95_order_statistic(rng, int(stable_calls), 1.0) or LATENCY_MEDIAN_MS
+
+    for _ in range(runs):
+        alias_prob, alias = _alias_table(rng.lognormal(0.0, 1.2, users))
+        buckets = rng.integers(0, 10000, users).astype(np.int32)
+        user_quality = np.clip(rng.normal(0.8, 0.1, users), 0.05, 0.98)
+        active = np.ones(count, dtype=np.bool_)
+        shared = np.ones(count, dtype=np.bool_)
+        percent = np.full(count, first_stage)
+        stage_start = np.zeros(count)
+        references = np.zeros(count)
+        slow_p = np.zeros((count, 2, 2))
+        shared_users = np.zeros((users, 14))
+        shared_sums = np.zeros((8, 6))
+        per_user = np.zeros((count, users, 14))
+        sums = np.zeros((count, 2, 8, 6))
+        ring = np.zeros((count, RING, 2, 6))
+        served = np.zeros(count, dtype=np.int64)
+        result: list[Outcome | None] = [None] * count
+        shared_reference = reference_p95(0.0)
+        default = RolloutPolicy()
+        shared_slow = np.array(slow_chances(shared_reference, 1.0, default))
+        for index, lane in enumerate(lanes):
+            references[index] = shared_reference
+            for arm in (0, 1):
+                slow_p[index, arm] = slow_chances(shared_reference, latency_factor[index][arm], policies[lane])
         for check in range(checks):
             slot = check % RING
             threshold = np.round(percent * 100).astype(np.int32)
-            _interval(active, rate * CHECK_S / 3600, alias_prob, alias, buckets, user_quality, threshold, slow_p,
-                      error_p, cost_factor, quality_factor, per_user, sums, ring, slot, served, track)
+            _interval(rate * CHECK_S / 3600, alias_prob, alias, buckets, user_quality, active, new_engine, shared,
+                      threshold, error_p, slow_p, cost_factor, quality_factor, shared_slow, shared_users,
+                      shared_sums, per_user, sums, ring, slot, served)
             now_s = (check + 1) * CHECK_S
             now = start + timedelta(seconds=now_s)
-            for r in np.flatnonzero(active).tolist():
-                elapsed = now_s - stage_start[r]
-                if track:
-                    outcome, following = _decide_new(sums[r], t0[r], t1[r], policy, percent[r], now,
-                                                     start + timedelta(seconds=float(stage_start[r])))
+            shared_stable: ArmEvidence | None = None
+            for index in np.flatnonzero(active):
+                lane = lanes[index]
+                if lane.engine == "new":
+                    if shared[index] and shared_stable is None:
+                        shared_stable = _arm_evidence(shared_sums.tolist(), "v1")
+                    stable = shared_stable if shared[index] else _arm_evidence(sums[index, 0].tolist(), "v1")
+                    assert stable is not None
+                    since = start + timedelta(seconds=float(stage_start[index]))
+                    policy = policies[lane]
+                    thresholds = LatencyThresholds.of(float(references[index]), policy)
+                    evidence = Evidence(stable=stable, canary=_arm_evidence(sums[index, 1].tolist(), "v2"),
+                                        since=since, until=now, latency=thresholds)
+                    state = RolloutState(stable="v1", canary="v2", canary_percent=float(percent[index]),
+                                         status="canary", stage_started_at=since)
+                    decision = decide(evidence, policy, state, now)
+                    outcome, following = decision.outcome, decision.next_percent
                 else:
-                    outcome, following = _decide_seed(ring[r], rng, scenario, seed_policy, percent[r], elapsed,
-                                                      min(check + 1, RING))
+                    outcome, following = _decide_seed(ring[index], rng, SCENARIOS[lane.scenario].latency,
+                                                      seed_policies[lane], float(percent[index]),
+                                                      now_s - stage_start[index], min(check + 1, RING))
                 if outcome == "advance":
                     assert following is not None
-                    previous = percent[r]
-                    percent[r] = following
-                    stage_start[r] = now_s
-                    new_stage(r, previous)
+                    previous = float(percent[index])
+                    percent[index] = following
+                    stage_start[index] = now_s
+                    if lane.engine == "new":
+                        shared[index] = False
+                        per_user[index] = 0.0
+                        sums[index] = 0.0
+                        references[index] = reference_p95(previous)
+                        for arm in (0, 1):
+                            slow_p[index, arm] = slow_chances(references[index], latency_factor[index][arm],
+                                                              policies[lane])
                 elif outcome in ("rollback", "promote"):
-                    active[r] = False
-                    result[r] = Outcome(outcome, now_s / 3600, int(served[r]))
+                    active[index] = False
+                    result[index] = Outcome(outcome, now_s / 3600, int(served[index]))
             if not active.any():
                 break
-        for r in range(size):
-            outcomes.append(result[r] or Outcome("running", None, int(served[r])))
+        for index, lane in enumerate(lanes):
+            outcomes[lane].append(result[index] or Outcome("running", None, int(served[index])))
     return outcomes
+
+
+def _arm_evidence(metric: list[list[float]], version: str) -> ArmEvidence:
+    """An `ArmEvidence` from the simulator's sums (metric × units, Σx, Σy, Σx², Σy², Σxy)."""
+    errors = Sums(int(metric[0][0]), *metric[0][1:])
+    return ArmEvidence(
+        version=version, users=errors.units, calls=int(errors.x), errors=errors,
+        quality=Sums(int(metric[1][0]), *metric[1][1:]), slow=Sums(int(metric[2][0]), *metric[2][1:]),
+        slow_reference=Sums(int(metric[3][0]), *metric[3][1:]), cost=Sums(int(metric[4][0]), *metric[4][1:]),
+        actual_cost=metric[4][2],
+        sources={name: Sums(int(metric[i][0]), *metric[i][1:])
+                 for i, name in ((5, "feedback"), (6, "evaluator:relevance"), (7, "judge")) if metric[i][1] > 0},
+    )
 
 
 @numba.njit(cache=True)
@@ -313,31 +404,7 @@ def _seed_numba(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _decide_new(sums: np.ndarray, t0: float, t1: float, policy: RolloutPolicy, percent: float, now: datetime,
-                stage_started: datetime) -> tuple[str, float | None]:
-    rows = sums.tolist()
-
-    def arm(index: int, version: str) -> ArmEvidence:
-        metric = rows[index]
-        errors = Sums(int(metric[0][0]), *metric[0][1:])
-        return ArmEvidence(
-            version=version, users=errors.units, calls=int(errors.x), errors=errors,
-            quality=Sums(int(metric[1][0]), *metric[1][1:]), slow=Sums(int(metric[2][0]), *metric[2][1:]),
-            slow_reference=Sums(int(metric[3][0]), *metric[3][1:]), cost=Sums(int(metric[4][0]), *metric[4][1:]),
-            actual_cost=metric[4][2],
-            sources={name: Sums(int(metric[i][0]), *metric[i][1:])
-                     for i, name in ((5, "feedback"), (6, "evaluator:relevance"), (7, "judge")) if metric[i][1] > 0},
-        )
-
-    evidence = Evidence(stable=arm(0, "v1"), canary=arm(1, "v2"), since=stage_started, until=now,
-                        latency=LatencyThresholds(t0, t1, None))
-    state = RolloutState(stable="v1", canary="v2", canary_percent=float(percent), status="canary",
-                         stage_started_at=stage_started)
-    decision = decide(evidence, policy, state, now)
-    return decision.outcome, decision.next_percent
-
-
-def _decide_seed(ring: np.ndarray, rng: np.random.Generator, scenario: Scenario, policy: SeedPolicy,
+def _decide_seed(ring: np.ndarray, rng: np.random.Generator, latency_factor: float, policy: SeedPolicy,
                  percent: float, elapsed: float, slots: int) -> tuple[str, float | None]:
     window = ring[:slots].sum(axis=0)
 
@@ -350,7 +417,7 @@ def _decide_seed(ring: np.ndarray, rng: np.random.Generator, scenario: Scenario,
             avg_cost=cost / answered if answered else None,
         )
 
-    return seed_decide(stable=numbers(0, 1.0), canary=numbers(1, scenario.latency), policy=policy,
+    return seed_decide(stable=numbers(0, 1.0), canary=numbers(1, latency_factor), policy=policy,
                        percent=float(percent), stage_elapsed_s=elapsed)
 
 
@@ -401,52 +468,66 @@ def summarize(outcomes: list[Outcome]) -> dict[str, str]:
     }
 
 
-def _job(args: tuple[Scenario, float, float, str, int, float, int]) -> tuple[tuple[str, float, float, str],
-                                                                              dict[str, str], float]:
-    scenario, rate, min_stage, engine, runs, days, seed = args
+def _job(args: tuple[float, list[Lane], int, float, int]) -> tuple[float, dict[Lane, list[Outcome]], float]:
+    rate, lanes, runs, days, seed = args
     started = time.perf_counter()
-    outcomes = simulate(scenario, rate, min_stage, engine, runs, days, seed)
-    return (scenario.name, rate, min_stage, engine), summarize(outcomes), time.perf_counter() - started
+    return rate, simulate(rate, lanes, runs, days, seed), time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--days", type=float, default=7.0)
-    parser.add_argument("--rates", default="1000,10000")
+    parser.add_argument("--rates", default="10000,1000")
     parser.add_argument("--engines", default="new,seed")
-    parser.add_argument("--scenarios", default="all", help="comma-separated indexes into the scenario list, or all")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=20, help="runs per job")
     parser.add_argument("--seed", type=int, default=20261129)
-    parser.add_argument("--smoke", action="store_true", help="20 runs, 1 day, 1,000 calls/hour: seconds")
+    parser.add_argument("--table", help="rewrite this file with the table after every job")
+    parser.add_argument("--smoke", action="store_true", help="10 runs, 1 day, 1,000 calls/hour: seconds")
     args = parser.parse_args()
     if args.smoke:
-        args.runs, args.days, args.rates = 20, 1.0, "1000"
-    scenarios = SCENARIOS if args.scenarios == "all" else tuple(SCENARIOS[int(i)] for i in args.scenarios.split(","))
-    jobs = []
-    for index, scenario in enumerate(scenarios):
-        for rate in (float(r) for r in args.rates.split(",")):
-            for min_stage in (86400.0, 3600.0):
-                for engine in args.engines.split(","):
-                    seed = args.seed + index * 1000 + int(rate) + int(min_stage) % 997
-                    jobs.append((scenario, rate, min_stage, engine, args.runs, args.days, seed))
-    print(f"{len(jobs)} rows × {args.runs} runs, {args.days:g} days, checks every 15 min", flush=True)
-    header = ("| canary | calls/h | min_stage | engine | rolled back % | promoted % | still running % | "
-              "median time to decision | median time to rollback | median canary calls before rollback |")
-    rows = []
+        args.runs, args.days, args.rates, args.chunk = 10, 1.0, "1000", 10
+    lanes = [Lane(index, min_stage, engine) for engine in args.engines.split(",")
+             for index in range(len(SCENARIOS)) for min_stage in (86400.0, 3600.0)]
+    rates = [float(rate) for rate in args.rates.split(",")]
+    # Chunks of runs, the rates interleaved so that every row grows as jobs finish.
+    jobs = [(rate, lanes, min(args.chunk, args.runs - first), args.days, args.seed + int(rate) * 7919 + first)
+            for first in range(0, args.runs, args.chunk) for rate in rates]
+    print(f"{len(lanes)} lanes × {args.runs} runs at {', '.join(f'{r:,.0f}' for r in rates)} calls/h, "
+          f"{args.days:g} days, checks every 15 min; {len(jobs)} jobs", flush=True)
+    merged: dict[tuple[float, Lane], list[Outcome]] = {}
+    started = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-        for key, summary, seconds in pool.imap(_job, jobs):
-            name, rate, min_stage, engine = key
-            row = (f"| {name} | {rate:,.0f} | {'24h' if min_stage == 86400 else '1h'} | {engine} | "
-                   f"{summary['rollback']} | {summary['promote']} | {summary['running']} | {summary['decision_h']} | "
-                   f"{summary['rollback_h']} | {summary['exposure']} |")
-            rows.append(row)
-            print(f"{row}  [{seconds:.0f} s]", flush=True)
+        for done, (rate, outcomes, seconds) in enumerate(pool.imap_unordered(_job, jobs), 1):
+            for lane, found in outcomes.items():
+                merged.setdefault((rate, lane), []).extend(found)
+            print(f"job {done}/{len(jobs)} ({rate:,.0f}/h) {seconds:.0f} s; {time.perf_counter() - started:.0f} s "
+                  "elapsed", flush=True)
+            if args.table:
+                Path(args.table).write_text(table(merged, rates, args.engines.split(",")) + "\n")
     print()
-    print(header)
-    print("|" + "---|" * 10)
-    for row in rows:
-        print(row)
+    print(table(merged, rates, args.engines.split(",")))
+
+
+def table(merged: dict[tuple[float, Lane], list[Outcome]], rates: list[float], engines: list[str]) -> str:
+    """The README table: one row per rate, engine, scenario and policy, over the runs done so far."""
+    lines = ["| canary | calls/h | min_stage | engine | runs | rolled back % | promoted % | still running % | "
+             "median time to decision | median time to rollback | median canary calls before rollback |",
+             "|" + "---|" * 11]
+    for rate in rates:
+        for engine in engines:
+            for index, scenario in enumerate(SCENARIOS):
+                for min_stage in (86400.0, 3600.0):
+                    found = merged.get((rate, Lane(index, min_stage, engine)))
+                    if not found:
+                        continue
+                    summary = summarize(found)
+                    lines.append(
+                        f"| {scenario.name} | {rate:,.0f} | {'24h' if min_stage == 86400 else '1h'} | {engine} | "
+                        f"{len(found)} | {summary['rollback']} | {summary['promote']} | {summary['running']} | "
+                        f"{summary['decision_h']} | {summary['rollback_h']} | {summary['exposure']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

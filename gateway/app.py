@@ -8,7 +8,6 @@ when it ends; nothing happens at import time.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import secrets
@@ -69,15 +68,20 @@ def create_app(
                      cache_write=price.cache_write)
         for model, price in settings.pricing.items()
     })
-    salt = settings.user_id_salt.get_secret_value().encode()
-    if not salt:
-        log.warning("user_id_salt is not set: user ids are hashed with a per-process salt")
-        salt = secrets.token_bytes(32)
+    configured_salt = settings.user_id_salt.get_secret_value().encode()
+    for name, deployment in settings.deployments.items():
+        for key in deployment.policy.deprecated_keys():
+            log.warning("deployments.%s.policy.%s is deprecated and ignored (see config.example.yaml)", name, key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics(registry)
-        store = Store(create_engine(settings.database_url, settings.database))
+        # PostgreSQL: the checks' long statements get a pool of their own. SQLite is one file
+        # and one writer: a second pool would only contend for its lock.
+        postgresql = settings.database_url.startswith("postgresql")
+        store = Store(create_engine(settings.database_url, settings.database),
+                      check_engine=create_engine(settings.database_url, settings.database, checks=True)
+                      if postgresql else None)
         clients = {
             name: UpstreamClient(
                 provider,
@@ -93,10 +97,16 @@ def create_app(
                     deployment.rollout.canary_percent if deployment.rollout.canary else 0.0
                 )
 
+        async def first_contact() -> None:
+            """Once the database answers: its schema, the declared deployments, the shared user-id salt."""
+            await _prepare(settings, store, declared, policies)
+            if not configured_salt:
+                relay.use_salt((await store.user_id_salt(secrets.token_hex(32))).encode())
+
         snapshot = Snapshot(
             store,
             declared=declared,
-            sync=functools.partial(_prepare, settings, store, declared, policies),
+            sync=first_contact,
             refresh_interval=settings.database.refresh_interval,
             on_change=on_change,
         )
@@ -115,7 +125,8 @@ def create_app(
             prices=prices,
             recorder=recorder,
             metrics=metrics,
-            user_id_salt=salt,
+            # Until the database answers: a salt of this process only (the shared one replaces it).
+            user_id_salt=configured_salt or secrets.token_bytes(32),
             max_concurrency=settings.server.max_concurrency,
             quality=quality,
             access_log=settings.logging.access_log,

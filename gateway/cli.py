@@ -293,12 +293,15 @@ def _status(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     result = _admin(args, "GET", f"/admin/deployments/{args.deployment}/compare?hours={args.hours:g}")
+    decision = _admin(args, "GET", f"/admin/deployments/{args.deployment}/decision")
+    result["stage"] = decision if decision.get("decision") else None
     print("\n".join(compare_table(result, f"last {args.hours:g} h")))
     return 0
 
 
 def compare_table(result: dict[str, Any], period: str) -> list[str]:
-    """The seed's compare table (SPEC 7) as plain lines, from a `GET .../compare` answer."""
+    """The seed's compare table (SPEC 7) as plain lines, from a `GET .../compare` answer; with a
+    `stage` (a `GET .../decision` answer), the stage's intervals per metric after it."""
     stable, canary, diff = result["stable"], result["canary"] or {}, result["diff_pct"]
     lines = [f"{result['deployment']}: {stable['version']} (stable) vs {canary.get('version', 'no canary')}, {period}",
              f"{'Metric':<20}{'Stable':>11}{'Canary':>11}{'Diff':>11}",
@@ -309,6 +312,17 @@ def compare_table(result: dict[str, Any], period: str) -> list[str]:
         change = diff.get(key)
         lines.append(f"{label:<20}{_cell(stable[key]):>11}{_cell(canary.get(key)):>11}"
                      f"{'-' if change is None else f'{change:+.1f}%':>11}")
+    stage = result.get("stage")
+    if stage:
+        lines.append("")
+        lines.append("This stage, canary / stable with anytime-valid bounds:")
+        lines.append(f"{'Metric':<22}{'Role':<10}{'Ratio':>8}{'Interval':>20}{'Threshold':>11}  Verdict")
+        for test in stage["metrics"]:
+            interval = "-" if test["lower"] is None else f"[{test['lower']:.3g}, {test['upper']:.3g}]"
+            estimate = "-" if test["estimate"] is None else f"{test['estimate']:.3g}"
+            lines.append(f"{test['metric']:<22}{test['role']:<10}{estimate:>8}{interval:>20}"
+                         f"{test['threshold']:>11g}  {test['verdict']}")
+        lines.append(f"Decision now: {stage['summary']}")
     return lines
 
 

@@ -10,7 +10,6 @@ whose message starts with the key path, e.g.
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 import socket
@@ -33,43 +32,13 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 from gateway.models import Deployment, RolloutState, Version
+from gateway.policy import Duration, DurationOrZero, RolloutPolicy, parse_duration
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+__all__ = ["Duration", "DurationOrZero", "RolloutPolicy", "Settings", "load_settings", "parse_duration", "settings_from_dict"]
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
-
-
-def parse_duration(value: object, *, zero: bool = False) -> float:
-    """`500ms`, `30s`, `15m`, `1h`, `1d` or a bare number of seconds → seconds.
-
-    Raises ValueError for anything else, for a negative or non-finite value,
-    and for zero unless `zero` is true (a setting where zero means "none").
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 500ms, 30s, 15m, 1h or 1d")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"expected a duration like 500ms, 30s, 15m, 1h or 1d, got {value!r}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("a duration must be a finite number of seconds, zero or more")
-    if seconds == 0 and not zero:
-        raise ValueError("must be longer than zero: zero has no meaning for this setting")
-    return seconds
-
-
-def _duration_or_zero(value: object) -> float:
-    return parse_duration(value, zero=True)
-
-
-# A time span that must be positive (an interval, a timeout, a window).
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-# A time span where zero means "none" (no minimum, no delay, no grace).
-DurationOrZero = Annotated[float, BeforeValidator(_duration_or_zero)]
 
 
 class _Frozen(BaseModel):
@@ -260,48 +229,6 @@ class PriceSettings(_Frozen):
     cache_write: float | None = Field(None, ge=0)
 
 
-class PromoteWhen(_Frozen):
-    quality_ratio_min: float = 0.95
-    p95_latency_ratio_max: float = 1.20
-    cost_ratio_max: float = 1.30
-    latency_slack_ms: float = 50.0
-
-
-class RollbackWhen(_Frozen):
-    quality_ratio_below: float = 0.90
-    error_rate_ratio_above: float = 2.0
-    error_rate_floor: float = 0.01
-
-
-class PolicySettings(_Frozen):
-    stages: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
-    check_interval: Duration = 900.0
-    window: Duration = 3600.0
-    min_stage_duration: DurationOrZero = 86400.0
-    min_requests: int = Field(100, ge=1)
-    promote_when: PromoteWhen = PromoteWhen()
-    rollback_when: RollbackWhen = RollbackWhen()
-
-    @field_validator("stages")
-    @classmethod
-    def _increasing(cls, stages: tuple[float, ...]) -> tuple[float, ...]:
-        if not stages:
-            raise ValueError("at least one stage is needed")
-        for stage in stages:
-            if not 0 < stage <= 100:
-                raise ValueError(f"stage {stage} is outside (0, 100]")
-            if round(stage, 2) != stage:
-                raise ValueError(f"stage {stage} has more than two decimals")
-        if list(stages) != sorted(set(stages)):
-            raise ValueError("stages must be strictly increasing")
-        return stages
-
-
-def policy_of(stored: Mapping[str, Any]) -> PolicySettings:
-    """A policy from its stored JSON form; the defaults when none was stored."""
-    return PolicySettings.model_validate(stored) if stored else PolicySettings()
-
-
 class FewShotMessage(_Frozen):
     role: Literal["user", "assistant"]
     content: str
@@ -413,7 +340,7 @@ class DeploymentSettings(_Frozen):
     stable: str
     canary: str | None = None
     versions: dict[str, VersionSettings]
-    policy: PolicySettings = PolicySettings()
+    policy: RolloutPolicy = RolloutPolicy()
     quality: QualitySettings = QualitySettings()
     # Requests without a user id: "stable" (sticky, deterministic) or
     # "random" (split by the percentage per request, not sticky).
@@ -469,6 +396,9 @@ class DatabaseSettings(_Frozen):
     max_overflow: int = Field(5, ge=0)
     pool_timeout: Duration = 5.0
     statement_timeout: Duration = 5.0
+    # PostgreSQL: the longest a rollout check's statements may run (per-user sums over a whole
+    # stage); the checks use a pool of their own with this bound.
+    check_timeout: Duration = 120.0
     # How often each replica checks the rollout state for changes.
     refresh_interval: Duration = 1.0
     # Longest wait of /readyz for the database to answer its probe; beyond it, "unavailable".
@@ -692,5 +622,6 @@ def declared_deployments(settings: Settings) -> dict[str, Deployment]:
             canary_percent=declared.policy.stages[0] if declared.canary else 0.0,
             status="canary" if declared.canary else "stable",
         )
-        deployments[name] = Deployment(name=name, versions=versions, rollout=rollout, anonymous=declared.anonymous)
+        deployments[name] = Deployment(name=name, versions=versions, rollout=rollout, anonymous=declared.anonymous,
+                                       policy=declared.policy)
     return deployments

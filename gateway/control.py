@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway import rollout
-from gateway.config import PolicySettings, policy_of
 from gateway.errors import ConfigError, Conflict, InvalidRequest, NotFound
 from gateway.models import Deployment, RolloutEvent, RolloutState, Version, WindowStats
 from gateway.snapshot import Snapshot
@@ -61,7 +60,7 @@ class ControlPlane:
     async def start_canary(self, *, deployment: str, version: str, percent: float | None, actor: str,
                            reason: str | None, revision: int | None = None) -> Deployment:
         def start(current: Deployment) -> RolloutState:
-            stages = _policy(current).stages
+            stages = current.policy.stages
             return rollout.start_canary(current, version=version, percent=percent, stages=stages, now=self._clock())
 
         return await self._change(deployment, "canary_started", actor, reason, start, revision)
@@ -69,7 +68,7 @@ class ControlPlane:
     async def set_percent(self, *, deployment: str, percent: float, actor: str, reason: str | None,
                           revision: int | None = None) -> Deployment:
         def move(current: Deployment) -> RolloutState:
-            return rollout.set_percent(current, percent=percent, stages=_policy(current).stages, now=self._clock())
+            return rollout.set_percent(current, percent=percent, stages=current.policy.stages, now=self._clock())
 
         return await self._change(deployment, "percent_set", actor, reason, move, revision)
 
@@ -168,8 +167,7 @@ def diff_pct(stable: float | None, canary: float | None) -> float | None:
     return round((canary - stable) / stable * 100, 2)
 
 
-def _policy(deployment: Deployment) -> PolicySettings:
-    return policy_of(deployment.policy)
+
 
 
 async def sync_declared(

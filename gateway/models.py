@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from gateway.policy import RolloutPolicy
+
 PromptMode = Literal["replace", "prepend", "append"]
 RolloutStatus = Literal["stable", "canary", "promoted", "rolled_back"]
 # What a running rollout is: a canary judged and moved by the checks, or an A/B test that is only reported on.
@@ -90,8 +92,7 @@ class Deployment:
     versions: Mapping[str, Version]
     rollout: RolloutState
     anonymous: Literal["stable", "random"] = "stable"
-    # The rollout policy in its JSON form (see config.PolicySettings).
-    policy: Mapping[str, Any] = field(default_factory=dict)
+    policy: RolloutPolicy = RolloutPolicy()
 
 
 @dataclass(frozen=True, slots=True)

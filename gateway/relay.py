@@ -388,6 +388,10 @@ class Relay:
             log.warning("no price for model %r in the pricing table; its cost is not recorded", model)
         return price
 
+    def use_salt(self, salt: bytes) -> None:
+        """Hash user ids with `salt` from now on (the salt all replicas share, from the database)."""
+        self._salt = salt
+
     def _hash_user(self, user: str | None) -> str | None:
         if user is None:
             return None

@@ -1,53 +1,78 @@
 """The rollout check: store → analysis.decide → store, alerts, metrics.
 
 APScheduler runs `RolloutChecker.check` for each deployment every
-`policy.check_interval`. Every replica schedules it; the store's decision
-lock lets one replica decide at a time, and the decision is stored with a
-compare-and-set on the rollout revision, so a racing admin change or a
-second replica can never apply it twice.
+`policy.check_interval`. Every replica schedules it. A check runs in one
+decision session of the store (`Store.decision_session`): the decision lock,
+the reads (the deployment, the stage's per-user evidence) and the write (a
+compare-and-set on the rollout revision with its audit event) on one
+connection and one transaction. One replica decides at a time, a racing
+admin change makes the write fail instead of applying twice, and a replica
+that lost its database session cannot apply anything. Webhooks, metrics and
+the routing refresh follow only a committed decision.
+
+A store error holds: the check is skipped and tried again at the next
+interval, never turned into a rollback. With `policy.mode: dry_run` the
+decision is recorded as a `dry_run` event and nothing else happens.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from gateway import rollout
 from gateway.alerts import Alerts, alert_text
-from gateway.analysis import window_rule as analysis
-from gateway.analysis.window_rule import Decision
-from gateway.config import PolicySettings, policy_of
-from gateway.errors import Conflict, StoreUnavailable
+from gateway.analysis import Decision, Evidence, decide
+from gateway.errors import Conflict, NotFound, StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.models import Deployment, RolloutEvent, RolloutState, WindowStats
+from gateway.models import Deployment, RolloutEvent, RolloutState
 from gateway.snapshot import Snapshot
-from gateway.store import Store
+from gateway.store import DecisionSession, Store
 
 log = logging.getLogger("gateway.scheduler")
 
 ACTOR = "scheduler"
 # The event action written for each decision.
-ACTIONS = {"rollback": "rolled_back", "advance": "advanced", "promote": "promoted", "hold": "hold",
-           "inconclusive": "inconclusive"}
-# Recent events scanned to record a hold/inconclusive at most once per stage.
+ACTIONS = {"rollback": "rolled_back", "advance": "advanced", "promote": "promoted", "hold": "hold"}
+# Recent events scanned to record a hold (or a dry-run decision) at most once per rollout revision.
 _RECENT = 50
 
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
+    """One check's outcome as POST /admin/check reports it."""
+
     deployment: str
     decision: str
     reasons: tuple[str, ...]
     applied: bool
+    summary: str = ""
+    dry_run: bool = False
+    alerts: tuple[str, ...] = ()
+    metrics: tuple[dict[str, Any], ...] = field(default=())
 
     def public(self) -> dict[str, Any]:
-        return {"deployment": self.deployment, "decision": self.decision, "reasons": list(self.reasons),
-                "applied": self.applied}
+        return {"deployment": self.deployment, "decision": self.decision, "summary": self.summary,
+                "reasons": list(self.reasons), "applied": self.applied, "dry_run": self.dry_run,
+                "alerts": list(self.alerts), "metrics": list(self.metrics)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What a session decided and wrote; what to do once it committed."""
+
+    result: CheckResult
+    before: RolloutState
+    after: RolloutState | None = None
+    action: str | None = None
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    # Alert kinds to send once committed (a hold's first sample ratio mismatch, timeout, ...).
+    notify: tuple[str, ...] = ()
 
 
 def utc_now() -> datetime:
@@ -71,103 +96,149 @@ class RolloutChecker:
         self._clock = clock
 
     async def check_all(self) -> list[CheckResult]:
-        """Check every deployment with a running canary now (POST /admin/check)."""
+        """Check every deployment with a running canary now (POST /admin/check).
+
+        A deployment whose check meets a store error is reported as a hold
+        that was not applied; raises StoreUnavailable only when the list of
+        deployments cannot be read.
+        """
         results = []
         for name, deployment in sorted((await self._store.load_deployments()).items()):
-            if deployment.rollout.status == "canary":
+            if deployment.rollout.status != "canary":
+                continue
+            try:
                 result = await self.check(name)
-                if result is not None:
-                    results.append(result)
+            except StoreUnavailable as exc:
+                result = CheckResult(name, "hold", (f"store error: {exc}: hold, nothing decided",), False,
+                                     summary="store error → hold")
+            if result is not None:
+                results.append(result)
         return results
 
     async def check(self, name: str) -> CheckResult | None:
-        """Decide for one deployment; None when there is nothing to decide or another replica is deciding."""
-        async with self._store.decision_lock(name) as mine:
-            if not mine:
+        """Decide for one deployment and apply it; None when nothing runs or another replica is deciding.
+
+        Raises StoreUnavailable when the database fails during the check:
+        nothing of the check is then committed.
+        """
+        async with self._store.decision_session(name) as session:
+            if session is None:
                 log.info("another replica is checking %s", name)
                 return None
-            deployment = await self._store.get_deployment(name)
+            deployment = await session.deployment()
             if deployment is None or deployment.rollout.status != "canary" or deployment.rollout.canary is None:
                 return None
-            return await self._decide(deployment)
+            outcome = await self._decide(session, deployment)
+        # Committed: only now may the world hear of it.
+        self._after_commit(deployment, outcome)
+        if outcome.after is not None:
+            await self._snapshot.refresh_now()
+        return outcome.result
+
+    async def preview(self, name: str) -> dict[str, Any]:
+        """What a check would decide now, changing nothing (GET /admin/deployments/{name}/decision).
+
+        Raises NotFound for an unknown deployment.
+        """
+        deployment = await self._store.get_deployment(name)
+        if deployment is None:
+            raise NotFound(f"deployment '{name}' does not exist")
+        state = deployment.rollout
+        answer: dict[str, Any] = {"deployment": name, "mode": deployment.policy.mode, "changes_nothing": True,
+                                  "state": state.public()}
+        if state.status != "canary" or state.canary is None:
+            return {**answer, "running": False, "decision": None,
+                    "message": f"no canary is running (status: {state.status}): nothing to decide"}
+        now = self._clock()
+        evidence = await self._store.stage_evidence(
+            deployment=name, stable=state.stable, canary=state.canary, since=state.stage_started_at or now,
+            until=now, policy=deployment.policy)
+        decision = decide(evidence, deployment.policy, state, now)
+        return {**answer, "running": True, **decision.public(), "evidence": evidence.public()}
 
     async def run_scheduled(self, name: str) -> None:
         """The APScheduler job: a failure is logged, and the next interval tries again."""
         try:
             await self.check(name)
         except StoreUnavailable as exc:
-            log.warning("rollout check of %s skipped: %s", name, exc)
+            log.warning("rollout check of %s: store error, holding (%s)", name, exc)
         except Exception:
             log.exception("rollout check of %s failed", name)
 
-    async def _decide(self, deployment: Deployment) -> CheckResult:
+    async def _decide(self, session: DecisionSession, deployment: Deployment) -> _Outcome:
         state = deployment.rollout
         assert state.canary is not None
-        policy = policy_of(deployment.policy)
+        policy = deployment.policy
         now = self._clock()
-        since = now - timedelta(seconds=policy.window)
-        stable = await self._store.window_stats(deployment=deployment.name, version=state.stable, since=since)
-        canary = await self._store.window_stats(deployment=deployment.name, version=state.canary, since=since)
-        elapsed = (now - state.stage_started_at).total_seconds() if state.stage_started_at else 0.0
-        decision = analysis.decide(
-            stable=stable, canary=canary, policy=policy, percent=state.canary_percent, stage_elapsed_s=elapsed
-        )
+        evidence = await session.evidence(stable=state.stable, canary=state.canary,
+                                          since=state.stage_started_at or now, until=now, policy=policy)
+        decision = decide(evidence, policy, state, now)
         self._metrics.decisions.labels(deployment=deployment.name, outcome=decision.outcome).inc()
-        snapshot = _snapshot(stable, canary, policy, state, decision)
+        dry_run = policy.mode == "dry_run"
+        snapshot = _snapshot(state, decision, evidence, dry_run)
         reasons = decision.reasons
-        applied = False
-        if decision.outcome in ("hold", "inconclusive"):
-            await self._note_once(deployment, decision, snapshot)
-        elif state.paused:
-            reasons = (*reasons, "rollout is paused: decision not applied")
-        else:
-            applied = await self._apply(deployment, decision, snapshot, now)
-            if not applied:
-                reasons = (*reasons, "the rollout changed meanwhile: decision not applied")
-        log.info("rollout check", extra={"deployment": deployment.name, "decision": decision.outcome,
-                                         "applied": applied})
-        return CheckResult(deployment.name, decision.outcome, reasons, applied)
 
-    async def _apply(self, deployment: Deployment, decision: Decision, snapshot: dict[str, Any],
-                     now: datetime) -> bool:
-        state = deployment.rollout
+        def result(applied: bool, extra: tuple[str, ...] = ()) -> CheckResult:
+            return CheckResult(deployment.name, decision.outcome, (*reasons, *extra), applied, decision.summary,
+                               dry_run, decision.alerts, tuple(test.public() for test in decision.tests))
+
+        log.info("rollout check", extra={"deployment": deployment.name, "decision": decision.outcome,
+                                         "summary": decision.summary, "dry_run": dry_run})
+        if dry_run:
+            await self._note_once(session, deployment, "dry_run", decision, snapshot)
+            return _Outcome(result(False, ("dry run: decision recorded, not applied",)), state)
+        if decision.outcome == "hold":
+            noted = await self._note_once(session, deployment, "hold", decision, snapshot)
+            return _Outcome(result(False), state, snapshot=snapshot, notify=decision.alerts if noted else ())
+        if state.paused:
+            return _Outcome(result(False, ("rollout is paused: decision not applied",)), state)
         after = _next_state(deployment, decision, now)
         action = ACTIONS[decision.outcome]
         event = RolloutEvent(deployment=deployment.name, action=action, actor=ACTOR, before=state.public(),
-                             after=after.public(), reason="; ".join(decision.reasons), snapshot=snapshot, at=now)
+                             after=after.public(), reason=decision.summary, snapshot=snapshot, at=now)
         try:
-            await self._store.apply_rollout(expected_revision=state.revision, state=after, event=event)
+            await session.apply(expected_revision=state.revision, state=after, event=event)
         except Conflict:
-            return False
-        await self._snapshot.refresh_now()
-        if decision.outcome == "rollback":
-            self._metrics.rollbacks.labels(deployment=deployment.name).inc()
-        elif decision.outcome == "promote":
-            self._metrics.promotions.labels(deployment=deployment.name).inc()
-        before, later = state.public(), after.public()
-        self._alerts.send({
-            "text": alert_text(deployment.name, action, before, later, decision.reasons),
-            "deployment": deployment.name,
-            "decision": decision.outcome,
-            "from": before,
-            "to": later,
-            "reasons": list(decision.reasons),
-            "snapshot": snapshot,
-        })
-        return True
+            return _Outcome(result(False, ("the rollout changed meanwhile: decision not applied",)), state)
+        return _Outcome(result(True), state, after, action, snapshot)
 
-    async def _note_once(self, deployment: Deployment, decision: Decision, snapshot: dict[str, Any]) -> None:
-        """Record a hold or inconclusive once per rollout revision, so repeats do not fill the table."""
-        action = ACTIONS[decision.outcome]
-        recent = await self._store.list_events(deployment=deployment.name, limit=_RECENT)
+    def _after_commit(self, deployment: Deployment, outcome: _Outcome) -> None:
+        name = deployment.name
+        result = outcome.result
+        if outcome.after is not None and outcome.action is not None:
+            if result.decision == "rollback":
+                self._metrics.rollbacks.labels(deployment=name).inc()
+            elif result.decision == "promote":
+                self._metrics.promotions.labels(deployment=name).inc()
+            before, later = outcome.before.public(), outcome.after.public()
+            self._alerts.send({
+                "text": alert_text(name, outcome.action, before, later, (result.summary,)),
+                "deployment": name, "decision": result.decision, "from": before, "to": later,
+                "reasons": list(result.reasons), "snapshot": outcome.snapshot,
+            })
+        elif outcome.notify:
+            state = outcome.before.public()
+            self._alerts.send({
+                "text": f":warning: {name}: rollout held ({', '.join(outcome.notify)})\n• {result.summary}",
+                "deployment": name, "decision": "hold", "alerts": list(outcome.notify), "from": state, "to": state,
+                "reasons": list(result.reasons), "snapshot": outcome.snapshot,
+            })
+
+    async def _note_once(self, session: DecisionSession, deployment: Deployment, action: str, decision: Decision,
+                         snapshot: dict[str, Any]) -> bool:
+        """Record a hold or dry-run decision once per revision, outcome and alerts; True when recorded now."""
         revision = deployment.rollout.revision
-        if any(e.action == action and (e.snapshot or {}).get("revision") == revision for e in recent):
-            return
+        key = [decision.outcome, sorted(decision.alerts)]
+        for event in await session.recent_events(_RECENT):
+            seen = event.snapshot or {}
+            if (event.action == action and seen.get("revision") == revision
+                    and [seen.get("decision"), sorted(seen.get("alerts", []))] == key):
+                return False
         state = deployment.rollout.public()
-        await self._store.record_event(RolloutEvent(
-            deployment=deployment.name, action=action, actor=ACTOR, before=state, after=state,
-            reason="; ".join(decision.reasons), snapshot=snapshot,
-        ))
+        prefix = f"dry run, would {decision.outcome}: " if action == "dry_run" else ""
+        await session.record(RolloutEvent(deployment=deployment.name, action=action, actor=ACTOR, before=state,
+                                          after=state, reason=prefix + decision.summary, snapshot=snapshot))
+        return True
 
 
 def _next_state(deployment: Deployment, decision: Decision, now: datetime) -> RolloutState:
@@ -176,19 +247,17 @@ def _next_state(deployment: Deployment, decision: Decision, now: datetime) -> Ro
     if decision.outcome == "promote":
         return rollout.promote(deployment, now=now)
     assert decision.next_percent is not None
-    stages = policy_of(deployment.policy).stages
-    return rollout.set_percent(deployment, percent=decision.next_percent, stages=stages, now=now)
+    return rollout.set_percent(deployment, percent=decision.next_percent, stages=deployment.policy.stages, now=now)
 
 
-def _snapshot(stable: WindowStats, canary: WindowStats, policy: PolicySettings, state: RolloutState,
-              decision: Decision) -> dict[str, Any]:
+def _snapshot(state: RolloutState, decision: Decision, evidence: Evidence, dry_run: bool) -> dict[str, Any]:
+    """What an event keeps of a check: the decision explained per metric, and the evidence behind it."""
     return {
         "revision": state.revision,
         "canary_percent": state.canary_percent,
-        "window_s": policy.window,
-        "stable": stable.public(),
-        "canary": canary.public(),
-        "reasons": list(decision.reasons),
+        "dry_run": dry_run,
+        **decision.public(),
+        "evidence": evidence.public(),
     }
 
 
@@ -205,7 +274,7 @@ class CheckScheduler:
         self._scheduler.start()
 
     def schedule(self, name: str, deployment: Deployment) -> None:
-        policy = policy_of(deployment.policy)
+        policy = deployment.policy
         self._scheduler.add_job(
             self._checker.run_scheduled,
             "interval",

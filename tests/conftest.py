@@ -39,7 +39,7 @@ from tests.fakes import FakeUpstream, free_port
 ADMIN_URL = os.environ.get("CANARY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 PROVIDER_KEY = "sk-test-SENTINEL-provider-key-0123456789"
 ADMIN_TOKEN = "admin-SENTINEL-token-9876543210"
-TABLES = ("rollout_events", "request_records", "versions", "deployments")
+TABLES = ("rollout_events", "request_records", "quality_scores", "gateway_settings", "versions", "deployments")
 
 
 def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:

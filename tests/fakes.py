@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import threading
 import time
@@ -53,6 +54,8 @@ class Behaviour:
     usage_in_last_chunk: bool = False
     # Upstream models that answer `status` (default 500) while others answer normally.
     fail_models: frozenset[str] = frozenset()
+    # Upstream models that fail this share of calls at random (HTTP 500).
+    error_rates: dict[str, float] = field(default_factory=dict)
     # Upstream models whose answers are empty.
     empty_models: frozenset[str] = frozenset()
     # Judge mode: the answer is a verdict; the first key found in the judged text picks the score.
@@ -155,7 +158,8 @@ class FakeUpstream:
         if b.mode == "redirect":
             return web.Response(status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
         failing = b.status >= 400 and (b.fail_first == 0 or len(self.received) <= b.fail_first)
-        if failing or body.get("model") in b.fail_models:
+        random_failure = random.random() < b.error_rates.get(body.get("model", ""), 0.0)
+        if failing or body.get("model") in b.fail_models or random_failure:
             status = b.status if b.status >= 400 else 500
             headers = {"Retry-After": b.retry_after} if b.retry_after else {}
             text = b.error_body or json.dumps(

@@ -113,8 +113,11 @@ def test_admin_commands_against_a_running_gateway(gateway: Any) -> None:
     lines = compare.stdout.splitlines()
     assert lines[1] == f"{'Metric':<20}{'Stable':>11}{'Canary':>11}{'Diff':>11}"
     assert lines[2] == "-" * 51
-    assert [line.split()[0] for line in lines[3:]] == ["requests", "avg_quality", "p95_latency", "avg_cost",
-                                                        "error_rate"]
+    assert [line.split()[0] for line in lines[3:8]] == ["requests", "avg_quality", "p95_latency", "avg_cost",
+                                                         "error_rate"]
+    assert lines[9] == "This stage, canary / stable with anytime-valid bounds:"
+    assert {line.split()[0] for line in lines[11:-1]} >= {"error_rate", "quality", "p95_latency", "cost"}
+    assert lines[-1].startswith("Decision now: not enough data yet")
 
     paused = admin_cli(gateway, "pause", "support-bot")
     assert paused.returncode == 0 and "paused" in paused.stdout

@@ -86,7 +86,7 @@ def test_example_loads_with_an_empty_environment() -> None:
     assert (deployment.stable, deployment.canary) == ("v1", "v2")
     assert deployment.policy.stages == (5, 25, 50, 100)
     assert deployment.policy.check_interval == 15 * 60
-    assert deployment.policy.window == 3600
+    assert deployment.policy.latency_baseline == 3600 and deployment.policy.deprecated_keys() == []
     assert deployment.policy.min_stage_duration == 24 * 3600
     v2 = deployment.versions["v2"]
     assert v2.params == {"temperature": 0.3}
@@ -291,7 +291,8 @@ def test_zero_means_none_where_it_has_a_meaning(zero: object) -> None:
     ("section", "key"),
     [
         ("policy", "check_interval"),
-        ("policy", "window"),
+        ("policy", "latency_baseline"),
+        ("policy", "max_stage_duration"),
         ("recorder", "flush_interval"),
         ("recorder", "max_backoff"),
         ("database", "pool_timeout"),

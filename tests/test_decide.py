@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -228,3 +229,18 @@ def test_evidence_from_records_sums_per_user_and_leaves_out_anonymous_and_cancel
     assert canary.cost.y == pytest.approx(0.006) and canary.actual_cost == pytest.approx(0.004)
     assert set(canary.sources) == {"feedback", "judge"} and canary.sources["judge"] == Sums(1, 1.0, 0.5, 1.0, 0.25, 0.5)
     assert (found.stable.users, found.stable.calls, found.stable.slow_reference.y) == (1, 2, 1.0)
+    assert found.users_in_both == 0
+
+
+def test_users_moved_to_the_canary_count_once_in_the_mismatch_test() -> None:
+    """Right after a stage grows, moved users still have a stable call or two: not a mismatch."""
+    stable, canary = arm("v1", users=3000, seed=6), arm("v2", users=1000, seed=7)  # 25 % of 4,000
+    moved = Evidence(stable=ArmEvidence("v1", stable.users + 400, stable.calls, errors=stable.errors,
+                                        quality=stable.quality, slow=stable.slow, slow_reference=stable.slow_reference,
+                                        cost=stable.cost),
+                     canary=canary, since=NOW - timedelta(days=1), until=NOW, latency=LatencyThresholds.of(1800.0, POLICY),
+                     users_in_both=400)
+    decision = decide(moved, POLICY, state(25.0), NOW)
+    assert decision.srm is not None and not decision.srm.mismatch
+    uncorrected = decide(replace(moved, users_in_both=0), POLICY, state(25.0), NOW)
+    assert uncorrected.srm is not None and uncorrected.srm.mismatch

@@ -168,6 +168,8 @@ def test_the_dashboard_in_headless_chromium(gateway: Gateway, tmp_path: Path) ->
             rows = page.locator("#compare tr[data-metric]")
             assert rows.count() == 5
             assert "+" in page.text_content("#compare tr[data-metric='p95_latency_ms']")
+            gates = page.locator("#intervals tr[data-role='gate']")
+            assert gates.count() == 4 and page.text_content("#stage-summary").startswith("Decision now: ")
             assert "percent_set" in page.text_content("#events")
             assert page.evaluate("Object.keys(localStorage).length") == 0
             screenshot = tmp_path / "dashboard.png"

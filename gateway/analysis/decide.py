@@ -34,7 +34,8 @@ Order of a check:
    `error_rate_ratio_above` × stable's, with `min_requests` canary calls) rolls
    back at once;
 3. fewer than `min_requests` calls on either version: hold;
-4. a sample ratio mismatch: hold and alert, never a verdict;
+4. a sample ratio mismatch (from a minute into the stage, users seen on
+   both versions counted as moved to the canary): hold and alert, never a verdict;
 5. any rollback bound shown: rollback;
 6. every gate shown and `min_stage_duration` passed: advance, or promote after the last stage below 100 %;
 7. otherwise hold, saying what each undecided gate still needs; a stage past
@@ -55,6 +56,8 @@ from gateway.models import RolloutState
 from gateway.policy import RolloutPolicy, next_stage
 
 Outcome = Literal["rollback", "advance", "promote", "hold"]
+# Seconds into a stage before the sample ratio mismatch test runs.
+SRM_SETTLE_S = 60.0
 Role = Literal["gate", "rollback"]
 Verdict = Literal["pass", "undecided", "rollback", "no_rollback"]
 Alert = Literal["sample_ratio_mismatch", "no_canary_traffic", "stage_timeout"]
@@ -216,7 +219,10 @@ def decide(evidence: Evidence, policy: RolloutPolicy, state: RolloutState, now: 
     _latency(context, evidence)
     _cost(context)
     tests = tuple(context.tests)
-    srm = sample_ratio_mismatch(canary_users=canary.users, stable_users=stable.users, canary_percent=percent)
+    # Routing is monotonic: a user seen on both versions was moved to the canary; count them there once.
+    # Replicas route on a new percentage within a refresh interval: the first minute is not judged.
+    srm = sample_ratio_mismatch(canary_users=canary.users, stable_users=stable.users - evidence.users_in_both,
+                                canary_percent=percent) if elapsed >= SRM_SETTLE_S else None
 
     def hold(headline: str | None) -> Decision:
         return _hold(Decision("hold", tests, None, tuple(alerts), srm, tuple(notes), headline, elapsed,

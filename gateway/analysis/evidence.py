@@ -157,6 +157,10 @@ class Evidence:
     since: datetime
     until: datetime
     latency: LatencyThresholds | None = None
+    # Users with calls on both versions in the period: users the router moved to the canary
+    # when the stage grew, whose last stable calls were recorded just after the stage started
+    # (replicas route on the new percentage within a refresh interval).
+    users_in_both: int = 0
 
     def public(self) -> dict[str, Any]:
         return {
@@ -165,6 +169,7 @@ class Evidence:
             "latency_thresholds_ms": None if self.latency is None else {
                 "stable_p95": self.latency.reference_ms, "gate": self.latency.gate_ms,
                 "rollback": self.latency.rollback_ms},
+            "users_in_both": self.users_in_both,
             "stable": self.stable.public(),
             "canary": self.canary.public(),
         }
@@ -317,7 +322,8 @@ def evidence_from_records(
             sources={name: Sums.of(_source_pair(user, name) for user in members) for name in sources},
         )
 
-    return Evidence(stable=arm(stable), canary=arm(canary), since=since, until=until, latency=latency)
+    return Evidence(stable=arm(stable), canary=arm(canary), since=since, until=until, latency=latency,
+                    users_in_both=len(users[stable].keys() & users[canary].keys()))
 
 
 def _source_pair(user: _User, source: str) -> tuple[float, float]:

@@ -249,6 +249,18 @@ async def events(
     return JSONResponse({"events": [event_view(event) for event in found]})
 
 
+@router.get("/deployments/{name}/decision", responses=_UNKNOWN)
+async def decision(name: Name, services: ServicesDep, _actor: Actor) -> JSONResponse:
+    """What the rollout check would decide now, changing nothing.
+
+    `{"deployment", "running", "changes_nothing": true, "mode", "state", "decision", "summary", "reasons",
+    "alerts", "srm_p_value", "metrics": [{"metric", "role", "estimate", "lower", "upper", "threshold",
+    "alpha", "verdict", "line", "needs_calls", "needs_seconds"}], "evidence"}`; when no canary runs,
+    `running` is false, `decision` null and `message` says so.
+    """
+    return JSONResponse(await services.checker.preview(name))
+
+
 @router.post("/check")
 async def check(services: ServicesDep, _actor: Actor) -> JSONResponse:
     """Run the scheduled rollout check now; `applied` tells whether this call changed anything."""
@@ -265,7 +277,7 @@ def deployment_view(deployment: Deployment) -> dict[str, Any]:
         "stage_started_at": state.stage_started_at.isoformat() if state.stage_started_at else None,
         "anonymous": deployment.anonymous,
         "versions": [version_view(version) for version in deployment.versions.values()],
-        "policy": dict(deployment.policy),
+        "policy": deployment.policy.model_dump(mode="json"),
     }
 
 

@@ -107,13 +107,15 @@ async function renderDetail(deployment) {
   const hours = Number($("#window").value);
   const step = Math.max(60, Math.ceil((hours * 3600) / 120 / 60) * 60);
   const base = `/admin/deployments/${encodeURIComponent(deployment.name)}`;
-  const [series, compare, events] = await Promise.all([
+  const [series, compare, events, decision] = await Promise.all([
     api("GET", `${base}/timeseries?hours=${hours}&step=${step}`),
     api("GET", `${base}/compare?hours=${hours}`),
     api("GET", `${base}/events?limit=50`),
+    api("GET", `${base}/decision`),
   ]);
   renderCharts(series, deployment, hours);
   renderCompare(compare);
+  renderIntervals(decision.decision ? decision : null);
   renderEvents(events.events);
 }
 
@@ -188,6 +190,17 @@ function renderCompare(result) {
     ...rows.map(([name, a, b, diff, digits]) => element("tr", { "data-metric": name },
       element("td", {}, name), element("td", {}, format(a, digits)), element("td", {}, format(b, digits)),
       element("td", {}, diff === null || diff === undefined ? "–" : `${diff > 0 ? "+" : ""}${diff.toFixed(1)}%`))));
+}
+
+function renderIntervals(stage) {
+  $("#stage-summary").textContent = stage ? `Decision now: ${stage.summary}` : "No canary is running.";
+  const rows = stage ? stage.metrics : [];
+  $("#intervals").replaceChildren(
+    element("tr", {}, ...["Metric", "Role", "Ratio", "Interval", "Threshold", "Verdict"].map((h) => element("th", {}, h))),
+    ...rows.map((test) => element("tr", { "data-metric": test.metric, "data-role": test.role, title: test.line },
+      element("td", {}, test.metric), element("td", {}, test.role), element("td", {}, format(test.estimate, 3)),
+      element("td", {}, test.lower === null ? "–" : `[${format(test.lower, 3)}, ${format(test.upper, 3)}]`),
+      element("td", {}, String(test.threshold)), element("td", { class: `verdict-${test.verdict}` }, test.verdict))));
 }
 
 function renderEvents(events) {

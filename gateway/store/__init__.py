@@ -3,7 +3,8 @@
     engine.py    the engine, its dialect (checked once) and the translation of database errors
     rollouts.py  deployments, versions, rollout state (compare-and-set), audit events, decision lock
     records.py   request records and quality scores written in batches
-    evidence.py  read-only analytics: a version's window numbers, per-version time series
+    evidence.py  read-only analytics: a stage's per-user evidence, a version's window numbers, time series
+    decisions.py the rollout check's session: its lock, reads and write on one connection
 
 `Store` is all of them over one engine: what the services are given. Every
 method raises `StoreUnavailable` when the database cannot be reached or timed
@@ -13,13 +14,17 @@ its docstring names.
 
 from __future__ import annotations
 
+from gateway.store.decisions import DecisionSession, DecisionStore
 from gateway.store.engine import Database, Dialect, create_engine, translated_errors
-from gateway.store.evidence import EvidenceStore, percentile_cont
+from gateway.analysis.evidence import percentile_cont
+from gateway.store.evidence import EvidenceStore
 from gateway.store.records import RecordStore
 from gateway.store.rollouts import RolloutStore
 
 __all__ = [
     "Database",
+    "DecisionSession",
+    "DecisionStore",
     "Dialect",
     "EvidenceStore",
     "RecordStore",
@@ -31,5 +36,5 @@ __all__ = [
 ]
 
 
-class Store(RolloutStore, RecordStore, EvidenceStore):
+class Store(DecisionStore, RecordStore):
     """Every query family over one engine (`create_engine`); close it with `close()`."""

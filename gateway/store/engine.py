@@ -28,27 +28,30 @@ from gateway.config import DatabaseSettings
 from gateway.errors import StoreRejected, StoreUnavailable
 
 
-def create_engine(url: str, settings: DatabaseSettings) -> AsyncEngine:
+def create_engine(url: str, settings: DatabaseSettings, *, checks: bool = False) -> AsyncEngine:
     """An engine for `url` (`postgresql+asyncpg://` or `sqlite+aiosqlite://`); connects lazily.
 
     Every statement is bounded by `settings.statement_timeout` (seconds); on
-    PostgreSQL the pool is sized and timed out by `settings`.
+    PostgreSQL the pool is sized and timed out by `settings`. `checks`: the
+    rollout checks' PostgreSQL engine instead, one connection or two, each
+    statement bounded by `settings.check_timeout`.
     """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": settings.statement_timeout})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    timeout_ms = str(int(settings.statement_timeout * 1000))
+    timeout = settings.check_timeout if checks else settings.statement_timeout
+    timeout_ms = str(int(timeout * 1000))
     return create_async_engine(
         url,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
+        pool_size=1 if checks else settings.pool_size,
+        max_overflow=1 if checks else settings.max_overflow,
         pool_timeout=settings.pool_timeout,
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "timeout": settings.pool_timeout,
-            "command_timeout": settings.statement_timeout + 1,
+            "command_timeout": timeout + 1,
             "server_settings": {"statement_timeout": timeout_ms, "application_name": "canary-gateway"},
         },
     )

@@ -11,13 +11,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, any_, func, select
+from sqlalchemy import Float, Integer, and_, any_, case, cast, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.analysis.evidence import ArmEvidence, Evidence, LatencyThresholds, Sums, percentile_cont
 from gateway.models import WindowStats
+from gateway.policy import RolloutPolicy
 from gateway.store.engine import Database, translated_errors
 from gateway.tables import QualityScoreRow, RequestRecordRow
 
@@ -48,6 +50,80 @@ class EvidenceStore(Database):
                 .group_by(QualityScoreRow.source)
             )
             return replace(stats, quality_by_source={source: (float(avg), int(n)) for source, avg, n in by_source})
+
+    async def stage_evidence(self, *, deployment: str, stable: str, canary: str, since: datetime, until: datetime,
+                             policy: RolloutPolicy) -> Evidence:
+        """Both versions' per-user evidence over [since, until) on a connection of its own (see `stage_evidence_on`)."""
+        async with translated_errors(), self.engine.connect() as connection:
+            return await self.stage_evidence_on(connection, deployment=deployment, stable=stable, canary=canary,
+                                                since=since, until=until, policy=policy)
+
+    async def stage_evidence_on(self, connection: AsyncConnection, *, deployment: str, stable: str, canary: str,
+                                since: datetime, until: datetime, policy: RolloutPolicy) -> Evidence:
+        """What a rollout check judges: both versions over [since, until), summed per user in SQL.
+
+        The same numbers as `gateway.analysis.evidence_from_records` over the
+        same rows (a test holds them equal on SQLite and PostgreSQL): one
+        query for stable's p95 (`latency_reference`), one GROUP BY user_hash
+        per version for the calls, one per version and source for the
+        quality scores. Anonymous and client-cancelled calls are left out.
+        Runs on `connection`, so the rollout check reads under its lock.
+        """
+        answered_stable = [RequestRecordRow.deployment == deployment, RequestRecordRow.version == stable, _ANSWERED]
+        baseline_since = since - timedelta(seconds=policy.latency_baseline)
+        count, p95 = await self._sql.p95(connection, [*answered_stable, RequestRecordRow.created_at >= baseline_since,
+                                                      RequestRecordRow.created_at < since])
+        if count < policy.min_requests:
+            count, p95 = await self._sql.p95(connection, [*answered_stable, RequestRecordRow.created_at >= since,
+                                                          RequestRecordRow.created_at < until])
+        thresholds = LatencyThresholds.of(p95, policy) if p95 is not None else None
+        stage = [RequestRecordRow.deployment == deployment, RequestRecordRow.version.in_((stable, canary)),
+                 RequestRecordRow.created_at >= since, RequestRecordRow.created_at < until,
+                 RequestRecordRow.user_hash.is_not(None), _COUNTED]
+        per_user = select(RequestRecordRow.version, RequestRecordRow.user_hash,
+                          *_per_user_columns(thresholds)).where(*stage).group_by(
+            RequestRecordRow.version, RequestRecordRow.user_hash).subquery()
+        outer = [per_user.c.version, func.count().label("users"), func.sum(per_user.c.n).label("calls"),
+                 func.sum(per_user.c.actual_cost).label("actual_cost")]
+        for name, (x, y) in _PAIRS.items():
+            outer.extend(_sums_columns(name, per_user.c[x], per_user.c[y]))
+        rows: dict[str, Any] = {row.version: row._mapping
+                for row in await connection.execute(select(*outer).group_by(per_user.c.version))}
+        scores = (
+            select(RequestRecordRow.version, RequestRecordRow.user_hash, QualityScoreRow.source,
+                   func.count().label("m"), func.sum(QualityScoreRow.score).label("q"))
+            .select_from(QualityScoreRow)
+            .join(RequestRecordRow, RequestRecordRow.id == QualityScoreRow.request_id)
+            .where(*stage)
+            .group_by(RequestRecordRow.version, RequestRecordRow.user_hash, QualityScoreRow.source)
+            .subquery()
+        )
+        sources: dict[str, dict[str, Sums]] = {stable: {}, canary: {}}
+        for row in await connection.execute(
+            select(scores.c.version, scores.c.source, *_sums_columns("s", scores.c.m, scores.c.q))
+            .group_by(scores.c.version, scores.c.source)
+        ):
+            sources[row.version][row.source] = _sums_of(row._mapping, "s")
+
+        movers = (
+            select(RequestRecordRow.user_hash).where(*stage).group_by(RequestRecordRow.user_hash)
+            .having(func.count(func.distinct(RequestRecordRow.version)) == 2).subquery()
+        )
+        users_in_both = int(await connection.scalar(select(func.count()).select_from(movers)) or 0)
+
+        def arm(version: str) -> ArmEvidence:
+            row = rows.get(version)
+            if row is None:
+                return ArmEvidence(version=version)
+            return ArmEvidence(
+                version=version, users=int(row["users"]), calls=int(row["calls"] or 0),
+                errors=_sums_of(row, "errors"), quality=_sums_of(row, "quality"), slow=_sums_of(row, "slow"),
+                slow_reference=_sums_of(row, "slow_reference"), slow_rollback=_sums_of(row, "slow_rollback"),
+                cost=_sums_of(row, "cost"), actual_cost=float(row["actual_cost"] or 0.0), sources=sources[version],
+            )
+
+        return Evidence(stable=arm(stable), canary=arm(canary), since=since, until=until, latency=thresholds,
+                        users_in_both=users_in_both)
 
     async def timeseries(
         self, *, deployment: str, since: datetime, step_s: int
@@ -98,6 +174,10 @@ class _DialectSQL(ABC):
     """The parts of the evidence queries that differ between PostgreSQL and SQLite."""
 
     @abstractmethod
+    async def p95(self, connection: AsyncConnection, where: list[Any]) -> tuple[int, float | None]:
+        """How many records match `where`, and the p95 (percentile_cont) of their latency_ms."""
+
+    @abstractmethod
     async def window_numbers(self, connection: AsyncConnection, window: list[Any]) -> dict[str, Any]:
         """The aggregates of `_aggregates()` plus the four latency/TTFT percentiles over `window`."""
 
@@ -121,6 +201,11 @@ class _DialectSQL(ABC):
 
 
 class _PostgresSQL(_DialectSQL):
+    async def p95(self, connection: AsyncConnection, where: list[Any]) -> tuple[int, float | None]:
+        row = (await connection.execute(
+            select(func.count(), _percentile(0.95, RequestRecordRow.latency_ms)).where(*where))).one()
+        return int(row[0]), float(row[1]) if row[1] is not None else None
+
     async def window_numbers(self, connection: AsyncConnection, window: list[Any]) -> dict[str, Any]:
         row = (
             await connection.execute(
@@ -151,6 +236,11 @@ class _PostgresSQL(_DialectSQL):
 
 
 class _SqliteSQL(_DialectSQL):
+    async def p95(self, connection: AsyncConnection, where: list[Any]) -> tuple[int, float | None]:
+        latencies = (await connection.scalars(
+            select(RequestRecordRow.latency_ms).where(*where).order_by(RequestRecordRow.latency_ms))).all()
+        return len(latencies), percentile_cont(latencies, 0.95)
+
     async def window_numbers(self, connection: AsyncConnection, window: list[Any]) -> dict[str, Any]:
         totals = (await connection.execute(select(*_aggregates()).where(*window))).one()
         answered = [*window, _ANSWERED]
@@ -191,19 +281,6 @@ class _SqliteSQL(_DialectSQL):
         ):
             latencies.setdefault((int(point), version), []).append(latency)
         return {key: percentile_cont(values, 0.95) for key, values in latencies.items()}
-
-
-def percentile_cont(ordered: Sequence[float], fraction: float) -> float | None:
-    """PostgreSQL's percentile_cont: linear interpolation between the closest ranks.
-
-    `ordered` must be sorted ascending; `fraction` is in [0, 1]; None when empty.
-    """
-    if not ordered:
-        return None
-    position = fraction * (len(ordered) - 1)
-    lower = int(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    return float(ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower))
 
 
 def _window(deployment: str, version: str, since: datetime) -> list[Any]:
@@ -251,3 +328,62 @@ def _stats_of(version: str, values: Mapping[str, Any]) -> WindowStats:
         avg_prompt_tokens=number("avg_prompt_tokens"),
         avg_completion_tokens=number("avg_completion_tokens"),
     )
+
+
+# Ratio metrics of the evidence: name → (denominator, numerator) columns of the per-user subquery.
+_PAIRS = {
+    "errors": ("n", "e"),
+    "quality": ("m", "q"),
+    "slow": ("a", "s1"),
+    "slow_reference": ("a", "s0"),
+    "slow_rollback": ("a", "s2"),
+    "cost": ("k", "c"),
+}
+
+
+def _per_user_columns(thresholds: LatencyThresholds | None) -> list[Any]:
+    record = RequestRecordRow
+    neutral = func.coalesce(record.uncached_cost_usd, record.cost_usd)
+
+    def count_if(condition: Any) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    def slower(limit: float | None) -> Any:
+        if limit is None:
+            return literal(0)
+        return count_if(and_(_ANSWERED, record.latency_ms > limit))
+
+    return [
+        func.count().label("n"),
+        count_if(record.status == "error").label("e"),
+        count_if(_ANSWERED).label("a"),
+        slower(thresholds.gate_ms if thresholds else None).label("s1"),
+        slower(thresholds.reference_ms if thresholds else None).label("s0"),
+        slower(thresholds.rollback_ms if thresholds else None).label("s2"),
+        func.count(neutral).label("k"),
+        func.coalesce(func.sum(neutral), 0.0).label("c"),
+        func.coalesce(func.sum(func.coalesce(record.cost_usd, neutral)), 0.0).label("actual_cost"),
+        func.count(record.quality).label("m"),
+        func.coalesce(func.sum(record.quality), 0.0).label("q"),
+    ]
+
+
+def _sums_columns(name: str, x: Any, y: Any) -> list[Any]:
+    """Σ over users of x, y, x², y², x·y and the users with x > 0, as floats."""
+    fx, fy = cast(x, Float), cast(y, Float)
+    return [
+        func.sum(case((x > 0, 1), else_=0)).label(f"{name}_units"),
+        func.sum(fx).label(f"{name}_x"),
+        func.sum(fy).label(f"{name}_y"),
+        func.sum(fx * fx).label(f"{name}_xx"),
+        func.sum(fy * fy).label(f"{name}_yy"),
+        func.sum(fx * fy).label(f"{name}_xy"),
+    ]
+
+
+def _sums_of(row: Any, name: str) -> Sums:
+    def number(key: str) -> float:
+        value = row[f"{name}_{key}"]
+        return float(value) if value is not None else 0.0
+
+    return Sums(int(number("units")), number("x"), number("y"), number("xx"), number("yy"), number("xy"))

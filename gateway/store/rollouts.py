@@ -18,15 +18,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import Conflict, NotFound, StoreRejected
 from gateway.models import Deployment, RolloutEvent, RolloutState, Version
+from gateway.policy import RolloutPolicy
 from gateway.store.engine import Database, translated_errors
-from gateway.tables import DeploymentRow, RolloutEventRow, VersionRow
+from gateway.tables import DeploymentRow, GatewaySettingRow, RolloutEventRow, VersionRow
 
 # Advisory-lock namespace of the rollout checks ("CGTW").
 _LOCK_NAMESPACE = 0x43475457
+_SALT_KEY = "user_id_salt"
 
 
 class RolloutStore(Database):
@@ -115,11 +117,7 @@ class RolloutStore(Database):
     async def get_deployment(self, name: str) -> Deployment | None:
         """One deployment as stored now (not the snapshot): what a change is computed from."""
         async with translated_errors(), self.engine.connect() as connection:
-            row = (await connection.execute(select(DeploymentRow).where(DeploymentRow.name == name))).first()
-            if row is None:
-                return None
-            version_rows = (await connection.execute(select(VersionRow).where(VersionRow.deployment == name))).all()
-        return _deployment_of(row, {version.name: _version_of(version) for version in version_rows})
+            return await read_deployment(connection, name)
 
     async def revisions(self) -> dict[str, int]:
         """Each deployment's revision: a cheap way to tell whether anything changed."""
@@ -133,37 +131,13 @@ class RolloutStore(Database):
         Returns `state` at its new revision (`expected_revision + 1`). Raises
         Conflict when another change committed first.
         """
-        now = event.at or datetime.now(UTC)
         async with translated_errors(), self.engine.begin() as connection:
-            result = await connection.execute(
-                update(DeploymentRow)
-                .where(DeploymentRow.name == event.deployment, DeploymentRow.revision == expected_revision)
-                .values(
-                    stable_version=state.stable,
-                    canary_version=state.canary,
-                    canary_percent=state.canary_percent,
-                    stage=state.stage,
-                    status=state.status,
-                    paused=state.paused,
-                    stage_started_at=state.stage_started_at,
-                    revision=expected_revision + 1,
-                    updated_at=now,
-                )
-            )
-            if result.rowcount != 1:
-                raise Conflict(
-                    f"deployment '{event.deployment}' changed while this change was being made; "
-                    "reload and try again"
-                )
-            await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
-        return replace(state, revision=expected_revision + 1)
+            return await apply_rollout_on(connection, expected_revision=expected_revision, state=state, event=event)
 
     async def record_event(self, event: RolloutEvent) -> None:
         """An event that changes no state (a version created, a check that held)."""
         async with translated_errors(), self.engine.begin() as connection:
-            await connection.execute(
-                insert(RolloutEventRow).values(**_event_values(event, event.at or datetime.now(UTC)))
-            )
+            await record_event_on(connection, event)
 
     async def create_version(self, *, deployment: str, version: Version, actor: str) -> None:
         """Insert a new version; Conflict if the name is taken, NotFound if the deployment is unknown."""
@@ -189,47 +163,82 @@ class RolloutStore(Database):
 
     async def list_events(self, *, deployment: str, limit: int, before_id: int | None = None) -> list[RolloutEvent]:
         """At most `limit` events of `deployment`, newest first, older than `before_id` when given."""
-        query = select(RolloutEventRow).where(RolloutEventRow.deployment == deployment)
-        if before_id is not None:
-            query = query.where(RolloutEventRow.id < before_id)
         async with translated_errors(), self.engine.connect() as connection:
-            rows = (await connection.execute(query.order_by(RolloutEventRow.id.desc()).limit(limit))).all()
-        return [
-            RolloutEvent(
-                id=row.id,
-                at=row.at,
-                deployment=row.deployment,
-                action=row.action,
-                actor=row.actor,
-                before=row.from_state,
-                after=row.to_state,
-                reason=row.reason,
-                snapshot=row.snapshot,
-            )
-            for row in rows
-        ]
+            return await list_events_on(connection, deployment=deployment, limit=limit, before_id=before_id)
 
-    @contextlib.asynccontextmanager
-    async def decision_lock(self, deployment: str) -> AsyncIterator[bool]:
-        """Whether this process may decide for `deployment` now; held until the block ends.
+    async def user_id_salt(self, candidate: str) -> str:
+        """The salt every replica hashes user ids with: `candidate` if none is stored yet, else the stored one.
 
-        PostgreSQL: a transaction-level advisory lock, so one replica decides at a
-        time and a lost session releases it. SQLite is one process: a local lock.
+        Insert-if-absent then read, in one transaction: replicas starting
+        together all end with the salt of whichever inserted first.
         """
-        if not self.dialect.postgresql:
-            lock = self._local_locks.setdefault(deployment, asyncio.Lock())
-            if lock.locked():
-                yield False
-                return
-            async with lock:
-                yield True
-            return
-        key = zlib.crc32(deployment.encode()) - 2**31
-        async with translated_errors(), self.engine.connect() as connection, connection.begin():
-            acquired = await connection.scalar(
-                text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"), {"namespace": _LOCK_NAMESPACE, "key": key}
+        async with translated_errors(), self.engine.begin() as connection:
+            await connection.execute(
+                self.dialect.insert(GatewaySettingRow)
+                .values(key=_SALT_KEY, value=candidate)
+                .on_conflict_do_nothing(index_elements=["key"])
             )
-            yield bool(acquired)
+            stored = await connection.scalar(select(GatewaySettingRow.value).where(GatewaySettingRow.key == _SALT_KEY))
+        return str(stored)
+
+    def lock_key(self, deployment: str) -> tuple[int, int]:
+        """The (namespace, key) of the PostgreSQL advisory lock that rollout checks of `deployment` take."""
+        return _LOCK_NAMESPACE, zlib.crc32(deployment.encode()) - 2**31
+
+
+async def read_deployment(connection: AsyncConnection, name: str) -> Deployment | None:
+    """One deployment with its versions, read on `connection`."""
+    row = (await connection.execute(select(DeploymentRow).where(DeploymentRow.name == name))).first()
+    if row is None:
+        return None
+    version_rows = (await connection.execute(select(VersionRow).where(VersionRow.deployment == name))).all()
+    return _deployment_of(row, {version.name: _version_of(version) for version in version_rows})
+
+
+async def apply_rollout_on(connection: AsyncConnection, *, expected_revision: int, state: RolloutState,
+                           event: RolloutEvent) -> RolloutState:
+    """The compare-and-set of `RolloutStore.apply_rollout`, inside the caller's transaction on `connection`."""
+    now = event.at or datetime.now(UTC)
+    result = await connection.execute(
+        update(DeploymentRow)
+        .where(DeploymentRow.name == event.deployment, DeploymentRow.revision == expected_revision)
+        .values(
+            stable_version=state.stable,
+            canary_version=state.canary,
+            canary_percent=state.canary_percent,
+            stage=state.stage,
+            status=state.status,
+            paused=state.paused,
+            stage_started_at=state.stage_started_at,
+            revision=expected_revision + 1,
+            updated_at=now,
+        )
+    )
+    if result.rowcount != 1:
+        raise Conflict(
+            f"deployment '{event.deployment}' changed while this change was being made; reload and try again"
+        )
+    await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
+    return replace(state, revision=expected_revision + 1)
+
+
+async def record_event_on(connection: AsyncConnection, event: RolloutEvent) -> None:
+    """Insert one audit event inside the caller's transaction."""
+    await connection.execute(insert(RolloutEventRow).values(**_event_values(event, event.at or datetime.now(UTC))))
+
+
+async def list_events_on(connection: AsyncConnection, *, deployment: str, limit: int,
+                         before_id: int | None = None) -> list[RolloutEvent]:
+    """At most `limit` events of `deployment`, newest first, read on `connection`."""
+    query = select(RolloutEventRow).where(RolloutEventRow.deployment == deployment)
+    if before_id is not None:
+        query = query.where(RolloutEventRow.id < before_id)
+    rows = (await connection.execute(query.order_by(RolloutEventRow.id.desc()).limit(limit))).all()
+    return [
+        RolloutEvent(id=row.id, at=row.at, deployment=row.deployment, action=row.action, actor=row.actor,
+                     before=row.from_state, after=row.to_state, reason=row.reason, snapshot=row.snapshot)
+        for row in rows
+    ]
 
 
 def _version_values(version: Version) -> dict[str, Any]:
@@ -274,7 +283,7 @@ def _deployment_of(row: Any, versions: dict[str, Version]) -> Deployment:
             stage_started_at=row.stage_started_at,
         ),
         anonymous=row.anonymous,
-        policy=dict(row.policy or {}),
+        policy=RolloutPolicy.model_validate(row.policy or {}),
     )
 
 

@@ -1,0 +1,169 @@
+"""The store's evidence, salt and decision session, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.alerts import Alerts
+from gateway.analysis import LatencyThresholds, evidence_from_records, latency_reference
+from gateway.config import DatabaseSettings, settings_from_dict
+from gateway.errors import StoreUnavailable
+from gateway.metrics import Metrics
+from gateway.models import QualityScore, RequestRecord
+from gateway.policy import RolloutPolicy
+from gateway.scheduler import RolloutChecker
+from gateway.snapshot import Snapshot
+from gateway.store import Store, create_engine
+from tests.conftest import Gateway, query
+from tests.fakes import FakeUpstream
+
+DB = DatabaseSettings(pool_timeout=2.0, statement_timeout=10.0)
+STAGE = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def records(rng: random.Random) -> tuple[list[RequestRecord], list[QualityScore]]:
+    made: list[RequestRecord] = []
+    scores: list[QualityScore] = []
+    for index in range(1500):
+        version = rng.choice(("v1", "v1", "v1", "v2", "v3"))
+        before_stage = rng.random() < 0.3
+        at = STAGE + timedelta(seconds=rng.uniform(-3000, -1) if before_stage else rng.uniform(0, 7000))
+        status = rng.choices(("ok", "error", "client_cancelled"), (0.9, 0.07, 0.03))[0]
+        user = None if rng.random() < 0.05 else f"u{rng.randint(0, 120)}"
+        priced = rng.random() < 0.9
+        cost = rng.uniform(0.001, 0.01) if priced and status == "ok" else None
+        made.append(RequestRecord(
+            id=f"r{index}", created_at=at, deployment="bot", version=version, user_hash=user, provider="p",
+            upstream_model="m", stream=False, status=status, http_status=200, error_kind=None,  # type: ignore[arg-type]
+            latency_ms=rng.lognormvariate(6.5, 0.6), ttft_ms=None, prompt_tokens=10, completion_tokens=5,
+            cost_usd=cost, uncached_cost_usd=None if cost is None or rng.random() < 0.2 else cost * 1.5))
+        for source in ("feedback", "judge", "evaluator:json"):
+            if status == "ok" and rng.random() < 0.25:
+                scores.append(QualityScore(id=f"s{index}{source}", request_id=f"r{index}", source=source,
+                                           score=round(rng.random(), 2), created_at=at))
+    return made, scores
+
+
+async def test_the_store_sums_per_user_as_the_pure_function_does(database_url: str) -> None:
+    made, scores = records(random.Random(11))
+    store = Store(create_engine(database_url, DB))
+    try:
+        await store.insert_batch(records=made, scores=scores)
+        policy = RolloutPolicy(min_requests=50, latency_baseline=3600,
+                               rollback_when={"p95_latency_ratio_above": 1.5})  # type: ignore[arg-type]
+        until = STAGE + timedelta(hours=2)
+        found = await store.stage_evidence(deployment="bot", stable="v1", canary="v2", since=STAGE, until=until,
+                                           policy=policy)
+        stored = {row["id"]: row["quality"] for row in query(database_url, "SELECT id, quality FROM request_records")}
+    finally:
+        await store.close()
+    with_quality = [RequestRecord(**{**vars_of(r), "quality": stored[r.id]}) for r in made]
+    answered_v1 = sorted(r.latency_ms for r in made if r.version == "v1" and r.status == "ok")
+    baseline = sorted(r.latency_ms for r in made
+                      if r.version == "v1" and r.status == "ok" and STAGE - timedelta(hours=1) <= r.created_at < STAGE)
+    stage = sorted(r.latency_ms for r in made if r.version == "v1" and r.status == "ok" and STAGE <= r.created_at)
+    reference = latency_reference(baseline, stage, min_requests=50)
+    assert reference is not None and answered_v1
+    expected = evidence_from_records(with_quality, scores, stable="v1", canary="v2", since=STAGE, until=until,
+                                     latency=LatencyThresholds.of(reference, policy))
+    assert found.latency == pytest.approx(expected.latency)
+    assert found.users_in_both == expected.users_in_both > 0
+    for arm, wanted in ((found.stable, expected.stable), (found.canary, expected.canary)):
+        assert (arm.users, arm.calls) == (wanted.users, wanted.calls)
+        for name in ("errors", "quality", "slow", "slow_reference", "slow_rollback", "cost"):
+            assert tuple(getattr(arm, name)) == pytest.approx(tuple(getattr(wanted, name))), name
+        assert arm.actual_cost == pytest.approx(wanted.actual_cost)
+        assert set(arm.sources) == set(wanted.sources) == {"feedback", "judge", "evaluator:json"}
+        for source, sums in arm.sources.items():
+            assert tuple(sums) == pytest.approx(tuple(wanted.sources[source])), source
+    assert found.canary.users > 10 and found.canary.errors.y > 0 and found.canary.slow.y > 0
+
+
+def vars_of(record: RequestRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+async def test_replicas_starting_together_agree_on_one_salt(database_url: str) -> None:
+    stores = [Store(create_engine(database_url, DB)) for _ in range(3)]
+    try:
+        salts = await asyncio.gather(*(store.user_id_salt(f"candidate-{i}") for i, store in enumerate(stores)))
+        again = await stores[0].user_id_salt("another")
+    finally:
+        for store in stores:
+            await store.close()
+    assert len(set(salts)) == 1 and salts[0].startswith("candidate-") and again == salts[0]
+
+
+def test_a_gateway_without_a_configured_salt_uses_the_stored_one(make_gateway: Any, database_url: str) -> None:
+    first = make_gateway({"user_id_salt": ""})
+    second = make_gateway({"user_id_salt": ""})
+    for gateway in (first, second):
+        with gateway.client() as http:
+            assert http.post("/v1/chat/completions", json={"model": "support-bot", "user": "same-user",
+                                                           "messages": [{"role": "user", "content": "hi"}]}
+                             ).status_code == 200
+    rows = first.records(2)
+    assert len(rows) == 2 and rows[0]["user_hash"] == rows[1]["user_hash"]
+    [salt] = query(database_url, "SELECT value FROM gateway_settings WHERE key = 'user_id_salt'")
+    assert len(salt["value"]) == 64
+
+
+async def test_a_check_whose_lock_session_is_killed_applies_nothing(
+    make_gateway: Any, postgres_url: str, fake: FakeUpstream
+) -> None:
+    """Kill the backend that holds the decision lock in the middle of a check: no decision lands."""
+    gateway: Gateway = make_gateway({
+        "database_url": postgres_url, "providers": {"fake": {"retries": 0}},
+        "deployments": {"support-bot": {"policy": {"check_interval": "1h", "min_requests": 5}}}})
+    fake.behaviour.fail_models = frozenset({"model-b"})  # the canary fails every call: a critical breach
+    with gateway.client() as http:
+        for index in range(400):
+            http.post("/v1/chat/completions", json={"model": "support-bot", "user": f"user-{index}",
+                                                    "messages": [{"role": "user", "content": "hi"}]})
+    gateway.records(400)
+    settings = settings_from_dict({"database_url": postgres_url})
+    store = Store(create_engine(postgres_url, settings.database))
+    metrics = Metrics(CollectorRegistry())
+    snapshot = Snapshot(store, declared={}, sync=_nothing, refresh_interval=60)
+    checker = RolloutChecker(store, snapshot, alerts=Alerts([], metrics), metrics=metrics)
+    blocker = Store(create_engine(postgres_url, settings.database))
+    namespace, key = store.lock_key("support-bot")
+    try:
+        async with blocker.engine.connect() as holding, holding.begin():
+            # The check takes its lock, reads the deployment, then waits on the evidence query.
+            await holding.exec_driver_sql("LOCK TABLE request_records IN ACCESS EXCLUSIVE MODE")
+            check = asyncio.create_task(checker.check("support-bot"))
+            pid = None
+            for _ in range(200):
+                rows = (await holding.exec_driver_sql(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    f"AND classid = {namespace & 0xFFFFFFFF} AND objid = {key & 0xFFFFFFFF}")).all()
+                if rows:
+                    pid = rows[0][0]
+                    break
+                await asyncio.sleep(0.05)
+            assert pid is not None, "the check never took its lock"
+            await holding.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        with pytest.raises(StoreUnavailable):
+            await check
+        state = query(postgres_url, "SELECT status, canary_percent FROM deployments")
+        actions = [row["action"] for row in query(postgres_url, "SELECT action FROM rollout_events")]
+        assert state == [{"status": "canary", "canary_percent": 5.0}]
+        assert "rolled_back" not in actions and "hold" not in actions
+        # The lock died with its session: the next check decides, once.
+        result = await checker.check("support-bot")
+        assert result is not None and (result.decision, result.applied) == ("rollback", True)
+        assert query(postgres_url, "SELECT status FROM deployments") == [{"status": "rolled_back"}]
+    finally:
+        await blocker.close()
+        await store.close()
+
+
+async def _nothing() -> None:
+    return None
