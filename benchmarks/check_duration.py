@@ -26,22 +26,24 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.config import DatabaseSettings  # noqa: E402
-from gateway.migrate import upgrade  # noqa: E402
-from gateway.policy import RolloutPolicy  # noqa: E402
-from gateway.store import Store, create_engine  # noqa: E402
+from gateway.config import DatabaseSettings
+from gateway.migrate import upgrade
+from gateway.policy import RolloutPolicy
+from gateway.store import Store, create_engine
 
 COLUMNS = ("id", "created_at", "deployment", "version", "user_hash", "provider", "upstream_model", "stream",
            "status", "http_status", "error_kind", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
            "cost_usd", "quality", "uncached_cost_usd")
 
 
-def rows(count: int, users: int, start: datetime, seconds: float, rng: random.Random, *, stable_only: bool = False):
+def rows(count: int, users: int, start: datetime, seconds: float, rng: random.Random, *,
+         stable_only: bool = False) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Request records and their quality scores, in time order."""
     scores = []
     records = []

@@ -48,10 +48,10 @@ import math
 import multiprocessing
 import sys
 import time
-from statistics import NormalDist
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import NormalDist
 
 import numba
 import numpy as np
@@ -60,10 +60,11 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway.analysis import ArmEvidence, Evidence, LatencyThresholds, Sums, decide  # noqa: E402
-from gateway.models import RolloutState  # noqa: E402
-from gateway.policy import RolloutPolicy, next_stage  # noqa: E402
-from seed_rule import SeedPolicy, WindowNumbers, seed_decide  # noqa: E402
+from seed_rule import SeedPolicy, WindowNumbers, seed_decide
+
+from gateway.analysis import ArmEvidence, Evidence, LatencyThresholds, Sums, decide
+from gateway.models import RolloutState
+from gateway.policy import RolloutPolicy
 
 CHECK_S = 900.0
 _NORMAL = NormalDist()
@@ -343,7 +344,8 @@ def simulate(rate: float, lanes: list[Lane], runs: int, days: float, seed: int) 
             now_s = (check + 1) * CHECK_S
             now = start + timedelta(seconds=now_s)
             shared_stable: ArmEvidence | None = None
-            for index in np.flatnonzero(active):
+            outcome: str
+            for index in (int(position) for position in np.flatnonzero(active)):
                 lane = lanes[index]
                 if lane.engine == "new":
                     if shared[index] and shared_stable is None:

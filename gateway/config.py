@@ -34,7 +34,8 @@ from gateway.errors import ConfigError
 from gateway.models import Deployment, RolloutState, Version
 from gateway.policy import Duration, DurationOrZero, RolloutPolicy, parse_duration
 
-__all__ = ["Duration", "DurationOrZero", "RolloutPolicy", "Settings", "load_settings", "parse_duration", "settings_from_dict"]
+__all__ = ["Duration", "DurationOrZero", "RolloutPolicy", "Settings", "load_settings", "parse_duration",
+           "settings_from_dict"]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -137,8 +137,9 @@ def demo_config(directory: Path, *, token: str, port: int, pace: Pace) -> dict[s
     models = {name: {**profile, "latency_ms": profile["latency_ms"] * pace.latency_scale,
                      "tokens_per_second": 400 / pace.latency_scale}
               for name, profile in MODELS.items()}
-    policy = {"stages": list(STAGES), "check_interval": pace.check_interval, "sequential_tuning": pace.sequential_tuning,
-              "min_stage_duration": pace.min_stage_duration, "min_requests": pace.min_requests}
+    policy = {"stages": list(STAGES), "check_interval": pace.check_interval,
+              "sequential_tuning": pace.sequential_tuning, "min_stage_duration": pace.min_stage_duration,
+              "min_requests": pace.min_requests}
     quality = {"judge": {"provider": "simulated", "model": "sim-judge", "sample_rate": 1.0,
                          "max_per_minute": 100_000, "max_concurrency": 32, "timeout_s": 10}}
     return {

@@ -92,7 +92,7 @@ class Deployment:
     versions: Mapping[str, Version]
     rollout: RolloutState
     anonymous: Literal["stable", "random"] = "stable"
-    policy: RolloutPolicy = RolloutPolicy()
+    policy: RolloutPolicy = field(default_factory=RolloutPolicy)
 
 
 @dataclass(frozen=True, slots=True)

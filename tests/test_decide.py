@@ -238,7 +238,8 @@ def test_users_moved_to_the_canary_count_once_in_the_mismatch_test() -> None:
     moved = Evidence(stable=ArmEvidence("v1", stable.users + 400, stable.calls, errors=stable.errors,
                                         quality=stable.quality, slow=stable.slow, slow_reference=stable.slow_reference,
                                         cost=stable.cost),
-                     canary=canary, since=NOW - timedelta(days=1), until=NOW, latency=LatencyThresholds.of(1800.0, POLICY),
+                     canary=canary, since=NOW - timedelta(days=1), until=NOW,
+                     latency=LatencyThresholds.of(1800.0, POLICY),
                      users_in_both=400)
     decision = decide(moved, POLICY, state(25.0), NOW)
     assert decision.srm is not None and not decision.srm.mismatch

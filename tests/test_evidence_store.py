@@ -56,7 +56,7 @@ async def test_the_store_sums_per_user_as_the_pure_function_does(database_url: s
     try:
         await store.insert_batch(records=made, scores=scores)
         policy = RolloutPolicy(min_requests=50, latency_baseline=3600,
-                               rollback_when={"p95_latency_ratio_above": 1.5})  # type: ignore[arg-type]
+                               rollback_when={"p95_latency_ratio_above": 1.5})
         until = STAGE + timedelta(hours=2)
         found = await store.stage_evidence(deployment="bot", stable="v1", canary="v2", since=STAGE, until=until,
                                            policy=policy)
@@ -67,7 +67,7 @@ async def test_the_store_sums_per_user_as_the_pure_function_does(database_url: s
     answered_v1 = sorted(r.latency_ms for r in made if r.version == "v1" and r.status == "ok")
     baseline = sorted(r.latency_ms for r in made
                       if r.version == "v1" and r.status == "ok" and STAGE - timedelta(hours=1) <= r.created_at < STAGE)
-    stage = sorted(r.latency_ms for r in made if r.version == "v1" and r.status == "ok" and STAGE <= r.created_at)
+    stage = sorted(r.latency_ms for r in made if r.version == "v1" and r.status == "ok" and r.created_at >= STAGE)
     reference = latency_reference(baseline, stage, min_requests=50)
     assert reference is not None and answered_v1
     expected = evidence_from_records(with_quality, scores, stable="v1", canary="v2", since=STAGE, until=until,

@@ -14,9 +14,9 @@ its docstring names.
 
 from __future__ import annotations
 
+from gateway.analysis.evidence import percentile_cont
 from gateway.store.decisions import DecisionSession, DecisionStore
 from gateway.store.engine import Database, Dialect, create_engine, translated_errors
-from gateway.analysis.evidence import percentile_cont
 from gateway.store.evidence import EvidenceStore
 from gateway.store.records import RecordStore
 from gateway.store.rollouts import RolloutStore
