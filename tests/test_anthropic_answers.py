@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
 from gateway.providers.anthropic import AnthropicStreamTranslator, to_chat_completion
-from gateway.providers.normalise import BLOCKS, DELTAS, FINISH_REASONS
+from gateway.providers.normalise import BLOCKS, DELTAS, FINISH_REASONS, answer_table
 
 SDK_STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
                     "model_context_window_exceeded")
@@ -179,3 +180,8 @@ def test_an_unknown_block_type_is_left_out_and_logged(caplog: pytest.LogCaptureF
         _, assembled = streamed(answer)
     assert plain["choices"][0]["message"]["content"] == assembled.choices[0].message.content == "Hi."
     assert any("hologram" in record.getMessage() for record in caplog.records)
+
+
+def test_the_readme_table_is_the_one_the_tables_generate() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert answer_table() in readme, "README.md's Anthropic answer table is out of date: paste answer_table()"

@@ -109,3 +109,31 @@ def refusal_text(stop_reason: object, stop_details: object) -> str | None:
         return None
     explanation = stop_details.get("explanation") if isinstance(stop_details, Mapping) else None
     return explanation if isinstance(explanation, str) and explanation else DEFAULT_REFUSAL
+
+
+# How the README describes each outcome; `answer_table` renders the tables above with them.
+_FINISH_NOTES: Mapping[str, str] = {
+    "length": " (the answer is incomplete)",
+    "content_filter": ", and `refusal` (the explanation Anthropic gives)",
+}
+_ROLE_TEXT: Mapping[str, str] = {
+    CONTENT: "`content`",
+    REASONING: "`reasoning_content` (as DeepSeek and vLLM name it)",
+    TOOL_CALL: "`tool_calls`; a tool without input gets arguments `\"{}\"`, streamed too",
+    OMITTED: "left out: nothing an OpenAI client can read; server tools' results are in the text after them",
+}
+
+
+def answer_table() -> str:
+    """The README's table of what each part of an Anthropic answer becomes, rendered from these tables."""
+    rows = ["| Anthropic | OpenAI |", "|---|---|"]
+    for finish in dict.fromkeys(FINISH_REASONS.values()):
+        reasons = ", ".join(f"`{reason}`" for reason, mapped in FINISH_REASONS.items() if mapped == finish)
+        rows.append(f"| stop reason {reasons} | `finish_reason: {finish}`{_FINISH_NOTES.get(finish, '')} |")
+    rows.append("| a stop reason not listed | relayed as the `finish_reason` as it is, never `stop`; logged |")
+    for role in (CONTENT, REASONING, TOOL_CALL, OMITTED):
+        parts = [f"`{name}` block" for name, mapped in BLOCKS.items() if mapped == role]
+        parts += [f"`{name}`" for name, mapped in DELTAS.items() if mapped == role]
+        rows.append(f"| {', '.join(parts)} | {_ROLE_TEXT[role]} |")
+    rows.append("| a block or delta type not listed | left out and logged |")
+    return "\n".join(rows) + "\n"
