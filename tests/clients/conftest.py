@@ -1,0 +1,117 @@
+"""A running gateway for real clients: stable on the fake OpenAI upstream, canary on the fake Anthropic one.
+
+Both fakes are strict (tests/fakes); a client test proves a call by what the
+client got back and by what the upstream received: the canary user's call
+must reach the Anthropic fake carrying the canary's system prompt, the stable
+user's the OpenAI fake carrying the stable's. These tests exercise clients,
+not storage, so they run on SQLite only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.migrate import upgrade
+from tests.conftest import Gateway
+from tests.fakes import FakeAnthropic, FakeUpstream
+from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
+from tests.fakes.anthropic import system_text
+from tests.fakes.openai import responses_system
+from tests.test_scheduler import users_in
+
+STABLE_USER = users_in(50, canary=False, count=1)[0]
+CANARY_USER = users_in(50, canary=True, count=1)[0]
+STABLE_PROMPT = "You are v1."
+CANARY_PROMPT = "You are v2."
+CLIENT_KEY = "client-key-never-forwarded"
+# Deployment routes for the pass-through of the OpenAI API (issue-independent: the README's config form).
+PASSTHROUGH = {"passthrough": {"provider": "fake", "routes": [
+    "/v1/embeddings", "/v1/moderations", "/v1/completions", "/v1/models"]}}
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def claude_server() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def claude(claude_server: FakeAnthropic) -> FakeAnthropic:
+    claude_server.reset()
+    return claude_server
+
+
+MIXED = {
+    "providers": {"claude": {"kind": "anthropic", "base_url": None, "api_key": ANTHROPIC_KEY, "retries": 0}},
+    "pricing": {"claude-sonnet-4-5": {"input": 3.0, "output": 15.0}},
+    "deployments": {"support-bot": {
+        "versions": {"v2": {"provider": "claude", "model": "claude-sonnet-4-5", "system_prompt": CANARY_PROMPT,
+                            "params": {"max_tokens": 500}}},
+        "policy": {"stages": [50, 100]}}},
+}
+
+
+@pytest.fixture
+def mixed_config(claude: FakeAnthropic) -> dict[str, Any]:
+    """The config changes that put the canary on the Anthropic fake (stable stays on the OpenAI fake)."""
+    config: dict[str, Any] = {**MIXED, "providers": {"claude": {**MIXED["providers"]["claude"],
+                                                                "base_url": claude.url}}}
+    return config
+
+
+@pytest.fixture
+def mixed(make_gateway: Any, mixed_config: dict[str, Any]) -> Gateway:
+    gateway: Gateway = make_gateway(mixed_config)
+    return gateway
+
+
+@dataclass
+class Seen:
+    """Which upstream a call reached and the system prompt it carried there."""
+
+    upstream: str  # "openai" or "anthropic"
+    prompt: str
+    body: dict[str, Any]
+
+
+def last_seen(fake: FakeUpstream, claude: FakeAnthropic) -> Seen:
+    """The latest call either fake received (and did not refuse), with its system prompt."""
+    calls = [("openai", r) for r in fake.received] + [("anthropic", r) for r in claude.received]
+    assert calls, "no upstream received the call"
+    upstream, received = max(calls, key=lambda call: call[1].at)
+    assert not fake.refused and not claude.refused, f"an upstream refused the call: {fake.refused or claude.refused}"
+    body = received.body
+    if upstream == "anthropic":
+        return Seen(upstream, system_text(body), body)
+    if received.path.endswith("/responses"):
+        return Seen(upstream, responses_system(body), body)
+    system = next((m["content"] for m in body.get("messages", []) if m["role"] in ("system", "developer")), "")
+    return Seen(upstream, system if isinstance(system, str) else "".join(p["text"] for p in system), body)
+
+
+def expect_version(fake: FakeUpstream, claude: FakeAnthropic, user: str) -> Seen:
+    """Assert the call of `user` reached its version's upstream with its version's system prompt."""
+    seen = last_seen(fake, claude)
+    if user == CANARY_USER:
+        assert (seen.upstream, seen.prompt) == ("anthropic", CANARY_PROMPT)
+    else:
+        assert (seen.upstream, seen.prompt) == ("openai", STABLE_PROMPT)
+    return seen
+
+
+def answer_of(user: str) -> str:
+    """The plain answer text each version's fake gives."""
+    return f"claude answer to [{CANARY_PROMPT}]" if user == CANARY_USER else f"answer to [{STABLE_PROMPT}]"
