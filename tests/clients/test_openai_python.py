@@ -10,8 +10,6 @@ from tests.fakes import FakeAnthropic, FakeUpstream
 
 USERS = pytest.mark.parametrize("user", [STABLE_USER, CANARY_USER], ids=["stable", "canary"])
 RESPONSES = pytest.mark.xfail(strict=True, reason="POST /v1/responses is not served yet (404)")
-SAFETY_IDENTIFIER = pytest.mark.xfail(strict=True, reason="the gateway reads the user id from `user` and "
-                                                          "X-User-Id only, not `safety_identifier`")
 
 
 @USERS
@@ -72,7 +70,6 @@ def test_responses_function_call(mixed: Gateway, fake: FakeUpstream, claude: Fak
     expect_version(fake, claude, user)
 
 
-@SAFETY_IDENTIFIER
 def test_safety_identifier_routes_a_canary_user(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic) -> None:
     client = mixed.openai(CLIENT_KEY)
     answer = client.chat.completions.create(model="support-bot", safety_identifier=CANARY_USER,
