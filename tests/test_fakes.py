@@ -298,6 +298,10 @@ CHAT_REFUSALS = [
     ("temperature above 2", chat(temperature=3), "temperature", "invalid_value"),
     ("Anthropic-shaped tool", chat(tools=[{"name": "f", "input_schema": {}}]), "tools[0].type", "invalid_value"),
     ("n of 0", chat(n=0), "'n'", "invalid_value"),
+    ("max_tokens on a reasoning model", chat(model="o3-mini", max_tokens=50),
+     "'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "unsupported_parameter"),
+    ("temperature on a reasoning model", chat(model="gpt-5-mini", temperature=0.3),
+     "'temperature' does not support 0.3 with this model", "unsupported_value"),
 ]
 
 
@@ -437,3 +441,24 @@ def test_embeddings_and_models(oai: FakeUpstream, oai_sdk: openai.OpenAI) -> Non
     assert oai_sdk.models.retrieve("text-embedding-3-small").id == "text-embedding-3-small"
     refused = httpx.post(f"{oai.url}/embeddings", json={"model": "e", "input": "a", "encoding": "float"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unknown_parameter"
+
+
+def test_a_reasoning_model_takes_max_completion_tokens(oai_sdk: openai.OpenAI) -> None:
+    answer = oai_sdk.chat.completions.create(model="o3-mini", max_completion_tokens=50, temperature=1,
+                                             messages=[{"role": "user", "content": "Hi"}])
+    assert answer.choices[0].message.content == "answer to []"
+
+
+def test_misbehaviours_of_openai_compatible_upstreams(oai: FakeUpstream) -> None:
+    oai.behaviour.refuse_stream_options = True
+    refused = httpx.post(f"{oai.url}/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
+    assert refused.status_code == 400
+    oai.behaviour = type(oai.behaviour)(error_in_200={"message": "Rate limit exceeded", "code": 429})
+    embedded = httpx.post(f"{oai.url}/chat/completions", json=chat())
+    assert embedded.status_code == 200 and embedded.json() == {"error": {"message": "Rate limit exceeded",
+                                                                         "code": 429}}
+    oai.behaviour = type(oai.behaviour)(gzip=True)
+    with httpx.stream("POST", f"{oai.url}/chat/completions", json=chat(stream=True),
+                      headers={"Accept-Encoding": "identity"}) as answer:
+        assert answer.headers["content-encoding"] == "gzip"
+        assert b"data: [DONE]" in answer.read()  # httpx decodes it; a relay that does not would send gzip bytes

@@ -290,6 +290,8 @@ class AnthropicBehaviour:
     stop_reason: str | None = None
     # Answer with exactly this text (None: "claude answer to [<system>]").
     text: str | None = None
+    # Headers added to error answers (anthropic-ratelimit-*, retry-after).
+    error_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -365,7 +367,7 @@ class FakeAnthropic:
             return body
         b = self.behaviour
         if b.status >= 400:
-            headers = {"retry-after": b.retry_after} if b.retry_after else {}
+            headers = {**({"retry-after": b.retry_after} if b.retry_after else {}), **b.error_headers}
             return self._error(b.status, b.error_type, f"fake anthropic {b.status}", headers)
         content = answer_content(body, b.text)
         stop_reason = b.stop_reason or ("tool_use" if any(c["type"] == "tool_use" for c in content) else "end_turn")

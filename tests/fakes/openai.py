@@ -1,8 +1,9 @@
 """A strict fake OpenAI API: chat completions, Responses, embeddings, models, completions, moderations.
 
 A real HTTP server on 127.0.0.1 that records what it received and can
-misbehave on demand (error statuses, delays, hangs, redirects, HTML or
-truncated bodies, slow or cut streams, CRLF line endings).
+misbehave on demand (error statuses and rate-limit headers, delays, hangs,
+redirects, HTML or truncated bodies, slow or cut streams, CRLF line endings,
+gzipped streams, an error inside an HTTP 200, refusing `stream_options`).
 
 Requests are checked the way the real API checks them, and refused with
 OpenAI's error shape `{"error": {"message", "type", "param", "code"}}`:
@@ -12,7 +13,9 @@ OpenAI's error shape `{"error": {"message", "type", "param", "code"}}`:
   others ("Unrecognized request argument supplied"); message, content part,
   tool and tool_choice shapes from `chat_completion_*_param.py`; `model` and a
   non-empty `messages` required; `stream_options` only with `stream`;
-  `tool_choice` and `parallel_tool_calls` only with `tools`; every assistant
+  `tool_choice` and `parallel_tool_calls` only with `tools`; on reasoning models
+  (`o1`, `o3`, `o4-mini`, `gpt-5`...) no `max_tokens` and sampling parameters at
+  their defaults only; every assistant
   `tool_calls` answered by `tool` messages and every `tool` message answering
   one; `temperature` in [0, 2], `top_p` in [0, 1], penalties in [-2, 2], `n` ≥ 1.
 - `POST /v1/responses`: the fields of `ResponseCreateParams`
@@ -38,8 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import random
+import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -299,6 +304,7 @@ def validate_chat(body: Any) -> None:
         if name in body and not body.get("tools"):
             raise Refused(f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified.",
                           param=name)
+    _check_reasoning_model(body)
     pending: list[str] = []
     for index, message in enumerate(body["messages"]):
         if message["role"] == "tool":
@@ -316,6 +322,27 @@ def validate_chat(body: Any) -> None:
                 raise Refused(f"Invalid value for 'messages[{index}].content': expected a string, got null.",
                               param=f"messages.[{index}].content")
             pending = [call["id"] for call in message.get("tool_calls") or []]
+
+
+REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+# Sampling parameters a reasoning model takes only at their default value.
+REASONING_DEFAULTS = {"temperature": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0}
+
+
+def _check_reasoning_model(body: dict[str, Any]) -> None:
+    """What OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...) refuse that the others take."""
+    if not REASONING_MODEL.match(body["model"]):
+        return
+    if body.get("max_tokens") is not None:
+        raise Refused("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                      "'max_completion_tokens' instead.", param="max_tokens", code="unsupported_parameter")
+    for name, default in REASONING_DEFAULTS.items():
+        if body.get(name) is not None and body[name] != default:
+            raise Refused(f"Unsupported value: '{name}' does not support {body[name]} with this model. Only the "
+                          f"default ({default}) value is supported.", param=name, code="unsupported_value")
+    if body.get("logprobs"):
+        raise Refused("Unsupported parameter: 'logprobs' is not supported with this model.", param="logprobs",
+                      code="unsupported_parameter")
 
 
 def validate_responses(body: Any) -> None:
@@ -375,6 +402,14 @@ class Behaviour:
     # Judge mode: the answer is a verdict; the first key found in the judged text picks the score.
     judge_scores: dict[str, float] | None = None
     judge_text: str | None = None  # a verdict to send verbatim instead
+    # Headers added to error answers (rate-limit headers: retry-after-ms, x-ratelimit-*).
+    error_headers: dict[str, str] = field(default_factory=dict)
+    # An OpenAI-compatible upstream that refuses `stream_options` (400), as some do.
+    refuse_stream_options: bool = False
+    # Gzip every answer, streams included, whatever Accept-Encoding asked for.
+    gzip: bool = False
+    # OpenRouter style: answer HTTP 200 whose body is this error object.
+    error_in_200: dict[str, Any] | None = None
 
 
 @dataclass
@@ -446,7 +481,7 @@ class FakeUpstream:
         random_failure = random.random() < b.error_rates.get(body.get("model", ""), 0.0)
         if failing or body.get("model") in b.fail_models or random_failure:
             status = b.status if b.status >= 400 else 500
-            headers = {"Retry-After": b.retry_after} if b.retry_after else {}
+            headers = {**({"Retry-After": b.retry_after} if b.retry_after else {}), **b.error_headers}
             text = b.error_body or json.dumps(
                 {"error": {"message": f"fake failure {status}", "type": "server_error", "param": None, "code": None}}
             )
@@ -455,6 +490,12 @@ class FakeUpstream:
             return web.Response(text="<html><body>Bad gateway</body></html>", content_type="text/html")
         if b.mode == "truncated":
             return web.Response(text='{"id": "chatcmpl-1", "choices": [{"mes', content_type="application/json")
+        if b.refuse_stream_options and "stream_options" in body:
+            return web.json_response({"error": {"message": "Unrecognized request argument supplied: stream_options",
+                                                "type": "invalid_request_error", "param": None, "code": None}},
+                                     status=400)
+        if b.error_in_200 is not None:
+            return web.json_response({"error": b.error_in_200})
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -475,6 +516,9 @@ class FakeUpstream:
             answer["choices"][0]["message"]["content"] = ""
         if self.behaviour.judge_scores is not None or self.behaviour.judge_text is not None:
             answer["choices"][0]["message"]["content"] = self._verdict(body)
+        if self.behaviour.gzip:
+            return web.Response(body=gzip.compress(json.dumps(answer).encode()),
+                                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
         return web.json_response(answer)
 
     def _verdict(self, body: dict[str, Any]) -> str:
@@ -496,6 +540,8 @@ class FakeUpstream:
     async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         b = self.behaviour
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        if b.gzip:
+            response.enable_compression(force=web.ContentCoding.gzip)
         await response.prepare(request)
         if b.first_chunk_delay:
             await asyncio.sleep(b.first_chunk_delay)
