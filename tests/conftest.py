@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from gateway.app import create_app
 from gateway.config import Settings, settings_from_dict
 from gateway.migrate import upgrade
-from tests.fakes import FakeUpstream, free_port
+from tests.fakes import FakeAnthropic, FakeUpstream, free_port
 
 ADMIN_URL = os.environ.get("CANARY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 PROVIDER_KEY = "sk-test-SENTINEL-provider-key-0123456789"
@@ -107,6 +107,20 @@ def fake(upstream: FakeUpstream) -> FakeUpstream:
     """The session's fake upstream, reset to good behaviour for this test."""
     upstream.reset()
     return upstream
+
+
+@pytest.fixture(scope="session")
+def anthropic_upstream() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def claude(anthropic_upstream: FakeAnthropic) -> FakeAnthropic:
+    """The session's fake Anthropic upstream, reset to good behaviour for this test."""
+    anthropic_upstream.reset()
+    return anthropic_upstream
 
 
 def base_config(database_url: str, upstream_url: str, spool_dir: Path) -> dict[str, Any]:

@@ -9,7 +9,6 @@ not storage, so they run on SQLite only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,8 @@ CANARY_USER = users_in(50, canary=True, count=1)[0]
 STABLE_PROMPT = "You are v1."
 CANARY_PROMPT = "You are v2."
 CLIENT_KEY = "client-key-never-forwarded"
-# Deployment routes for the pass-through of the OpenAI API (issue-independent: the README's config form).
-PASSTHROUGH = {"passthrough": {"provider": "fake", "routes": [
-    "/v1/embeddings", "/v1/moderations", "/v1/completions", "/v1/models"]}}
+# The pass-through of the OpenAI API's other routes, to the OpenAI fake (its default routes).
+PASSTHROUGH = {"passthrough": {"provider": "fake"}}
 
 
 @pytest.fixture
@@ -39,19 +37,6 @@ def database_url(tmp_path: Path) -> str:
     url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
     upgrade(url)
     return url
-
-
-@pytest.fixture(scope="session")
-def claude_server() -> Iterator[FakeAnthropic]:
-    fake = FakeAnthropic().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def claude(claude_server: FakeAnthropic) -> FakeAnthropic:
-    claude_server.reset()
-    return claude_server
 
 
 MIXED = {
