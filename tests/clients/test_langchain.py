@@ -51,7 +51,6 @@ def test_chat_anthropic(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropi
     expect_version(fake, claude, user)
 
 
-@pytest.mark.xfail(strict=True, reason="the pass-through is not served: main lost gateway/passthrough.py in c43c475")
 def test_openai_embeddings_through_the_pass_through(make_gateway: object, fake: FakeUpstream) -> None:
     gateway: Gateway = make_gateway(PASSTHROUGH)  # type: ignore[operator]
     embeddings = OpenAIEmbeddings(model="text-embedding-3-small", base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY,

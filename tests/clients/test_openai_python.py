@@ -88,7 +88,6 @@ def test_safety_identifier_on_responses(mixed: Gateway, fake: FakeUpstream, clau
     expect_version(fake, claude, CANARY_USER)
 
 
-@pytest.mark.xfail(strict=True, reason="the pass-through is not served: main lost gateway/passthrough.py in c43c475")
 def test_models_retrieve_and_embeddings(make_gateway: Any, fake: FakeUpstream) -> None:
     gateway: Gateway = make_gateway(PASSTHROUGH)
     client = gateway.openai(CLIENT_KEY)
