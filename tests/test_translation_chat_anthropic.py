@@ -60,7 +60,8 @@ def call(gateway: Gateway, stream: bool, **body: Any) -> dict[str, Any]:
         answer = http.post("/v1/chat/completions", json=payload)
     if not stream or answer.status_code != 200:
         return {"status": answer.status_code, **answer.json()}
-    content, finish, calls = "", None, {}
+    content, finish = "", None
+    calls: dict[int, dict[str, Any]] = {}
     for line in answer.text.split("\n"):
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue

@@ -12,11 +12,11 @@ import pytest
 # litellm fetches its model price map from the internet at import unless told to use its bundled copy.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
+import litellm
 
-from tests.clients.conftest import CANARY_USER, CLIENT_KEY, answer_of, expect_version  # noqa: E402
-from tests.conftest import Gateway  # noqa: E402
-from tests.fakes import FakeAnthropic, FakeUpstream  # noqa: E402
+from tests.clients.conftest import CANARY_USER, CLIENT_KEY, answer_of, expect_version
+from tests.conftest import Gateway
+from tests.fakes import FakeAnthropic, FakeUpstream
 
 # litellm's own modules warn about their TypedDicts when it imports them lazily on the first call.
 pytestmark = pytest.mark.filterwarnings("ignore:Items? .* `ReadOnly` qualifier:UserWarning")

@@ -111,7 +111,8 @@ BLOCK = tagged({"text": TEXT, "image": IMAGE, "document": DOCUMENT, "thinking": 
                 "redacted_thinking": REDACTED_THINKING, "tool_use": TOOL_USE, "tool_result": TOOL_RESULT,
                 "mid_conv_system": MID_CONVERSATION_SYSTEM}, loose=SERVER_BLOCKS)
 MESSAGE = obj({"role": literal("user", "assistant", "system"), "content": either(string(), array(BLOCK))})
-CLIENT_TOOL = obj({"name": string(pattern=TOOL_NAME.match, describe="matching '^[a-zA-Z0-9_-]{1,128}$'"),
+CLIENT_TOOL = obj({"name": string(pattern=lambda name: TOOL_NAME.match(name) is not None,
+                                  describe="matching '^[a-zA-Z0-9_-]{1,128}$'"),
                    "input_schema": mapping()}, {
     **CACHE, "type": nullable(literal("custom")), "description": string(), "strict": boolean,
     "allowed_callers": array(string()), "defer_loading": boolean, "eager_input_streaming": nullable(boolean),
@@ -142,7 +143,8 @@ COMMON = {"cache_control": nullable(CACHE_CONTROL), "output_config": OUTPUT_CONF
 CREATE = obj({"model": string(), "messages": array(MESSAGE), "max_tokens": integer(minimum=0)}, {
     **COMMON, "container": nullable(string()), "inference_geo": nullable(string()),
     "metadata": obj(None, {"user_id": nullable(string())}), "speed": nullable(literal("standard", "fast")),
-    "diagnostics": nullable(obj(None, {"previous_message_id": nullable(string())})), "service_tier": literal("auto", "standard_only"),
+    "diagnostics": nullable(obj(None, {"previous_message_id": nullable(string())})),
+    "service_tier": literal("auto", "standard_only"),
     "stop_sequences": array(string()), "temperature": number(minimum=0, maximum=1), "top_k": integer(minimum=0),
     "top_p": number(minimum=0, maximum=1), "stream": boolean,
 })
@@ -398,12 +400,12 @@ class FakeAnthropic:
                 await send("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
                 if index == 0:
                     await send("ping", {})
-                for number, piece in enumerate(block["text"].split(" ")):
+                for ordinal, piece in enumerate(block["text"].split(" ")):
                     if b.error_after is not None and text_deltas >= b.error_after:
                         await send("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
                         return response
                     await send("content_block_delta", {"index": index, "delta": {
-                        "type": "text_delta", "text": piece if number == 0 else " " + piece}})
+                        "type": "text_delta", "text": piece if ordinal == 0 else " " + piece}})
                     text_deltas += 1
             elif block["type"] == "thinking":
                 await send("content_block_start", {"index": index, "content_block": {
@@ -460,7 +462,7 @@ def answer_content(body: dict[str, Any], text: str | None = None) -> list[dict[s
     elif choice["type"] not in ("any", "tool") or not tools:
         content.append({"type": "text", "text": text if text is not None else
                         f"claude answer to [{system_text(body)}]"})
-    for number, tool in enumerate(tools, start=1):
-        content.append({"type": "tool_use", "id": f"toolu_fake{number}", "name": tool["name"],
+    for ordinal, tool in enumerate(tools, start=1):
+        content.append({"type": "tool_use", "id": f"toolu_fake{ordinal}", "name": tool["name"],
                         "input": sample(tool["input_schema"]) or {}})
     return content

@@ -552,9 +552,8 @@ class FakeUpstream:
         pieces = [json.dumps(sample(structured))] if structured is not None else [f"piece{i} " for i in range(count)]
         chunk_delay = b.chunk_delays.get(str(body.get("user")), b.chunk_delay)
         calls = _called_tools(body)
-        sent = 0
         for index, piece in enumerate(pieces):
-            if b.cut_after is not None and sent >= b.cut_after:
+            if b.cut_after is not None and index >= b.cut_after:
                 self.stream_finished_at.append(time.monotonic())
                 return response  # the connection ends without [DONE]
             last = index == len(pieces) - 1
@@ -562,18 +561,17 @@ class FakeUpstream:
             event = chunk(body, {"content": piece} if index else {"role": "assistant", "content": piece},
                           usage=usage, include_usage=include_usage, finish="stop" if last and not calls else None)
             await response.write(b"data: " + json.dumps(event).encode() + end)
-            sent += 1
             if chunk_delay:
                 await asyncio.sleep(chunk_delay)
-        for number, (name, arguments) in enumerate(calls):
+        for ordinal, (name, arguments) in enumerate(calls):
             text = json.dumps(arguments)
             middle = text.index(":") + 1 if ":" in text else len(text)
             for part_index, part in enumerate((text[:middle], text[middle:])):
-                call: dict[str, Any] = {"index": number, "function": {"arguments": part}}
+                call: dict[str, Any] = {"index": ordinal, "function": {"arguments": part}}
                 if part_index == 0:
-                    call.update({"id": f"call_fake{number + 1}", "type": "function"})
+                    call.update({"id": f"call_fake{ordinal + 1}", "type": "function"})
                     call["function"]["name"] = name
-                last = number == len(calls) - 1 and part_index == 1
+                last = ordinal == len(calls) - 1 and part_index == 1
                 event = chunk(body, {"tool_calls": [call]}, usage=None, include_usage=include_usage,
                               finish="tool_calls" if last else None)
                 await response.write(b"data: " + json.dumps(event).encode() + end)
@@ -759,8 +757,8 @@ def completion(body: dict[str, Any], *, usage: Any) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     calls = _called_tools(body)
     if calls:
-        message["tool_calls"] = [{"id": f"call_fake{number}", "type": "function", "function": {
-            "name": name, "arguments": json.dumps(arguments)}} for number, (name, arguments) in enumerate(calls, 1)]
+        message["tool_calls"] = [{"id": f"call_fake{ordinal}", "type": "function", "function": {
+            "name": name, "arguments": json.dumps(arguments)}} for ordinal, (name, arguments) in enumerate(calls, 1)]
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -801,8 +799,8 @@ def response_object(body: dict[str, Any], *, status: str, usage: Any,
         text = json.dumps(sample(structured)) if structured is not None else f"answer to [{responses_system(body)}]"
         output = [{"id": "msg_fake1", "type": "message", "role": "assistant", "status": "completed",
                    "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]
-        for number, (name, arguments) in enumerate(_called_tools(body), start=1):
-            output.append({"id": f"fc_fake{number}", "type": "function_call", "call_id": f"call_fake{number}",
+        for ordinal, (name, arguments) in enumerate(_called_tools(body), start=1):
+            output.append({"id": f"fc_fake{ordinal}", "type": "function_call", "call_id": f"call_fake{ordinal}",
                            "name": name, "arguments": json.dumps(arguments), "status": "completed"})
     text_config = body.get("text") or {}
     return {
@@ -823,7 +821,8 @@ def responses_system(body: dict[str, Any]) -> str:
     """The system prompt a Responses request carries: `instructions`, else its first system/developer item."""
     if body.get("instructions"):
         return str(body["instructions"])
-    for item in body.get("input") if isinstance(body.get("input"), list) else []:
+    items = body.get("input")
+    for item in items if isinstance(items, list) else []:
         if item.get("type", "message") == "message" and item.get("role") in ("system", "developer"):
             content = item["content"]
             return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)

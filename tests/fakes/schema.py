@@ -154,7 +154,7 @@ def tagged(variants: Mapping[str, Check], *, key: str = "type", default: str | N
         if not isinstance(value, dict):
             raise Invalid(path, "type", "Input should be a valid dictionary or object")
         tag = value.get(key, default)
-        if tag in variants:
+        if isinstance(tag, str) and tag in variants:
             variants[tag](value, path)
         elif tag not in loose:
             names = ", ".join(repr(name) for name in (*variants, *loose))
