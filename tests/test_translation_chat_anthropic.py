@@ -189,10 +189,7 @@ def test_an_audio_part_is_refused(on_claude: Gateway, claude: FakeAnthropic) -> 
 
 @STREAMED
 def test_a_tool_without_parameters_gets_an_empty_object(on_claude: Gateway, claude: FakeAnthropic,
-                                                        stream: bool, request: pytest.FixtureRequest) -> None:
-    if stream:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the streamed path relays partial_json '' as "
-                                                                  "arguments ''"))
+                                                        stream: bool) -> None:
     answer = call(on_claude, stream, tools=[TIME], tool_choice="required")
     [tool_call] = answer["choices"][0]["message"]["tool_calls"]
     assert tool_call["function"] == {"name": "get_time", "arguments": "{}"}
@@ -200,8 +197,7 @@ def test_a_tool_without_parameters_gets_an_empty_object(on_claude: Gateway, clau
 
 @pytest.mark.parametrize(("stop_reason", "finish_reason"), [
     ("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("refusal", "content_filter"),
-    pytest.param("model_context_window_exceeded", "length",
-                 marks=pytest.mark.xfail(strict=True, reason="unmapped stop_reason becomes 'stop'")),
+    ("model_context_window_exceeded", "length"),
 ])
 @STREAMED
 def test_every_stop_reason_maps_deliberately(on_claude: Gateway, claude: FakeAnthropic, stream: bool,
@@ -211,7 +207,6 @@ def test_every_stop_reason_maps_deliberately(on_claude: Gateway, claude: FakeAnt
     assert answer["choices"][0]["finish_reason"] == finish_reason
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown stop_reason becomes finish_reason 'stop'")
 @STREAMED
 def test_an_unknown_stop_reason_is_not_all_fine(on_claude: Gateway, claude: FakeAnthropic, stream: bool) -> None:
     claude.behaviour.stop_reason = "a_reason_from_next_year"
