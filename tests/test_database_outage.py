@@ -131,7 +131,8 @@ def test_nothing_is_dropped_while_a_small_buffer_spills_and_the_spool_drains_und
     finally:
         stop.set()
         gateway.stop()
-    assert failed == [] and len(answered) > before_restart > 200
+    # More calls than memory holds (max_buffer 40) were answered before the restart, so some had to spill.
+    assert failed == [] and len(answered) > before_restart > 40
     assert spool_files, "the outage produced more records than max_buffer: some must have been spooled"
     assert min(spool_files.values()) >= 20  # spilled in large files (half of max_buffer at least)
     dropped = [line for line in metrics.splitlines() if line.startswith("canary_records_dropped_total{")]
