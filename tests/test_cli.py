@@ -26,7 +26,7 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     )
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
+def wait_until_ready(url: str, process: subprocess.Popen[str], timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
