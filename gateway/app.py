@@ -29,7 +29,7 @@ from gateway.api import admin, dashboard, health, passthrough, proxy
 from gateway.api.admin import AdminGuard
 from gateway.api.bodies import BodyBudget, BodyBudgetMiddleware
 from gateway.api.deps import Services
-from gateway.api.errors import error_response, http_status
+from gateway.api.errors import ErrorResponse, error_response, http_status
 from gateway.config import Settings, declared_deployments, load_settings
 from gateway.control import ControlPlane, sync_declared
 from gateway.drain import Drain
@@ -246,7 +246,7 @@ def _install_error_handlers(app: FastAPI, passthrough_routes: tuple[str, ...]) -
             code = "not_found"
         else:
             message, code = str(exc.detail), "invalid_request"
-        return JSONResponse(
+        return ErrorResponse(
             {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}},
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
@@ -259,7 +259,7 @@ def _install_error_handlers(app: FastAPI, passthrough_routes: tuple[str, ...]) -
         if location and location[0] in ("body", "query", "path", "header"):
             location = location[1:]
         param = ".".join(str(part) for part in location) or None
-        return JSONResponse(
+        return ErrorResponse(
             {"error": {"message": f"{param}: {first['msg']}" if param else first["msg"],
                        "type": "invalid_request_error", "param": param, "code": "invalid_request"}},
             status_code=400,
@@ -268,7 +268,7 @@ def _install_error_handlers(app: FastAPI, passthrough_routes: tuple[str, ...]) -
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error (%s)", type(exc).__name__, exc_info=exc)
-        return JSONResponse(
+        return ErrorResponse(
             {"error": {"message": "The gateway failed unexpectedly", "type": "server_error",
                        "param": None, "code": "internal_error"}},
             status_code=500,

@@ -54,6 +54,26 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def check_storable(value: object, what: str) -> None:
+    """Refuse text a database cannot store, anywhere in `value` (strings, and the keys and items of
+    mappings and lists): NUL (PostgreSQL text and JSON refuse it) or an unpaired surrogate (not UTF-8)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{what} must not contain NUL characters")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{what} must not contain unpaired surrogates (text that is not UTF-8)") from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_storable(key, what)
+            check_storable(item, what)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_storable(item, what)
+
+
 class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -268,6 +288,15 @@ class VersionSettings(_Frozen):
             except jsonschema.SchemaError as exc:
                 raise ValueError(f"not a valid JSON schema: {exc.message}") from None
         return schema
+
+    @model_validator(mode="after")
+    def _storable(self) -> VersionSettings:
+        stored = {"provider": self.provider, "model": self.model, "system_prompt": self.system_prompt,
+                  "few_shot": [shot.content for shot in self.few_shot], "params": self.params,
+                  "response_schema": self.response_schema}
+        for name, value in stored.items():
+            check_storable(value, name)
+        return self
 
     @field_validator("params")
     @classmethod

@@ -221,3 +221,5 @@ class StoreUnavailable(StoreError):
 
 class StoreRejected(StoreError):
     """The database refused the values (constraint, type); the same write will fail again."""
+
+    code = "invalid_value"

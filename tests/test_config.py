@@ -634,3 +634,14 @@ def test_declared_versions_carry_their_content() -> None:
     assert versions["v2"].few_shot == ({"role": "assistant", "content": "ok"},)
     # The content hash sees every field: v1 and v2 differ.
     assert versions["v1"].content_hash() != versions["v2"].content_hash()
+
+
+@pytest.mark.parametrize(("field", "value", "wording"), [
+    ("system_prompt", "be\x00nice", "system_prompt must not contain NUL characters"),
+    ("system_prompt", "x\ud800", "system_prompt must not contain unpaired surrogates (text that is not UTF-8)"),
+    ("params", {"logit_bias": {"\x00": 1}}, "params must not contain NUL characters"),
+])
+def test_version_text_a_database_cannot_store_is_refused(field: str, value: object, wording: str) -> None:
+    data = minimal()
+    data["deployments"]["support-bot"]["versions"]["v2"][field] = value
+    assert config_error(data) == f"deployments.support-bot.versions.v2: {wording}"

@@ -13,14 +13,14 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.deps import ServicesDep
 from gateway.api.errors import error_response
-from gateway.config import VersionSettings, check_name
+from gateway.config import VersionSettings, check_name, check_storable
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, RateLimited, Unauthorized
 from gateway.models import Deployment, RolloutEvent, Version
 
@@ -133,6 +133,12 @@ def _two_decimals(percent: float | None) -> float | None:
 class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str | None = Field(None, max_length=2000)
+
+    @field_validator("reason")
+    @classmethod
+    def _storable(cls, reason: str | None) -> str | None:
+        check_storable(reason, "reason")
+        return reason
     # Optimistic concurrency: refuse with 409 unless the deployment is still at this revision.
     revision: int | None = Field(None, ge=0)
 
@@ -150,7 +156,8 @@ class PercentIn(Reason):
     _round = field_validator("percent")(_two_decimals)
 
 
-Name = Annotated[str, Field(min_length=1, max_length=64)]
+# Deployment names as the configuration allows them (config.check_name): anything else cannot exist.
+Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
 @router.get("/deployments")
@@ -242,7 +249,8 @@ async def events(
     services: ServicesDep,
     _actor: Actor,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1, description="only events with a smaller id (paging)")] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="only events with a smaller id (paging)")]
+    = None,
 ) -> JSONResponse:
     """The audit trail, newest first: `{"events": [EVENT]}`."""
     found = await services.control.events(deployment=name, limit=limit, before_id=before)

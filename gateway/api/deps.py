@@ -75,6 +75,11 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+def is_request_id(text: str) -> bool:
+    """Whether `text` has the shape of an id the gateway gives a call (its own, or a client's it kept)."""
+    return _REQUEST_ID.match(text) is not None
+
+
 def request_id_of(request: Request, ids: RequestIds) -> str:
     """The client's X-Request-Id when it is a sane token, else a new one."""
     given = request.headers.get("x-request-id")

@@ -8,6 +8,7 @@ only place that gives one, with the body in OpenAI's error shape
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from gateway.errors import (
     PayloadTooLarge,
     RateLimited,
     ShuttingDown,
+    StoreRejected,
     StoreUnavailable,
     Unauthorized,
     UpstreamError,
@@ -56,6 +58,8 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     UpstreamTimeout: (504, "upstream_error"),
     UpstreamError: (502, "upstream_error"),
     StoreUnavailable: (503, "server_error"),
+    # Values a client sent that the database refuses (checked at the API where it can be): the client's to fix.
+    StoreRejected: (400, "invalid_request_error"),
     GatewayError: (500, "server_error"),
 }
 
@@ -84,6 +88,14 @@ def error_body(exc: GatewayError) -> dict[str, Any]:
     return {"message": exc.message, "type": error_type, "param": exc.param, "code": code}
 
 
+class ErrorResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error message may quote what the client
+    sent (a model name, a path), and a lone surrogate in it cannot be encoded as UTF-8."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The HTTP answer for `exc`: OpenAI's error shape, its status, `Retry-After` where given, and
     the upstream's rate-limit headers on an error the provider answered."""
@@ -92,4 +104,4 @@ def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = Non
         answer_headers.update(exc.headers)
     if exc.retry_after:
         answer_headers["Retry-After"] = exc.retry_after
-    return JSONResponse({"error": error_body(exc)}, status_code=http_status(exc), headers=answer_headers)
+    return ErrorResponse({"error": error_body(exc)}, status_code=http_status(exc), headers=answer_headers)

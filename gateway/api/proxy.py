@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.api import passthrough
-from gateway.api.deps import Services, ServicesDep, check_client, read_body, request_id_of
+from gateway.api.deps import Services, ServicesDep, check_client, is_request_id, read_body, request_id_of
 from gateway.api.errors import error_response
 from gateway.chat import parse_chat_request
 from gateway.errors import ClientError, InvalidRequest, NotFound, Overloaded, StoreUnavailable, UpstreamError
@@ -152,8 +152,9 @@ def _parse_feedback(raw: bytes) -> Feedback:
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     request_id = body.get("request_id")
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
-        raise InvalidRequest("'request_id' must be a non-empty string of at most 128 characters", param="request_id")
+    if not isinstance(request_id, str) or not is_request_id(request_id):
+        raise InvalidRequest("'request_id' must be a call's X-Request-Id: 1-128 letters, digits, '.', '_', ':' "
+                             "or '-'", param="request_id")
     score, thumbs = body.get("score"), body.get("thumbs")
     if (score is None) == (thumbs is None):
         raise InvalidRequest("give exactly one of 'score' (0 to 1) or 'thumbs' ('up' or 'down')", param="score")
@@ -168,5 +169,6 @@ def _parse_feedback(raw: bytes) -> Feedback:
         raise InvalidRequest(f"'comment' must be a string of at most {MAX_COMMENT_CHARS} characters",
                              param="comment")
     if comment is not None:
-        comment = comment.replace("\x00", "")  # PostgreSQL text refuses NUL
+        # Stored as given but for what a database refuses: NUL (PostgreSQL) and unpaired surrogates (not UTF-8).
+        comment = comment.replace("\x00", "").encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return Feedback(request_id=request_id, score=float(score), comment=comment)

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -113,6 +113,13 @@ async def translated_errors() -> AsyncIterator[None]:
     except DBAPIError as exc:
         if _refused_values(exc):
             raise StoreRejected(f"the database refused the values ({type(exc.orig).__name__})") from exc
+        raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from exc
+    except UnicodeError as exc:
+        # Text the driver cannot encode (an unpaired surrogate): these values will never be stored.
+        raise StoreRejected("the database refused the values (text that is not UTF-8)") from exc
+    except StatementError as exc:
+        if isinstance(exc.orig, UnicodeError):
+            raise StoreRejected("the database refused the values (text that is not UTF-8)") from exc
         raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from exc
     except (PoolTimeout, SQLAlchemyError, OSError, TimeoutError) as exc:
         raise StoreUnavailable(f"the database is unavailable ({type(exc).__name__})") from exc
