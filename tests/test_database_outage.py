@@ -233,3 +233,41 @@ def test_a_gateway_told_not_to_migrate_says_the_schema_is_missing(
                 time.sleep(0.2)
     finally:
         gateway.stop()
+
+
+def test_feedback_for_a_call_still_in_the_spool_is_accepted_and_lands(
+    cluster: Cluster, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """The database is back but the writer has not drained the spool yet: the call exists, only not in
+    the database. Its feedback is accepted (202), not refused as unknown, and ends on the call."""
+    upgrade(cluster.url)
+    spool = tmp_path / "spool"
+    config: dict[str, Any] = base_config(cluster.url, fake.url, spool)
+    config["database"] = {"pool_timeout": "1s", "statement_timeout": "2s", "refresh_interval": "200ms"}
+    config["recorder"].update({"max_buffer": 10, "max_backoff": "8s"})
+    gateway = Gateway(settings_from_dict(config)).start()
+    try:
+        with gateway.client() as http:
+            cluster.stop()
+            answers = [http.post("/v1/chat/completions", json={
+                "model": "support-bot", "messages": MESSAGES, "user": f"u{index}"}) for index in range(40)]
+            assert [answer.status_code for answer in answers] == [200] * 40
+            time.sleep(9)  # the writer's backoff grows to its 8 s maximum
+            assert list(spool.glob("records-*.jsonl")), "the oldest calls wait in the spool"
+            cluster.start()
+            first = answers[0].headers["x-request-id"]  # the oldest: spilled first
+            ready = time.monotonic() + 10
+            while http.get("/readyz").json()["database"] != "ok":
+                assert time.monotonic() < ready
+                time.sleep(0.1)
+            assert not query(cluster.url, "SELECT id FROM request_records WHERE id = :id", id=first)
+            feedback = http.post("/v1/feedback", json={"request_id": first, "score": 0.25})
+            assert feedback.status_code == 202 and feedback.json()["status"] == "accepted"
+            deadline = time.monotonic() + 20
+            while not (row := query(cluster.url, "SELECT quality FROM request_records WHERE id = :id", id=first)) \
+                    or row[0]["quality"] is None:
+                assert time.monotonic() < deadline, "the spooled call never got its feedback's quality"
+                time.sleep(0.2)
+    finally:
+        gateway.stop()
+    assert row[0]["quality"] == 0.25

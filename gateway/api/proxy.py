@@ -104,8 +104,9 @@ async def feedback(request: Request, services: ServicesDep) -> Response:
     """Attach a user's score (or thumbs up/down) to a recorded call, by its X-Request-Id.
 
     The score is written by the background writer, so it survives a database
-    outage; while the database cannot say whether the call exists, the score
-    is accepted (202) rather than lost.
+    outage; while the database cannot say whether the call exists (it is
+    down, or records still wait in the spool), the score is accepted (202)
+    rather than lost.
     """
     try:
         check_client(request, services)
@@ -120,7 +121,9 @@ async def feedback(request: Request, services: ServicesDep) -> Response:
             except StoreUnavailable:
                 labels, status_code = None, 202
             else:
-                if labels is None:
+                if labels is None and services.recorder.spooled:
+                    status_code = 202  # the call may be in the spool, not written back yet
+                elif labels is None:
                     raise NotFound(f"No recorded request has the id '{given.request_id}'", param="request_id")
     except ClientError as exc:
         return error_response(exc)
