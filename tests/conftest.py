@@ -1,9 +1,16 @@
-"""Fixtures: databases (SQLite and PostgreSQL), a fake upstream, a running gateway.
+"""Fixtures: databases (SQLite and PostgreSQL), a fake upstream, a running gateway; shared helpers.
 
-Every test that touches storage runs twice, on SQLite and on PostgreSQL. The
-PostgreSQL run uses a throwaway database created for the test session on
-127.0.0.1:5432 (override with CANARY_TEST_POSTGRES_URL) and emptied before
-each test. A missing PostgreSQL fails those tests rather than skipping them.
+Every test that takes `database_url` (directly or through `make_gateway` /
+`gateway`) runs twice, on SQLite and on PostgreSQL, unless its module or the
+test is marked `sqlite_only` because storage is not what it tests. The
+PostgreSQL runs carry the `postgres` marker and use a throwaway database
+created for the test session on 127.0.0.1:5432 (override with
+CANARY_TEST_POSTGRES_URL), every table emptied before each test.
+
+Without a reachable PostgreSQL those tests are skipped, saying why, and the
+rest runs (`-m "not postgres"` leaves them out altogether). CI sets
+CANARY_TEST_REQUIRE_POSTGRES=1, which turns an unreachable PostgreSQL into a
+failure instead: there, nothing is skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import hashlib
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -21,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +39,27 @@ import openai
 import pytest
 import uvicorn
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import create_app
 from gateway.config import Settings, settings_from_dict
 from gateway.migrate import upgrade
+from gateway.tables import Base
 from tests.fakes import FakeAnthropic, FakeUpstream, free_port
 
 ADMIN_URL = os.environ.get("CANARY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 PROVIDER_KEY = "sk-test-SENTINEL-provider-key-0123456789"
 ADMIN_TOKEN = "admin-SENTINEL-token-9876543210"
-TABLES = ("rollout_events", "request_records", "quality_scores", "gateway_settings", "versions", "deployments")
+# Every table of the schema but Alembic's, emptied before each PostgreSQL test.
+TABLES = tuple(table.name for table in Base.metadata.sorted_tables)
+MESSAGES = [{"role": "user", "content": "hello"}]
+# Seconds-long rollouts: judged as soon as each version has 5 calls; the confidence
+# sequence tuned for the few hundred users these tests have.
+# Latency on this shared machine is noise: a wide slack keeps the latency gate out of the way.
+FAST_POLICY = {"stages": [5, 25, 50, 100], "check_interval": "1s", "min_stage_duration": "1s", "min_requests": 5,
+               "sequential_tuning": 200, "promote_when": {"latency_slack_ms": 10000}}
+SAME_PRICE = {"model-a": {"input": 1.0, "output": 2.0}, "model-b": {"input": 1.0, "output": 2.0}}
 
 
 def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -59,11 +79,51 @@ def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
         return pool.submit(asyncio.run, run()).result()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: needs the PostgreSQL server of CANARY_TEST_POSTGRES_URL")
+    config.addinivalue_line("markers", "sqlite_only(reason): storage is not under test; one database is enough")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`database_url` and `unmigrated_database_url` are SQLite and PostgreSQL (SQLite alone under `sqlite_only`)."""
+    for name in ("database_url", "unmigrated_database_url"):
+        if name not in metafunc.fixturenames:
+            continue
+        kinds: list[Any] = ["sqlite"]
+        if metafunc.definition.get_closest_marker("sqlite_only") is None:
+            kinds.append(pytest.param("postgresql", marks=pytest.mark.postgres))
+        metafunc.parametrize(name, kinds, indirect=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"postgres_server", "postgres_url"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_server() -> str:
+    """The URL of the test server's admin database, once it answered.
+
+    Skips the test, saying why, when the server cannot be reached; fails
+    instead under CANARY_TEST_REQUIRE_POSTGRES (CI).
+    """
+    try:
+        query(ADMIN_URL, "SELECT 1")
+    except (OSError, SQLAlchemyError) as exc:
+        if os.environ.get("CANARY_TEST_REQUIRE_POSTGRES"):
+            raise
+        host = ADMIN_URL.rpartition("@")[2]
+        pytest.skip(f"PostgreSQL is not reachable at {host} ({type(exc).__name__}); start it or set "
+                    "CANARY_TEST_POSTGRES_URL to run these tests")
+    return ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A migrated throwaway database on the test server, dropped at the end of the session."""
     name = f"canary_test_{uuid.uuid4().hex[:10]}"
     base, _, _ = ADMIN_URL.rpartition("/")
-    query(ADMIN_URL, "SELECT 1")  # fail loudly if PostgreSQL is down
     _autocommit(ADMIN_URL, f'CREATE DATABASE "{name}"')
     url = f"{base}/{name}"
     upgrade(url)
@@ -83,9 +143,9 @@ def _autocommit(url: str, sql: str) -> None:
     asyncio.run(run())
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty, migrated database of each kind."""
+    """An empty, migrated database of each kind (see `pytest_generate_tests`)."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
         upgrade(url)
@@ -93,6 +153,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     postgres: str = request.getfixturevalue("postgres_url")
     query(postgres, f"TRUNCATE {', '.join(TABLES)} CASCADE")
     return postgres
+
+
+@pytest.fixture
+def unmigrated_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database with no schema at all, of each kind; in a directory that does not exist yet on SQLite."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh' / 'gateway.db'}"
+        return
+    server: str = request.getfixturevalue("postgres_server")
+    name = f"canary_fresh_{uuid.uuid4().hex[:10]}"
+    _autocommit(server, f'CREATE DATABASE "{name}"')
+    yield f"{server.rpartition('/')[0]}/{name}"
+    _autocommit(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -318,3 +391,84 @@ def cluster() -> Iterator[Cluster]:
     with contextlib.suppress(subprocess.CalledProcessError):
         made.stop()
     made.remove()
+
+
+# -- helpers shared by test modules -------------------------------------------------------------
+
+
+def users_in(percent: float, *, canary: bool, count: int) -> list[str]:
+    """`count` user ids that support-bot routes to the canary (or not) at `percent`."""
+    chosen = []
+    for index in range(100_000):
+        user = f"user-{index}"
+        bucket = int(hashlib.md5(f"support-bot:{user}".encode()).hexdigest(), 16) % 10000
+        if (bucket < percent * 100) == canary:
+            chosen.append(user)
+            if len(chosen) == count:
+                return chosen
+    raise AssertionError("not enough users")
+
+
+class Traffic:
+    """Calls the gateway continuously from threads, each call from a user drawn from `users`."""
+
+    def __init__(self, gateway: Gateway, users: list[str] | None = None, *, threads: int = 2) -> None:
+        self._gateway = gateway
+        self._users = users or [f"user-{index}" for index in range(3000)]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(threads)]
+        self.statuses: dict[int, int] = {}
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        with self._gateway.client() as http:
+            while not self._stop.is_set():
+                answer = http.post("/v1/chat/completions",
+                                   json={"model": "support-bot", "messages": MESSAGES, "user": rng.choice(self._users)})
+                self.statuses[answer.status_code] = self.statuses.get(answer.status_code, 0) + 1
+
+
+def wait_for(check: Any, *, timeout: float, what: str) -> Any:
+    """Poll `check()` every 0.1 s until it is truthy and return its value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def seed(url: str, rows: list[dict[str, Any]]) -> None:
+    """Insert request records of support-bot, five minutes old, with `rows` overriding the defaults."""
+    for index, row in enumerate(rows):
+        values = {
+            "id": f"r{index}",
+            "created_at": datetime.now(UTC) - timedelta(minutes=5),
+            "deployment": "support-bot",
+            "user_hash": None,
+            "provider": "fake",
+            "upstream_model": "m",
+            "stream": False,
+            "status": "ok",
+            "http_status": 200,
+            "error_kind": None,
+            "ttft_ms": None,
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "cost_usd": 0.001,
+            "quality": None,
+            **row,
+        }
+        columns = ", ".join(values)
+        query(url, f"INSERT INTO request_records ({columns}) VALUES ({', '.join(':' + k for k in values)})", **values)

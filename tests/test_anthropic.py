@@ -22,9 +22,10 @@ from gateway.providers.anthropic import (
     to_chat_completion,
     to_messages_request,
 )
-from tests.conftest import Gateway
+from tests.conftest import Gateway, users_in
 from tests.fakes import FakeAnthropic, FakeUpstream
-from tests.test_scheduler import users_in
+
+pytestmark = pytest.mark.sqlite_only("translation to and from Anthropic Messages is under test, not storage")
 
 ANTHROPIC_KEY = "sk-ant-SENTINEL-anthropic-key-000000"
 TOOLS: list[ChatCompletionFunctionToolParam] = [{"type": "function", "function": {

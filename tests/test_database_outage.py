@@ -18,7 +18,7 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.migrate import head_revision, upgrade
-from tests.conftest import Cluster, Gateway, base_config, query
+from tests.conftest import Cluster, Gateway, base_config, query, wait_for
 from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -56,8 +56,8 @@ def test_records_survive_a_postgresql_restart_exactly_once(
             metrics = http.get("/metrics").text
         assert ready["status"] == "degraded"
         assert "canary_records_spooled_total" in metrics
-        time.sleep(1.0)
-        assert list((tmp_path / "spool").glob("records-*.jsonl")), "records beyond max_buffer go to the spool"
+        # Records beyond max_buffer go to the spool.
+        wait_for(lambda: list((tmp_path / "spool").glob("records-*.jsonl")), timeout=10, what="the spool files")
         cluster.start()
         deadline = time.monotonic() + 20
         while True:

@@ -18,6 +18,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from tests.conftest import Gateway
 from tests.fakes import FakeUpstream
 
+pytestmark = pytest.mark.sqlite_only("deadlines of upstream calls are under test, not storage")
+
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "think hard"}]
 SCALED = {"providers": {"fake": {"timeout_s": 3, "idle_timeout_s": 0.6, "retries": 0}}}
 

@@ -19,10 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.logs import JsonFormatter
 from gateway.metrics import Metrics
-from tests.conftest import ADMIN_TOKEN, PROVIDER_KEY, Gateway
+from tests.conftest import ADMIN_TOKEN, PROVIDER_KEY, Gateway, seed, users_in
 from tests.fakes import FakeUpstream
-from tests.test_admin import seed
-from tests.test_scheduler import users_in
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "SECRET-CONTENT hello"}]

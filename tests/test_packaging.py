@@ -9,23 +9,18 @@ also installs the wheel into a fresh virtualenv and migrates with it.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
 import sys
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.errors import MigrationsNotFound
 from gateway.migrate import head_revision
-from tests.conftest import ADMIN_URL, query
+from tests.conftest import query
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,32 +59,20 @@ def test_the_wheel_carries_the_migrations(unpacked_wheel: Path) -> None:
     assert not (unpacked_wheel / "migrations").exists()  # no top-level package named "migrations"
 
 
-@pytest.fixture
-def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh' / 'gateway.db'}"
-        return
-    name = f"canary_wheel_{uuid.uuid4().hex[:10]}"
-    _autocommit(ADMIN_URL, f'CREATE DATABASE "{name}"')
-    yield f"{ADMIN_URL.rpartition('/')[0]}/{name}"
-    _autocommit(ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
-def test_the_installed_wheel_migrates_a_fresh_database(
-    unpacked_wheel: Path, fresh_database: str, tmp_path: Path
+def test_the_installed_wheel_migrates_a_unmigrated_database_url(
+    unpacked_wheel: Path, unmigrated_database_url: str, tmp_path: Path
 ) -> None:
     located = subprocess.run([sys.executable, "-c", "import gateway.migrate as m; print(m.migrations_dir())"],
                              env={**os.environ, "PYTHONPATH": str(unpacked_wheel)}, cwd=tmp_path,
                              capture_output=True, text=True, timeout=60, check=True)
     assert located.stdout.strip() == str(unpacked_wheel / "gateway" / "migrations")
 
-    result = run_from(unpacked_wheel, "migrate", cwd=tmp_path, database_url=fresh_database)
+    result = run_from(unpacked_wheel, "migrate", cwd=tmp_path, database_url=unmigrated_database_url)
     assert result.returncode == 0, result.stderr
     assert "database schema is up to date" in result.stdout
-    [row] = query(fresh_database, "SELECT version_num FROM alembic_version")
+    [row] = query(unmigrated_database_url, "SELECT version_num FROM alembic_version")
     assert row["version_num"] == head_revision()
-    assert query(fresh_database, "SELECT count(*) AS n FROM request_records") == [{"n": 0}]
+    assert query(unmigrated_database_url, "SELECT count(*) AS n FROM request_records") == [{"n": 0}]
 
 
 def test_no_migrations_stops_migrate_and_serve_with_one_line(unpacked_wheel: Path, tmp_path: Path) -> None:
@@ -121,15 +104,3 @@ def test_several_heads_or_none_are_refused(tmp_path: Path) -> None:
 def assert_refused(directory: Path, wording: str) -> None:
     with pytest.raises(MigrationsNotFound, match=wording):
         head_revision(directory)
-
-
-def _autocommit(url: str, sql: str) -> None:
-    async def run() -> None:
-        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text(sql))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway
+from tests.conftest import FAST_POLICY, SAME_PRICE, Gateway, Traffic, users_in, wait_for
 from tests.fakes import FakeUpstream, free_port
-from tests.test_scheduler import FAST_POLICY, SAME_PRICE, Traffic, users_in, wait_for
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -147,7 +145,8 @@ def test_an_unreadable_verdict_is_counted_not_scored(make_gateway: Any, judge: F
                                                     "user": f"u{index}"})
     key = ("canary_judge_calls_total", (("deployment", "support-bot"), ("outcome", "unparsable")))
     wait_for(lambda: metric_samples(gateway).get(key) == 5, timeout=10, what="the unparsable verdicts")
-    time.sleep(0.3)
+    recorder = gateway.app.state.services.recorder
+    wait_for(lambda: recorder.depth == 0, timeout=10, what="the recorder to write everything it holds")
     assert all(row["quality"] is None for row in gateway.records(5))
 
 

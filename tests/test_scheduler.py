@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import random
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,69 +10,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway
+from tests.conftest import FAST_POLICY, SAME_PRICE, Gateway, Traffic, users_in, wait_for
 from tests.fakes import FakeUpstream, WebhookReceiver
 
 MESSAGES = [{"role": "user", "content": "hello"}]
-# Seconds-long rollouts: judged as soon as each version has 5 calls; the confidence
-# sequence tuned for the few hundred users these tests have.
-# Latency on this shared machine is noise: a wide slack keeps the latency gate out of the way.
-FAST_POLICY = {"stages": [5, 25, 50, 100], "check_interval": "1s", "min_stage_duration": "1s", "min_requests": 5,
-               "sequential_tuning": 200, "promote_when": {"latency_slack_ms": 10000}}
-SAME_PRICE = {"model-a": {"input": 1.0, "output": 2.0}, "model-b": {"input": 1.0, "output": 2.0}}
-
-
-def users_in(percent: float, *, canary: bool, count: int) -> list[str]:
-    chosen = []
-    for index in range(100_000):
-        user = f"user-{index}"
-        bucket = int(hashlib.md5(f"support-bot:{user}".encode()).hexdigest(), 16) % 10000
-        if (bucket < percent * 100) == canary:
-            chosen.append(user)
-            if len(chosen) == count:
-                return chosen
-    raise AssertionError("not enough users")
-
-
-class Traffic:
-    """Calls the gateway continuously from threads, each call from a user drawn from `users`."""
-
-    def __init__(self, gateway: Gateway, users: list[str] | None = None, *, threads: int = 2) -> None:
-        self._gateway = gateway
-        self._users = users or [f"user-{index}" for index in range(3000)]
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(threads)]
-        self.statuses: dict[int, int] = {}
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        with self._gateway.client() as http:
-            while not self._stop.is_set():
-                answer = http.post("/v1/chat/completions",
-                                   json={"model": "support-bot", "messages": MESSAGES, "user": rng.choice(self._users)})
-                self.statuses[answer.status_code] = self.statuses.get(answer.status_code, 0) + 1
-
-
-def wait_for(check: Any, *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver(fail_first=1).start()
@@ -143,7 +81,7 @@ def test_a_canary_with_doubled_errors_is_rolled_back_once_with_an_alert(
                 return bool(http.get("/admin/deployments/support-bot").json()["status"] == "rolled_back")
 
         wait_for(rolled_back, timeout=180, what="the rollback")
-        time.sleep(2.5)  # both replicas' schedulers get another chance to double-apply
+        time.sleep(2.5)  # a fixed wait on purpose: both replicas get more checks in which nothing may happen
     changes_seen = [e for e in state_changes(first) if e["action"] == "rolled_back"]
     assert len(changes_seen) == 1
     event = changes_seen[0]
@@ -223,7 +161,7 @@ def test_check_now_reports_and_a_paused_rollout_is_not_changed(make_gateway: Any
     with gateway.client() as http:
         for user in users_in(5, canary=True, count=6) + users_in(5, canary=False, count=6):
             http.post("/v1/chat/completions", json={"model": "support-bot", "messages": MESSAGES, "user": user})
-    gateway.records(12)
+    gateway.records(12)  # the checks below read what the recorder wrote
     with gateway.admin() as http:
         paused = http.post("/admin/check").json()["decisions"][0]
         state = http.get("/admin/deployments/support-bot").json()

@@ -19,6 +19,8 @@ from gateway.errors import ConfigError
 from gateway.simulator import CHAT_FIELDS, MESSAGES_FIELDS, SimulatedTransport, judge_score
 from tests.conftest import ADMIN_TOKEN, Gateway
 
+pytestmark = pytest.mark.sqlite_only("the simulated upstream is under test, not storage")
+
 QUESTION = [{"role": "user", "content": "How do I reset my password?"}]
 FAST = {"latency_ms": 5, "latency_spread": 0, "tokens_per_second": 100_000, "completion_tokens": 40}
 

@@ -15,10 +15,9 @@ import httpx
 import pytest
 
 from gateway.migrate import upgrade
-from tests.conftest import Gateway
+from tests.conftest import Gateway, users_in
 from tests.fakes import FakeAnthropic
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
-from tests.test_scheduler import users_in
 
 CANARY_USER = users_in(50, canary=True, count=1)[0]
 STREAMED = pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

@@ -19,10 +19,9 @@ import pytest
 
 from gateway.config import settings_from_dict
 from gateway.migrate import upgrade
-from tests.conftest import Gateway, base_config
+from tests.conftest import Gateway, base_config, users_in
 from tests.fakes import FakeAnthropic, FakeUpstream
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
-from tests.test_scheduler import users_in
 
 CANARY_USER = users_in(50, canary=True, count=1)[0]
 STABLE_USER = users_in(50, canary=False, count=1)[0]

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 
 from gateway.migrate import upgrade
-from tests.conftest import Gateway
+from tests.conftest import Gateway, users_in
 from tests.fakes import FakeAnthropic, FakeUpstream
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
 from tests.fakes.anthropic import system_text
 from tests.fakes.openai import responses_system
-from tests.test_scheduler import users_in
 
 STABLE_USER = users_in(50, canary=False, count=1)[0]
 CANARY_USER = users_in(50, canary=True, count=1)[0]

@@ -420,6 +420,8 @@ class FakeUpstream:
     received: list[Received] = field(default_factory=list)
     # When the last streamed chunk (or the [DONE] event) was written, per call.
     stream_finished_at: list[float] = field(default_factory=list)
+    # When a stream's reader went away before its end (the write failed), per call.
+    streams_cut: list[float] = field(default_factory=list)
     # The requests the fake refused, as (status, error body), in order.
     refused: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
@@ -452,6 +454,7 @@ class FakeUpstream:
         self.behaviour = Behaviour()
         self.received.clear()
         self.stream_finished_at.clear()
+        self.streams_cut.clear()
         self.refused.clear()
 
     def _refuse(self, refused: Refused) -> web.Response:
@@ -538,11 +541,19 @@ class FakeUpstream:
         return {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 
     async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        b = self.behaviour
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        if b.gzip:
+        if self.behaviour.gzip:
             response.enable_compression(force=web.ContentCoding.gzip)
         await response.prepare(request)
+        try:
+            await self._write_stream(response, body)
+        except (ConnectionError, asyncio.CancelledError):
+            self.streams_cut.append(time.monotonic())
+            raise
+        return response
+
+    async def _write_stream(self, response: web.StreamResponse, body: dict[str, Any]) -> None:
+        b = self.behaviour
         if b.first_chunk_delay:
             await asyncio.sleep(b.first_chunk_delay)
         end = b"\r\n\r\n" if b.crlf else b"\n\n"
@@ -555,7 +566,7 @@ class FakeUpstream:
         for index, piece in enumerate(pieces):
             if b.cut_after is not None and index >= b.cut_after:
                 self.stream_finished_at.append(time.monotonic())
-                return response  # the connection ends without [DONE]
+                return  # the connection ends without [DONE]
             last = index == len(pieces) - 1
             usage = self._usage() if (include_usage and b.usage_in_last_chunk and last) else None
             event = chunk(body, {"content": piece} if index else {"role": "assistant", "content": piece},
@@ -582,7 +593,6 @@ class FakeUpstream:
         await response.write(b"data: [DONE]" + end)
         self.stream_finished_at.append(time.monotonic())
         await response.write_eof()
-        return response
 
     # -- Responses ---------------------------------------------------------------------------------------
 
