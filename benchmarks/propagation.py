@@ -53,15 +53,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import math
-import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -71,9 +67,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+
+from common import autocommit, free_port, gateway_command, gateway_environment, nearest_rank, print_table
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEPLOYMENT = "support-bot"
@@ -156,24 +152,9 @@ class FakeUpstream:
         return f"http://127.0.0.1:{self.port}/v1"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --------------------------------------------------------------------------
 # Databases and gateway processes
 # --------------------------------------------------------------------------
-
-
-async def autocommit(url: str, statement: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 def gateway_config(database_url: str, upstream_url: str, spool: Path, refresh_interval: str | None) -> dict[str, Any]:
@@ -207,14 +188,6 @@ def gateway_config(database_url: str, upstream_url: str, spool: Path, refresh_in
     return config
 
 
-def gateway_command() -> list[str]:
-    beside = Path(sys.executable).parent / "canary-gateway"
-    found = str(beside) if beside.exists() else shutil.which("canary-gateway")
-    if found is None:
-        raise SystemExit("canary-gateway is not installed (run with the project's virtualenv)")
-    return [found]
-
-
 class GatewayProcess:
     def __init__(self, name: str, config_path: Path, log_path: Path) -> None:
         self.name = name
@@ -228,8 +201,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        # No GATEWAY_* variables from this shell: they would override the file.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
+        env = gateway_environment()
         log = self.log_path.open("wb")
         try:
             self.process = subprocess.Popen(
@@ -425,26 +397,6 @@ def parse_duration(value: str) -> float:
 # --------------------------------------------------------------------------
 
 
-def nearest_rank(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def print_table(headers: list[str], rows: list[list[str]], align: str) -> None:
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def fmt(row: list[str]) -> str:
-        return "  ".join(
-            str(cell).ljust(width) if a == "l" else str(cell).rjust(width)
-            for cell, width, a in zip(row, widths, align, strict=True)
-        ).rstrip()
-
-    print(fmt(headers))
-    print("  ".join("-" * width for width in widths))
-    for row in rows:
-        print(fmt(row))
-
-
 def print_trials(label: str, trials: list[Trial], info: dict[str, Any]) -> None:
     user, value = info["probe"]
     print()
@@ -533,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--high", type=float, default=60.0, help="the higher canary percentage (default 60)")
     parser.add_argument("--poll-ms", type=float, default=10.0, help="pause between probes of B (default 10)")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (configs and gateway logs)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that the script works, in seconds: 2 changes at a 250ms interval")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.trials, args.intervals = 2, "250ms"
     args.intervals = [value.strip() for value in args.intervals.split(",") if value.strip()]
     if not 0 <= args.low < args.high <= 100:
         parser.error("need 0 <= --low < --high <= 100")

@@ -53,20 +53,19 @@ import contextlib
 import http.client
 import json
 import os
-import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common import free_port, gateway_command, gateway_environment, http_get, nearest_rank
 
 DEPLOYMENT = "support-bot"
 UPSTREAM_MODEL = "gpt-4o-mini"
@@ -465,13 +464,6 @@ class GatewayRun:
     notes: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # After the command name: state is fields[0], utime fields[11], stime fields[12].
@@ -508,23 +500,6 @@ def _source_state() -> str:
     return f"commit {commit}" + (f", {len(changed)} file(s) under gateway/ modified" if changed else ", clean")
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))
-    return sorted_values[index]
-
-
-def _http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
 class Harness:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -551,7 +526,7 @@ class Harness:
     # -- the fake upstream --------------------------------------------------
 
     def start_upstream(self) -> None:
-        self.upstream_port = _free_port()
+        self.upstream_port = free_port()
         self.upstream = subprocess.Popen(
             [
                 sys.executable,
@@ -573,7 +548,7 @@ class Harness:
             raise SystemExit("the fake upstream did not start")
 
     def upstream_stats(self) -> dict[str, int]:
-        status, content = _http_get(self.upstream_port, "/stats")
+        status, content = http_get(self.upstream_port, "/stats")
         stats: dict[str, int] = json.loads(content) if status == 200 else {}
         return stats
 
@@ -668,10 +643,10 @@ class Harness:
         side = Side(
             rps=ok / self.args.duration,
             requests=ok,
-            p50=_percentile(latencies, 0.50),
-            p99=_percentile(latencies, 0.99),
-            ttfb_p50=_percentile(ttfbs, 0.50),
-            ttfb_p99=_percentile(ttfbs, 0.99),
+            p50=nearest_rank(latencies, 0.50),
+            p99=nearest_rank(latencies, 0.99),
+            ttfb_p50=nearest_rank(ttfbs, 0.50),
+            ttfb_p99=nearest_rank(ttfbs, 0.99),
             failed=sum(result["bad"] for result in results) + sum(errors.values()),
             statuses=dict(statuses),
             errors=dict(errors),
@@ -745,22 +720,16 @@ deployments:
         return config
 
     def gateway_command(self) -> list[str]:
-        if self.args.gateway_command:
-            return shlex.split(self.args.gateway_command)
-        found = Path(sys.executable).with_name("canary-gateway")
-        executable = str(found) if found.exists() else shutil.which("canary-gateway")
-        if executable is None:
-            raise SystemExit("canary-gateway is not installed in this environment (pip install -e .)")
-        return [executable]
+        return gateway_command(self.args.gateway_command)
 
     def run_gateway(self, transport: str, directs: dict[tuple[bool, int], Side]) -> GatewayRun:
         run = GatewayRun(transport=transport)
         directory = self.workdir / f"gateway-{transport}"
         directory.mkdir()
-        port = _free_port()
+        port = free_port()
         config = self.write_config(transport, port, directory)
         log_path = directory / "gateway.log"
-        env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
+        env = gateway_environment()
         gateway_cpus = self.gateway_cpus
         before_stats = self.upstream_stats()
         with log_path.open("wb") as log_file:
@@ -823,14 +792,14 @@ deployments:
             if gateway.poll() is not None:
                 raise SystemExit(f"the gateway exited at start (status {gateway.returncode}); see its log")
             with contextlib.suppress(OSError, http.client.HTTPException):
-                status, content = _http_get(port, "/readyz", timeout=1.0)
+                status, content = http_get(port, "/readyz", timeout=1.0)
                 if status == 200:
                     return time.monotonic() - started, json.loads(content).get("status", "?")
             time.sleep(0.01)
         raise SystemExit("the gateway was not ready within 60 s")
 
     def _scrape(self, port: int) -> dict[str, float]:
-        status, content = _http_get(port, "/metrics", timeout=5)
+        status, content = http_get(port, "/metrics", timeout=5)
         values: dict[str, float] = {}
         if status != 200:
             return values
@@ -1147,7 +1116,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run CMD instead of canary-gateway ('serve --config FILE' is appended)")
     parser.add_argument("--label", default="", help="free text printed with the results (e.g. what else runs)")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs, databases)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that the script works, in seconds: json at c=1, 1 s after 0.5 s warm-up")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration, args.warmup, args.concurrency, args.modes = 1.0, 0.5, "1", "json"
     args.concurrency = [int(value) for value in args.concurrency.split(",") if value.strip()]
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     if not set(modes) <= {"json", "stream"} or not modes:

@@ -60,11 +60,10 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from seed_rule import SeedPolicy, WindowNumbers, seed_decide
-
 from gateway.analysis import ArmEvidence, Evidence, LatencyThresholds, Sums, decide
 from gateway.models import RolloutState
 from gateway.policy import RolloutPolicy
+from seed_rule import SeedPolicy, WindowNumbers, seed_decide
 
 CHECK_S = 900.0
 _NORMAL = NormalDist()

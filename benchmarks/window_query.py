@@ -99,6 +99,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from common import autocommit, print_table
 from gateway.config import DatabaseSettings
 from gateway.migrate import upgrade
 from gateway.store import Store, create_engine
@@ -193,16 +194,6 @@ FROM (
 # --------------------------------------------------------------------------
 # Database lifecycle
 # --------------------------------------------------------------------------
-
-
-async def autocommit(url: str, *statements: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            for statement in statements:
-                await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 def database_url(server_url: str, name: str) -> str:
@@ -749,22 +740,6 @@ def mb(value: int) -> str:
     return f"{value / 1024 / 1024:,.0f} MB"
 
 
-def print_table(headers: list[str], rows: list[list[str]], align: str | None = None) -> None:
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-    align = align or "l" * len(headers)
-
-    def fmt(row: list[str]) -> str:
-        return "  ".join(
-            str(cell).ljust(width) if a == "l" else str(cell).rjust(width)
-            for cell, width, a in zip(row, widths, align, strict=True)
-        ).rstrip()
-
-    print(fmt(headers))
-    print("  ".join("-" * width for width in widths))
-    for row in rows:
-        print(fmt(row))
-
-
 def print_state(info: dict[str, Any]) -> None:
     print(
         f"  table: {info['rows']:,} rows (estimate), heap {mb(info['heap_bytes'])}, total {mb(info['total_bytes'])}; "
@@ -980,7 +955,13 @@ def main(argv: list[str] | None = None) -> int:
                         "statement 1, and the rewrites' 1-hour plans in the last state; all: every case, window, "
                         "version, plus plans right after an eviction")
     parser.add_argument("--keep", action="store_true", help="do not drop the database (it ends in state d)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that the script works, in seconds: 20,000 rows over 2 days, 2 runs, no "
+                        "eviction")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.days, args.unvacuumed_hours, args.runs = 20_000, 2.0, 6.0, 2
+        args.chunk, args.evict = 10_000, False
     if not args.url.startswith("postgresql"):
         parser.error("--url must be a PostgreSQL URL (postgresql+asyncpg://...)")
     return asyncio.run(run(args))
