@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from gateway.metrics import Metrics
+from gateway.retry import backoff_s
 from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.alerts")
@@ -79,7 +79,7 @@ class Alerts:
             except httpx.HTTPError as exc:
                 problem = type(exc).__name__
             if attempt + 1 < self._attempts:
-                await asyncio.sleep(self._backoff * (2**attempt) * (0.5 + random.random()))
+                await asyncio.sleep(backoff_s(self._backoff, attempt))
         self._metrics.alerts.labels(outcome="failed").inc()
         log.warning("alert for %s not delivered after %d attempts (%s)", alert.get("deployment"),
                     self._attempts, problem)

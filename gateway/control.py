@@ -15,21 +15,16 @@ canary starts a rollout.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from gateway import rollout
 from gateway.errors import ConfigError, Conflict, InvalidRequest, NotFound
-from gateway.models import Deployment, RolloutEvent, RolloutState, Version, WindowStats
+from gateway.models import Clock, Deployment, RolloutEvent, RolloutState, Version, WindowStats, utc_now
 from gateway.snapshot import Snapshot
 from gateway.store import Store
 
-Clock = Callable[[], datetime]
 COMPARED = ("avg_quality", "p95_latency_ms", "avg_cost", "error_rate")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class ControlPlane:

@@ -131,3 +131,23 @@ def _finite_float(literal: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{literal} is out of range")
     return value
+
+
+def content_text(content: object) -> str:
+    """The text of a message's `content`: the string itself, or its text parts joined with newlines.
+
+    Takes OpenAI chat content (a string, or parts such as `{"type": "text",
+    "text": ...}` and `{"type": "image_url", ...}`) and Anthropic content
+    blocks alike (`{"type": "text", "text": ...}`): parts of any other type
+    contribute nothing, and anything that is neither a string nor a list is
+    no text at all.
+    """
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return ""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from gateway.policy import RolloutPolicy
@@ -18,6 +18,13 @@ RolloutKind = Literal["canary", "ab_test"]
 RecordStatus = Literal["ok", "error", "client_cancelled"]
 # The API a call came through: OpenAI chat completions, OpenAI Responses, Anthropic Messages, or pass-through.
 Api = Literal["chat", "responses", "messages", "passthrough"]
+# What services read the time from (tests pass a fixed or stepping one): an aware UTC datetime.
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """Now, as an aware UTC datetime: the default `Clock`."""
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.inbound import content_text
 from gateway.models import Version
 
 _SYSTEM_ROLES = ("system", "developer")
@@ -31,7 +32,7 @@ def build_upstream_body(version: Version, body: dict[str, Any], *, stream: bool)
     conversation: list[Any] = []
     for message in body["messages"]:
         if message.get("role") in _SYSTEM_ROLES:
-            app_system.append(_text_of(message.get("content")))
+            app_system.append(content_text(message.get("content")))
         else:
             conversation.append(message)
 
@@ -67,14 +68,3 @@ def _combine(version_prompt: str, app_prompts: list[str], mode: str) -> str:
     parts = [version_prompt, *app_prompts] if mode == "prepend" else [*app_prompts, version_prompt]
     return "\n\n".join(part for part in parts if part)
 
-
-def _text_of(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
-    return ""

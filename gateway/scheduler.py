@@ -18,7 +18,7 @@ decision is recorded as a `dry_run` event and nothing else happens.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +30,7 @@ from gateway.alerts import Alerts, alert_text
 from gateway.analysis import Decision, Evidence, decide
 from gateway.errors import Conflict, NotFound, StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.models import Deployment, RolloutEvent, RolloutState
+from gateway.models import Clock, Deployment, RolloutEvent, RolloutState, utc_now
 from gateway.snapshot import Snapshot
 from gateway.store import DecisionSession, Store
 
@@ -75,10 +75,6 @@ class _Outcome:
     notify: tuple[str, ...] = ()
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class RolloutChecker:
     def __init__(
         self,
@@ -87,7 +83,7 @@ class RolloutChecker:
         *,
         alerts: Alerts,
         metrics: Metrics,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._snapshot = snapshot

@@ -49,6 +49,7 @@ from typing import Any
 import httpx
 
 from gateway.config import SimulatedModel, SimulationSettings
+from gateway.inbound import content_text
 
 # Top-level request fields of OpenAI's chat completions (CompletionCreateParams, openai-python 3.x).
 CHAT_FIELDS = frozenset({
@@ -441,16 +442,8 @@ def _check_blocks(content: object, where: str) -> None:
             raise _ApiError(400, "invalid_request_error", f"{where}.{index}: text content blocks must be non-empty")
 
 
-def _text_of(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
-
-
 def _last_text(messages: Iterable[Mapping[str, Any]]) -> str:
-    texts = [_text_of(message.get("content")) for message in messages if message.get("role") == "user"]
+    texts = [content_text(message.get("content")) for message in messages if message.get("role") == "user"]
     return texts[-1] if texts else ""
 
 
@@ -465,9 +458,9 @@ def _tokens(text: str) -> int:
 
 
 def _prompt_tokens(body: Mapping[str, Any], api: str) -> int:
-    total = sum(4 + _tokens(_text_of(message.get("content"))) for message in body["messages"])
+    total = sum(4 + _tokens(content_text(message.get("content"))) for message in body["messages"])
     if api == "messages" and body.get("system"):
-        total += _tokens(_text_of(body["system"]))
+        total += _tokens(content_text(body["system"]))
     if body.get("tools"):
         total += _tokens(json.dumps(body["tools"]))
     return total

@@ -41,6 +41,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.providers import Provider, UpstreamRequest
+from gateway.retry import backoff_s
 from gateway.simulator import SimulatedTransport
 
 _MAX_ERROR_BODY = 65_536
@@ -122,7 +123,7 @@ class UpstreamClient:
                 retryable = isinstance(exc, UpstreamConnectError) or (
                     isinstance(exc, UpstreamStatusError) and exc.retryable
                 )
-                pause = _BACKOFF_BASE_S * (2**attempt) * (0.5 + self._rng.random())
+                pause = backoff_s(_BACKOFF_BASE_S, attempt, self._rng)
                 if not retryable or attempt >= self.settings.retries or loop.time() + pause >= deadline:
                     raise
                 attempt += 1

@@ -7,7 +7,6 @@ without a valid token. Tokens are named; the name is the audit actor.
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.deps import ServicesDep
+from gateway.api.deps import ServicesDep, matching_token
 from gateway.api.errors import error_response
 from gateway.config import VersionSettings, check_name, check_storable
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, RateLimited, Unauthorized
@@ -91,11 +90,7 @@ class AdminGuard:
                 scheme, _, credentials = value.partition(b" ")
                 if scheme.lower() == b"bearer":
                     presented = credentials.strip()
-        actor = None
-        for name, token in self._tokens:
-            # Compare with every token, so the time taken does not tell which one is close.
-            if hmac.compare_digest(presented, token) and actor is None:
-                actor = name
+        actor = matching_token(presented, self._tokens)
         if actor is None:
             self._note_failure(client, now)
             raise Unauthorized("Missing or invalid admin token")

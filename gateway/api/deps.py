@@ -6,7 +6,7 @@ import hmac
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -88,18 +88,28 @@ def request_id_of(request: Request, ids: RequestIds) -> str:
     return ids.new()
 
 
+def matching_token(presented: bytes, tokens: Iterable[tuple[str, bytes]]) -> str | None:
+    """The name of the token equal to `presented`, or None.
+
+    `presented` is compared with every token, each in constant time, so the
+    time taken tells neither which token is close nor how close.
+    """
+    found = None
+    for name, token in tokens:
+        if hmac.compare_digest(presented, token) and found is None:
+            found = name
+    return found
+
+
 def check_client(request: Request, services: Services) -> None:
     """Authenticate the client when client tokens are set, then apply its rate limit."""
     client = request.client.host if request.client else "unknown"
     tokens = services.client_tokens
     if tokens:
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        presented_bytes = presented.strip().encode()
-        name = None
-        for token_name, token in tokens.items():
-            # Compare against every token so timing does not tell which one is close.
-            if hmac.compare_digest(presented_bytes, token.get_secret_value().encode()) and name is None:
-                name = token_name
+        name = matching_token(
+            presented.strip().encode(), ((name, token.get_secret_value().encode()) for name, token in tokens.items())
+        )
         if scheme.lower() != "bearer" or name is None:
             raise Unauthorized("Missing or invalid bearer token")
         client = f"token:{name}"

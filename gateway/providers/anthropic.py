@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import UpstreamBadResponse, UpstreamOverloaded, UpstreamStatusError
+from gateway.inbound import content_text
 from gateway.models import Usage
 from gateway.providers.base import (
     Answer,
@@ -184,13 +185,13 @@ def to_messages_request(body: Mapping[str, Any], *, stream: bool) -> dict[str, A
     for message in body["messages"]:
         role = message.get("role")
         if role in ("system", "developer"):
-            text = _plain_text(message.get("content"))
+            text = content_text(message.get("content"))
             if text:
                 system_parts.append(text)
             continue
         if role in ("tool", "function"):
             block = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id") or message.get("name")),
-                     "content": _plain_text(message.get("content"))}
+                     "content": content_text(message.get("content"))}
             _append(turns, "user", [block])
         elif role == "assistant":
             _append(turns, "assistant", _assistant_blocks(message))
@@ -258,7 +259,7 @@ def _image_source(url: str) -> dict[str, Any]:
 
 def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    text = _plain_text(message.get("content"))
+    text = content_text(message.get("content"))
     if text:
         blocks.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or []:
@@ -296,15 +297,6 @@ def _tool_choice(choice: object) -> dict[str, Any] | None:
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         return {"type": "tool", "name": choice["function"].get("name")}
     return None
-
-
-def _plain_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(part["text"] for part in content
-                         if isinstance(part, dict) and isinstance(part.get("text"), str))
-    return ""
 
 
 def anthropic_usage(data: object) -> Usage:
