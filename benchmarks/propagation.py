@@ -70,6 +70,7 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from common import autocommit, free_port, gateway_command, gateway_environment, nearest_rank, print_table
+from gateway.durations import parse_duration
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEPLOYMENT = "support-bot"
@@ -382,14 +383,6 @@ async def run_interval(
             code = gateway.process.returncode if gateway.process else None
             info[f"exit_{gateway.name}"] = code
         await autocommit(args.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def parse_duration(value: str) -> float:
-    value = value.strip()
-    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
-        if value.endswith(suffix):
-            return float(value[: -len(suffix)]) * factor
-    return float(value)
 
 
 # --------------------------------------------------------------------------

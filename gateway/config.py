@@ -30,9 +30,10 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.durations import Duration, DurationOrZero, parse_duration
 from gateway.errors import ConfigError
 from gateway.models import Deployment, RolloutState, Version
-from gateway.policy import Duration, DurationOrZero, RolloutPolicy, parse_duration
+from gateway.policy import RolloutPolicy
 
 __all__ = ["Duration", "DurationOrZero", "RolloutPolicy", "Settings", "load_settings", "parse_duration",
            "settings_from_dict"]

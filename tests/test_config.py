@@ -13,9 +13,9 @@ from gateway.config import (
     Settings,
     declared_deployments,
     load_settings,
-    parse_duration,
     settings_from_dict,
 )
+from gateway.durations import parse_duration
 from gateway.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
