@@ -28,6 +28,12 @@ COMPARED = ("avg_quality", "p95_latency_ms", "avg_cost", "error_rate")
 
 
 class ControlPlane:
+    """The admin service: reads and changes of rollouts, behind the admin API and the CLI.
+
+    Every change is recorded with `actor` (the admin token's name, "config"
+    or "scheduler") and the caller's `reason` in the audit trail.
+    """
+
     def __init__(
         self, store: Store, snapshot: Snapshot, *, providers: Collection[str], clock: Clock = utc_now
     ) -> None:
@@ -37,15 +43,23 @@ class ControlPlane:
         self._clock = clock
 
     async def deployments(self) -> list[Deployment]:
+        """Every stored deployment, by name. Raises StoreUnavailable when the database is down."""
         return sorted((await self._store.load_deployments()).values(), key=lambda deployment: deployment.name)
 
     async def deployment(self, name: str) -> Deployment:
+        """One deployment as stored now. Raises NotFound, or StoreUnavailable when the database is down."""
         deployment = await self._store.get_deployment(name)
         if deployment is None:
             raise NotFound(f"deployment '{name}' does not exist")
         return deployment
 
     async def create_version(self, *, deployment: str, version: Version, actor: str) -> Version:
+        """Store a new, immutable version of `deployment`, audited as `version_created`.
+
+        Raises InvalidRequest (param `provider`) for a provider the gateway does
+        not have, NotFound for an unknown deployment, Conflict (param `name`)
+        when the name is taken.
+        """
         if version.provider not in self._providers:
             raise InvalidRequest(f"unknown provider '{version.provider}'", param="provider")
         await self._store.create_version(deployment=deployment, version=version, actor=actor)
@@ -54,6 +68,16 @@ class ControlPlane:
 
     async def start_canary(self, *, deployment: str, version: str, percent: float | None, actor: str,
                            reason: str | None, revision: int | None = None) -> Deployment:
+        """Start a canary rollout of `version` at `percent` (the policy's first stage when None), in percent.
+
+        Computed from the deployment as stored now; `revision`, when given, must
+        be the stored revision (else Conflict, param `revision`). Returns the
+        deployment after the change (unchanged, and nothing recorded, when the
+        change is a no-op). Raises NotFound for an unknown deployment, Conflict
+        when the rollout's state forbids the change or another change won the
+        race, StoreUnavailable when the database is down.
+        """
+
         def start(current: Deployment) -> RolloutState:
             stages = current.policy.stages
             return rollout.start_canary(current, version=version, percent=percent, stages=stages, now=self._clock())
@@ -62,6 +86,16 @@ class ControlPlane:
 
     async def set_percent(self, *, deployment: str, percent: float, actor: str, reason: str | None,
                           revision: int | None = None) -> Deployment:
+        """Move the running canary to `percent` of users (0 to 100).
+
+        Computed from the deployment as stored now; `revision`, when given, must
+        be the stored revision (else Conflict, param `revision`). Returns the
+        deployment after the change (unchanged, and nothing recorded, when the
+        change is a no-op). Raises NotFound for an unknown deployment, Conflict
+        when the rollout's state forbids the change or another change won the
+        race, StoreUnavailable when the database is down.
+        """
+
         def move(current: Deployment) -> RolloutState:
             return rollout.set_percent(current, percent=percent, stages=current.policy.stages, now=self._clock())
 
@@ -69,12 +103,30 @@ class ControlPlane:
 
     async def promote(self, *, deployment: str, actor: str, reason: str | None,
                       revision: int | None = None) -> Deployment:
+        """Make the canary the stable version now, ending the rollout.
+
+        Computed from the deployment as stored now; `revision`, when given, must
+        be the stored revision (else Conflict, param `revision`). Returns the
+        deployment after the change (unchanged, and nothing recorded, when the
+        change is a no-op). Raises NotFound for an unknown deployment, Conflict
+        when the rollout's state forbids the change or another change won the
+        race, StoreUnavailable when the database is down.
+        """
         return await self._change(
             deployment, "promoted", actor, reason, lambda current: rollout.promote(current, now=self._clock()), revision
         )
 
     async def rollback(self, *, deployment: str, actor: str, reason: str | None,
                       revision: int | None = None) -> Deployment:
+        """Send every user back to stable (canary at 0 %), ending the rollout.
+
+        Computed from the deployment as stored now; `revision`, when given, must
+        be the stored revision (else Conflict, param `revision`). Returns the
+        deployment after the change (unchanged, and nothing recorded, when the
+        change is a no-op). Raises NotFound for an unknown deployment, Conflict
+        when the rollout's state forbids the change or another change won the
+        race, StoreUnavailable when the database is down.
+        """
         return await self._change(
             deployment,
             "rolled_back",
@@ -86,13 +138,37 @@ class ControlPlane:
 
     async def pause(self, *, deployment: str, actor: str, reason: str | None,
                     revision: int | None = None) -> Deployment:
+        """Stop automatic decisions from being applied; traffic stays where it is.
+
+        Computed from the deployment as stored now; `revision`, when given, must
+        be the stored revision (else Conflict, param `revision`). Returns the
+        deployment after the change (unchanged, and nothing recorded, when the
+        change is a no-op). Raises NotFound for an unknown deployment, Conflict
+        when the rollout's state forbids the change or another change won the
+        race, StoreUnavailable when the database is down.
+        """
         return await self._change(deployment, "paused", actor, reason, rollout.pause, revision)
 
     async def resume(self, *, deployment: str, actor: str, reason: str | None,
                     revision: int | None = None) -> Deployment:
+        """Let automatic decisions apply again after `pause`.
+
+        Computed from the deployment as stored now; `revision`, when given, must
+        be the stored revision (else Conflict, param `revision`). Returns the
+        deployment after the change (unchanged, and nothing recorded, when the
+        change is a no-op). Raises NotFound for an unknown deployment, Conflict
+        when the rollout's state forbids the change or another change won the
+        race, StoreUnavailable when the database is down.
+        """
         return await self._change(deployment, "resumed", actor, reason, rollout.resume, revision)
 
     async def compare(self, *, deployment: str, hours: float) -> dict[str, Any]:
+        """Stable's and the canary's numbers over the last `hours`, side by side (SPEC's compare answer).
+
+        `{"deployment", "hours", "stable": WindowStats.public(), "canary": ... or
+        None, "diff_pct": {metric: percent or None}}` for the metrics of
+        COMPARED; `avg_cost` is USD per call. Raises NotFound.
+        """
         current = await self.deployment(deployment)
         since = self._clock() - timedelta(hours=hours)
         stable = await self._store.window_stats(deployment=deployment, version=current.rollout.stable, since=since)
@@ -109,12 +185,17 @@ class ControlPlane:
         }
 
     async def timeseries(self, *, deployment: str, hours: float, step_s: int) -> dict[str, Any]:
+        """Per-version points over the last `hours`, one per `step_s` seconds (see `Store.timeseries`).
+
+        `{"deployment", "hours", "step", "series": {version: [point, ...]}}`. Raises NotFound.
+        """
         await self.deployment(deployment)
         since = self._clock() - timedelta(hours=hours)
         series = await self._store.timeseries(deployment=deployment, since=since, step_s=step_s)
         return {"deployment": deployment, "hours": hours, "step": step_s, "series": series}
 
     async def events(self, *, deployment: str, limit: int, before_id: int | None) -> list[RolloutEvent]:
+        """At most `limit` audit events of `deployment`, newest first, older than `before_id`. Raises NotFound."""
         await self.deployment(deployment)
         return await self._store.list_events(deployment=deployment, limit=limit, before_id=before_id)
 

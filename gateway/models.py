@@ -133,8 +133,8 @@ class WindowStats:
     p95_latency_ms: float | None
     p50_ttft_ms: float | None
     p95_ttft_ms: float | None
-    avg_cost: float | None
-    total_cost: float | None
+    avg_cost_usd: float | None
+    total_cost_usd: float | None
     avg_prompt_tokens: float | None
     avg_completion_tokens: float | None
     # source → (average score, how many scores), for the calls in the window.
@@ -142,6 +142,7 @@ class WindowStats:
 
     @property
     def error_rate(self) -> float | None:
+        """Errors per counted call (0 to 1); None without calls."""
         return self.errors / self.requests if self.requests else None
 
     def public(self) -> dict[str, Any]:
@@ -156,8 +157,8 @@ class WindowStats:
             "p95_latency_ms": self.p95_latency_ms,
             "p50_ttft_ms": self.p50_ttft_ms,
             "p95_ttft_ms": self.p95_ttft_ms,
-            "avg_cost": self.avg_cost,
-            "total_cost": self.total_cost,
+            "avg_cost": self.avg_cost_usd,  # the SPEC's wire keys: USD per call, USD in the window
+            "total_cost": self.total_cost_usd,
             "avg_prompt_tokens": self.avg_prompt_tokens,
             "avg_completion_tokens": self.avg_completion_tokens,
             "quality_by_source": {

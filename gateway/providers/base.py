@@ -132,27 +132,57 @@ class Provider(ABC):
         self._extra_headers = dict(headers or {})
 
     @abstractmethod
-    def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest: ...
+    def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+        """The upstream call for `body`, an OpenAI chat-completions request body already injected.
+
+        Returns the path (relative to the provider's base URL), headers and
+        JSON bytes in the upstream's wire format (OpenAI: `CompletionCreateParams`
+        of openai-python; Anthropic: `MessageCreateParams` of anthropic-sdk-python).
+        `stream` asks for a server-sent-event answer. Raises InvalidRequest for a
+        body the upstream's format cannot express.
+        """
 
     @abstractmethod
     def auth_headers(self) -> dict[str, str]:
-        """The headers that carry the provider's key (and any the API requires on every call)."""
+        """The headers that carry the provider's key (and any the API requires on every call).
+
+        Never logged; `scrub` removes the key from anything the upstream echoes.
+        """
 
     @abstractmethod
     def parse_answer(self, content: bytes) -> Answer:
-        """Raises UpstreamBadResponse when `content` is not a valid answer."""
+        """A complete (non-streamed) upstream answer as the client gets it.
+
+        `content` is the upstream's JSON body; the `Answer` holds an OpenAI
+        `chat.completion` (openai-python `types/chat/chat_completion.py`) as
+        bytes, and its token usage. Raises UpstreamBadResponse when `content`
+        is not a valid answer.
+        """
 
     @abstractmethod
     def answer_text(self, content: bytes) -> str | None:
-        """The text of the first choice of a complete answer, for evaluation."""
+        """The text of the first choice of a complete upstream answer (`content`: its JSON body), for evaluation.
+
+        None when the answer carries no text (a tool call only) or cannot be read.
+        """
 
     @abstractmethod
     def stream_translator(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
-        """A translator for one streamed call; `collect`: also reassemble what the client is sent."""
+        """A translator for one streamed call: upstream SSE bytes in, OpenAI `chat.completion.chunk` events out.
+
+        `wants_usage`: the client asked for `stream_options.include_usage`, so
+        the usage chunk is relayed (it is read either way). `collect`: also
+        reassemble what the client is sent, for evaluation.
+        """
 
     @abstractmethod
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
-        """The error to raise for an upstream answer with an error status."""
+        """The error to raise for an upstream answer with HTTP `status` (>= 400), its body and headers.
+
+        UpstreamRefused when the caller is at fault (relayed), UpstreamOverloaded
+        when the provider says it is overloaded, UpstreamStatusError otherwise;
+        the message is scrubbed of keys (see `status_error`).
+        """
 
     def json_headers(self, *, stream: bool) -> dict[str, str]:
         """Headers every JSON call sends; identity encoding keeps relayed bytes as they came."""

@@ -142,7 +142,7 @@ class EvidenceStore(Database):
             func.count().filter(_COUNTED).label("requests"),
             func.count().filter(RequestRecordRow.status == "error").label("errors"),
             func.avg(RequestRecordRow.quality).filter(_COUNTED).label("avg_quality"),
-            func.avg(RequestRecordRow.cost_usd).filter(_COUNTED).label("avg_cost"),
+            func.avg(RequestRecordRow.cost_usd).filter(_COUNTED).label("avg_cost_usd"),
         ]
         window = [RequestRecordRow.deployment == deployment, RequestRecordRow.created_at >= since]
         async with translated_errors(), self.engine.connect() as connection:
@@ -165,7 +165,7 @@ class EvidenceStore(Database):
                 "error_rate": row.errors / requests if requests else None,
                 "p95_latency_ms": float(p95) if p95 is not None else None,
                 "avg_quality": float(row.avg_quality) if row.avg_quality is not None else None,
-                "avg_cost": float(row.avg_cost) if row.avg_cost is not None else None,
+                "avg_cost": float(row.avg_cost_usd) if row.avg_cost_usd is not None else None,
             })
         return series
 
@@ -297,8 +297,8 @@ def _aggregates() -> list[Any]:
         func.count().filter(RequestRecordRow.status == "error").label("errors"),
         func.count(RequestRecordRow.quality).filter(_COUNTED).label("scored"),
         func.avg(RequestRecordRow.quality).filter(_COUNTED).label("avg_quality"),
-        func.avg(RequestRecordRow.cost_usd).filter(_COUNTED).label("avg_cost"),
-        func.sum(RequestRecordRow.cost_usd).filter(_COUNTED).label("total_cost"),
+        func.avg(RequestRecordRow.cost_usd).filter(_COUNTED).label("avg_cost_usd"),
+        func.sum(RequestRecordRow.cost_usd).filter(_COUNTED).label("total_cost_usd"),
         func.avg(RequestRecordRow.prompt_tokens).filter(_COUNTED).label("avg_prompt_tokens"),
         func.avg(RequestRecordRow.completion_tokens).filter(_COUNTED).label("avg_completion_tokens"),
     ]
@@ -323,8 +323,8 @@ def _stats_of(version: str, values: Mapping[str, Any]) -> WindowStats:
         p95_latency_ms=number("p95_latency_ms"),
         p50_ttft_ms=number("p50_ttft_ms"),
         p95_ttft_ms=number("p95_ttft_ms"),
-        avg_cost=number("avg_cost"),
-        total_cost=number("total_cost"),
+        avg_cost_usd=number("avg_cost_usd"),
+        total_cost_usd=number("total_cost_usd"),
         avg_prompt_tokens=number("avg_prompt_tokens"),
         avg_completion_tokens=number("avg_completion_tokens"),
     )
