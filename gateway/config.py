@@ -5,6 +5,10 @@ interpolates `${VAR}` / `${VAR:-default}` in string values, applies the
 `GATEWAY_*` overrides and validates. Every problem becomes a `ConfigError`
 whose message starts with the key path, e.g.
 `deployments.support-bot.versions.v2.provider: unknown provider 'opnai'`.
+
+Why one module over 400 lines: it is the whole configuration schema, read
+top to bottom in the order of the file it validates; `gateway.policy` and
+`gateway.durations` already hold the parts other modules use on their own.
 """
 
 from __future__ import annotations

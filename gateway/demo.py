@@ -18,6 +18,9 @@ URL and the session's admin token while it runs, and exits 0 once both
 rollouts ended as scripted (1 otherwise). `--keep` leaves the gateway and a
 trickle of traffic running until Ctrl-C; `--fast` shortens every interval
 (for tests).
+
+Why one module over 400 lines: it is a self-contained program (scenario,
+traffic, live view) that only the CLI starts; its parts change together.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ What it does, per upstream model (`simulation.models`, `SimulatedModel`):
   (finish reason `length` / stop reason `max_tokens`).
 
 The random draws come from one `random.Random` (seeded by `simulation.seed`).
+
+Why one module over 400 lines: it is a complete fake upstream for two wire
+APIs (request validation as strict as the real ones, answers, streams,
+errors) that shares one model of simulated quality; split, each half would
+reach into the other's internals.
 """
 
 from __future__ import annotations
