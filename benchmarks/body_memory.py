@@ -32,7 +32,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,14 +43,9 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from common import free_port
+
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -178,7 +172,11 @@ async def main() -> None:
     parser.add_argument("--oversized", type=int, default=20)
     parser.add_argument("--upstream-delay", type=float, default=0.5)
     parser.add_argument("--budgets", default="256,100000", help="MiB, comma-separated")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that the script works, in seconds: 4 calls of 1 MB, one round, one budget")
     args = parser.parse_args()
+    if args.smoke:
+        args.concurrency, args.rounds, args.photo_mb, args.oversized, args.budgets = 4, 1, 1.0, 2, "256"
     upstream_port = free_port()
     runner = await start_upstream(upstream_port, args.upstream_delay)
     try:

@@ -46,7 +46,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
+
+from common import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ADMIN_TOKEN = "soak-admin-token-0123456789"
@@ -161,13 +162,6 @@ class Cluster:
 
     def stop(self) -> None:
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- the run ---------------------------------------------------------------------------------------------
