@@ -9,6 +9,10 @@ answered, failed upstream, abandoned by the client, or ended by a shutdown.
 call still running is cancelled where it waits and raises `ShuttingDown`
 instead, so the API layer answers it like an upstream failure (a 503 before
 the first byte, an SSE error event after it) and its record says `shutdown`.
+
+Why one module over 400 lines: the life of a call (begin, complete or
+stream, record, end at shutdown) is one state machine; its parts share the
+`Call` and the guarantee of exactly one record.
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ Order of a check:
 6. every gate shown and `min_stage_duration` passed: advance, or promote after the last stage below 100 %;
 7. otherwise hold, saying what each undecided gate still needs; a stage past
    `max_stage_duration` does what `on_timeout` says.
+
+Why one module over 400 lines: the rules above are one ordered list, and
+each rule's explanation is written next to its test.
 """
 
 from __future__ import annotations

@@ -46,6 +46,10 @@ every gate shown and `min_stage_duration` passed advances to the first
 percentage stage (or promotes when that is 100); otherwise hold, saying
 what each undecided metric still needs, and `on_timeout` after
 `max_stage_duration`.
+
+Why one module over 400 lines: the shadow stage is a decision of its own
+(paired evidence, its gates, its explanations), kept apart from `decide` and
+whole in one place.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ Stream: Anthropic's events → `chat.completion.chunk` events ending in
 `data: [DONE]`, the same mapping delta by delta (a tool without input gets
 arguments `"{}"`, as in the plain answer); an `error` event ends the stream
 with an SSE error event.
+
+Why one module over 400 lines: one translator per pair (OpenAI chat ↔
+Anthropic Messages), request, answer and stream together, as the house
+keeps every translation pair in one module with its tests beside it.
 """
 
 from __future__ import annotations
