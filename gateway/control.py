@@ -30,8 +30,15 @@ COMPARED = ("avg_quality", "p95_latency_ms", "avg_cost", "error_rate")
 class ControlPlane:
     """The admin service: reads and changes of rollouts, behind the admin API and the CLI.
 
-    Every change is recorded with `actor` (the admin token's name, "config"
-    or "scheduler") and the caller's `reason` in the audit trail.
+    A rollout change (`start_canary`, `set_percent`, `promote`, `rollback`,
+    `pause`, `resume`) is computed from the deployment as stored now and
+    recorded with `actor` (the admin token's name, "config" or "scheduler") and
+    the caller's `reason` in the audit trail. `revision`, when given, must be
+    the stored revision (else Conflict, param `revision`). It returns the
+    deployment after the change (unchanged, and nothing recorded, when the
+    change is a no-op) and raises NotFound for an unknown deployment, Conflict
+    when the rollout's state forbids the change or another change won the
+    race, StoreUnavailable when the database is down.
     """
 
     def __init__(
@@ -68,14 +75,9 @@ class ControlPlane:
 
     async def start_canary(self, *, deployment: str, version: str, percent: float | None, actor: str,
                            reason: str | None, revision: int | None = None) -> Deployment:
-        """Start a canary rollout of `version` at `percent` (the policy's first stage when None), in percent.
+        """Start a canary rollout of `version` at `percent` (the policy's first stage when None).
 
-        Computed from the deployment as stored now; `revision`, when given, must
-        be the stored revision (else Conflict, param `revision`). Returns the
-        deployment after the change (unchanged, and nothing recorded, when the
-        change is a no-op). Raises NotFound for an unknown deployment, Conflict
-        when the rollout's state forbids the change or another change won the
-        race, StoreUnavailable when the database is down.
+        A rollout change (see the class).
         """
 
         def start(current: Deployment) -> RolloutState:
@@ -86,15 +88,7 @@ class ControlPlane:
 
     async def set_percent(self, *, deployment: str, percent: float, actor: str, reason: str | None,
                           revision: int | None = None) -> Deployment:
-        """Move the running canary to `percent` of users (0 to 100).
-
-        Computed from the deployment as stored now; `revision`, when given, must
-        be the stored revision (else Conflict, param `revision`). Returns the
-        deployment after the change (unchanged, and nothing recorded, when the
-        change is a no-op). Raises NotFound for an unknown deployment, Conflict
-        when the rollout's state forbids the change or another change won the
-        race, StoreUnavailable when the database is down.
-        """
+        """Move the running canary to `percent` of users (0 to 100). A rollout change (see the class)."""
 
         def move(current: Deployment) -> RolloutState:
             return rollout.set_percent(current, percent=percent, stages=current.policy.stages, now=self._clock())
@@ -103,30 +97,14 @@ class ControlPlane:
 
     async def promote(self, *, deployment: str, actor: str, reason: str | None,
                       revision: int | None = None) -> Deployment:
-        """Make the canary the stable version now, ending the rollout.
-
-        Computed from the deployment as stored now; `revision`, when given, must
-        be the stored revision (else Conflict, param `revision`). Returns the
-        deployment after the change (unchanged, and nothing recorded, when the
-        change is a no-op). Raises NotFound for an unknown deployment, Conflict
-        when the rollout's state forbids the change or another change won the
-        race, StoreUnavailable when the database is down.
-        """
+        """Make the canary the stable version now, ending the rollout. A rollout change (see the class)."""
         return await self._change(
             deployment, "promoted", actor, reason, lambda current: rollout.promote(current, now=self._clock()), revision
         )
 
     async def rollback(self, *, deployment: str, actor: str, reason: str | None,
                       revision: int | None = None) -> Deployment:
-        """Send every user back to stable (canary at 0 %), ending the rollout.
-
-        Computed from the deployment as stored now; `revision`, when given, must
-        be the stored revision (else Conflict, param `revision`). Returns the
-        deployment after the change (unchanged, and nothing recorded, when the
-        change is a no-op). Raises NotFound for an unknown deployment, Conflict
-        when the rollout's state forbids the change or another change won the
-        race, StoreUnavailable when the database is down.
-        """
+        """Send every user back to stable (canary at 0 %), ending the rollout. A rollout change (see the class)."""
         return await self._change(
             deployment,
             "rolled_back",
@@ -138,28 +116,12 @@ class ControlPlane:
 
     async def pause(self, *, deployment: str, actor: str, reason: str | None,
                     revision: int | None = None) -> Deployment:
-        """Stop automatic decisions from being applied; traffic stays where it is.
-
-        Computed from the deployment as stored now; `revision`, when given, must
-        be the stored revision (else Conflict, param `revision`). Returns the
-        deployment after the change (unchanged, and nothing recorded, when the
-        change is a no-op). Raises NotFound for an unknown deployment, Conflict
-        when the rollout's state forbids the change or another change won the
-        race, StoreUnavailable when the database is down.
-        """
+        """Stop automatic decisions from being applied; traffic stays where it is. A rollout change (see the class)."""
         return await self._change(deployment, "paused", actor, reason, rollout.pause, revision)
 
     async def resume(self, *, deployment: str, actor: str, reason: str | None,
                     revision: int | None = None) -> Deployment:
-        """Let automatic decisions apply again after `pause`.
-
-        Computed from the deployment as stored now; `revision`, when given, must
-        be the stored revision (else Conflict, param `revision`). Returns the
-        deployment after the change (unchanged, and nothing recorded, when the
-        change is a no-op). Raises NotFound for an unknown deployment, Conflict
-        when the rollout's state forbids the change or another change won the
-        race, StoreUnavailable when the database is down.
-        """
+        """Let automatic decisions apply again after `pause`. A rollout change (see the class)."""
         return await self._change(deployment, "resumed", actor, reason, rollout.resume, revision)
 
     async def compare(self, *, deployment: str, hours: float) -> dict[str, Any]:
