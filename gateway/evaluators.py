@@ -173,6 +173,7 @@ class Pattern:
 
 
 def build_evaluators(settings: Sequence[EvaluatorSettings]) -> list[Evaluator]:
+    """The evaluators a deployment's `quality.evaluators` configure, in order."""
     evaluators: list[Evaluator] = []
     for item in settings:
         if item.type == "non_empty":

@@ -72,6 +72,7 @@ def load_object(raw: bytes) -> dict[str, Any]:
 
 
 def require_model(body: dict[str, Any]) -> str:
+    """The body's `model`; InvalidRequest (param `model`) when it is missing or not a non-empty string."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
@@ -117,6 +118,7 @@ def user_id(body: dict[str, Any], header_user: str | None) -> tuple[str | None, 
 
 
 def drop_unsafe(body: dict[str, Any]) -> None:
+    """Remove the keys of UNSAFE_KEYS from `body`, in place: they would redirect or re-authenticate the call."""
     for key in UNSAFE_KEYS & body.keys():
         del body[key]
 

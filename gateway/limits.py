@@ -18,6 +18,7 @@ class TokenBucket:
         self._last = clock()
 
     def take(self) -> bool:
+        """Take a token if one is free; whether one was."""
         return self.wait_for_token() == 0.0
 
     def wait_for_token(self) -> float:

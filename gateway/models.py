@@ -57,6 +57,7 @@ class Version:
         return content
 
     def content_hash(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of `content()`: equal exactly when two versions send the same thing."""
         canonical = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -232,6 +233,7 @@ class Price:
     cache_write: float | None = None
 
     def cost(self, usage: Usage) -> float | None:
+        """USD for one call's `usage`, cache reads and writes at their prices; None when a token count is missing."""
         if usage.prompt_tokens is None or usage.completion_tokens is None:
             return None
         cached = usage.cache_read_tokens + usage.cache_write_tokens

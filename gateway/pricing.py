@@ -47,6 +47,10 @@ class PriceTable:
         self._by_length = sorted(self._prices, key=len, reverse=True)
 
     def get(self, model: str) -> Price | None:
+        """The price of `model`: an exact entry, else the longest known name it extends with `-`.
+
+        Dated snapshots (`gpt-4o-2024-08-06`) find their model; None when nothing matches.
+        """
         price = self._prices.get(model)
         if price is not None:
             return price

@@ -73,6 +73,7 @@ class Recorder:
 
     @property
     def database_up(self) -> bool:
+        """Whether the last write reached the database (False while it is down and records go to the spool)."""
         return self._database_up
 
     @property
@@ -86,6 +87,7 @@ class Recorder:
         return self._spooled
 
     def start(self) -> None:
+        """Start the writer and the task that spills memory beyond `max_buffer` to the spool."""
         self._tasks = [
             asyncio.create_task(self._run(), name="recorder"),
             asyncio.create_task(self._spill_overflow(), name="recorder-spill"),

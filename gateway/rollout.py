@@ -122,6 +122,7 @@ def conclude_ab(
 
 
 def promote(deployment: Deployment, *, now: datetime) -> RolloutState:
+    """The canary becomes stable now; the rollout ends as `promoted`. Raises Conflict without a running canary."""
     state = _running(deployment)
     assert state.canary is not None
     return replace(
@@ -145,10 +146,12 @@ def rollback(deployment: Deployment, *, now: datetime) -> RolloutState:
 
 
 def pause(deployment: Deployment) -> RolloutState:
+    """Automatic decisions stop being applied; traffic stays. Raises Conflict without a running canary."""
     return replace(_running(deployment), paused=True)
 
 
 def resume(deployment: Deployment) -> RolloutState:
+    """Automatic decisions apply again. Raises Conflict without a running canary."""
     return replace(_running(deployment), paused=False)
 
 

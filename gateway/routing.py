@@ -17,6 +17,7 @@ BUCKETS = 10_000
 
 
 def bucket(deployment: str, user_id: str) -> int:
+    """The user's bucket, 0 to 9999: md5 of `deployment:user_id` modulo 10,000 (SPEC's routing formula)."""
     # surrogatepass: a lone surrogate in a JSON user id still hashes, stably.
     key = f"{deployment}:{user_id}".encode("utf-8", "surrogatepass")
     return int(hashlib.md5(key, usedforsecurity=False).hexdigest(), 16) % BUCKETS
@@ -28,6 +29,7 @@ def threshold(percent: float) -> int:
 
 
 def in_canary(deployment: str, user_id: str, percent: float) -> bool:
+    """Whether `user_id` is routed to the canary of `deployment` at `percent` (0 to 100)."""
     return bucket(deployment, user_id) < threshold(percent)
 
 

@@ -270,6 +270,7 @@ class CheckScheduler:
         self._scheduler.start()
 
     def schedule(self, name: str, deployment: Deployment) -> None:
+        """(Re)schedule the check of `name` every `policy.check_interval` seconds; one run at a time."""
         policy = deployment.policy
         self._scheduler.add_job(
             self._checker.run_scheduled,

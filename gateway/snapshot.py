@@ -56,10 +56,12 @@ class Snapshot:
         self._task = asyncio.create_task(self._run(), name="snapshot-refresh")
 
     async def stop(self) -> None:
+        """Stop the background refresh and wait for it."""
         await cancel_and_wait([self._task])
         self._task = None
 
     async def refresh_now(self) -> None:
+        """Reload from the database at once (after a change this replica made). Raises StoreUnavailable."""
         await self._refresh(force=True)
 
     async def _run(self) -> None:

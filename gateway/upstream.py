@@ -92,6 +92,7 @@ class UpstreamClient:
         self._idle_s = settings.idle_timeout_s
 
     async def aclose(self) -> None:
+        """Close the transport and its pooled connections."""
         await self._transport.aclose()
 
     async def open(

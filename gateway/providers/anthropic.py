@@ -304,6 +304,11 @@ def _tool_choice(choice: object) -> dict[str, Any] | None:
 
 
 def anthropic_usage(data: object) -> Usage:
+    """Token usage from Anthropic's `usage` object (`Usage` in anthropic-sdk-python) in OpenAI's terms.
+
+    Prompt tokens include the cache reads and writes, which are also counted
+    apart; anything malformed becomes None (never an error).
+    """
     if not isinstance(data, dict):
         return Usage()
 

@@ -74,6 +74,11 @@ class StreamTranslator(ABC):
         self._assembly: ChunkAssembly | None = ChunkAssembly() if collect else None
 
     def feed(self, chunk: bytes) -> bytes:
+        """Bytes for the client for `chunk`, raw bytes of the upstream's SSE stream.
+
+        Events may be split across chunks: a partial event is held until its end
+        arrives. Returns b"" when nothing is complete yet.
+        """
         buffer = self._buffer + chunk if self._buffer else chunk
         out: list[bytes] = []
         start = 0
@@ -86,6 +91,12 @@ class StreamTranslator(ABC):
         return b"".join(out)
 
     def finish(self) -> bytes:
+        """The tail for the client once the upstream stream ended.
+
+        An event left without its final blank line is judged as sent; a stream
+        that ended before its end marker yields an SSE error event (and
+        `error_kind` says so).
+        """
         tail = b""
         if self._buffer.strip():
             # The upstream ended without the final blank line; judge what it sent.

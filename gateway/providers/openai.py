@@ -144,6 +144,10 @@ class OpenAIStreamRelay(StreamTranslator):
 
 
 def openai_usage(data: object) -> Usage:
+    """Token usage from OpenAI's `usage` object (`CompletionUsage` in openai-python), cached prompt tokens included.
+
+    Anything malformed becomes None (never an error).
+    """
     usage = usage_from(data, "prompt_tokens", "completion_tokens")
     details = data.get("prompt_tokens_details") if isinstance(data, dict) else None
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
