@@ -18,6 +18,8 @@ RolloutKind = Literal["canary", "ab_test"]
 RecordStatus = Literal["ok", "error", "client_cancelled"]
 # The API a call came through: OpenAI chat completions, OpenAI Responses, Anthropic Messages, or pass-through.
 Api = Literal["chat", "responses", "messages", "passthrough"]
+# The API a provider speaks on the wire: OpenAI chat completions, OpenAI Responses or Anthropic Messages.
+WireApi = Literal["chat_completions", "responses", "messages"]
 # What services read the time from (tests pass a fixed or stepping one): an aware UTC datetime.
 Clock = Callable[[], datetime]
 

@@ -1,7 +1,11 @@
-"""The proxy service: route a chat call to a version, forward it, record it.
+"""The proxy service: route a call to a version, forward it (natively or through the chat pivot), record it.
 
 Handlers call `begin` (pure, in memory: resolve, route, inject), then either
-`complete` or `open_stream` + `stream`. Each call that reached a version ends
+`complete` or `open_stream` + `stream`. `begin` decides, once the version is
+chosen, whether the call goes native (its inbound API is the version's
+provider's wire: the client's own format is injected, sent, and its answer
+and stream relayed unchanged) or through the chat-completions pivot
+(`gateway.pivot`); the rest of a call's life is the same either way. Each call that reached a version ends
 in exactly one `RequestRecord` handed to the recorder, whatever happened:
 answered, failed upstream, abandoned by the client, or ended by a shutdown.
 
@@ -35,11 +39,10 @@ from gateway.evaluators import Sample, wants_json
 from gateway.inbound import InboundRequest
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
+from gateway.pivot import chat_view, upstream_body
 from gateway.pricing import PriceTable
-from gateway.prompts import build_upstream_body
-from gateway.providers import Answer
+from gateway.providers import Answer, StreamTranslator, UpstreamRequest
 from gateway.providers.assembly import completion_choices, reply_text
-from gateway.providers.base import sse_error_event
 from gateway.quality import QualityMonitor, Wanted
 from gateway.recorder import Recorder
 from gateway.routing import choose_version
@@ -67,7 +70,11 @@ class Call:
     version: Version
     client: UpstreamClient
     chat: InboundRequest
+    # The upstream body (chat completions on the pivot, the inbound API's format when native) and its request.
     body: dict[str, Any]
+    upstream: UpstreamRequest
+    # Whether the call goes native: the client's format upstream, the answer relayed unchanged.
+    native: bool
     user_hash: str | None
     received: float
     deadline: float
@@ -132,7 +139,12 @@ class Relay:
         self.in_flight -= 1
 
     def begin(self, chat: InboundRequest, *, request_id: str, received: float) -> Call:
-        """Resolve the deployment, pick the version, build the upstream body. No I/O."""
+        """Resolve the deployment, pick the version, build the upstream request (native or pivot). No I/O.
+
+        Raises NotFound for an unknown deployment, InvalidRequest for a body
+        the chosen version's provider cannot be sent (naming the field),
+        Overloaded at the concurrency limit.
+        """
         deployment = self._snapshot.deployments.get(chat.model)
         if deployment is None:
             raise NotFound(
@@ -147,6 +159,12 @@ class Relay:
         client = self._clients.get(version.provider) if version is not None else None
         if version is None or client is None:
             raise UpstreamBadResponse(f"deployment '{deployment.name}' has no usable version right now")
+        provider = client.provider
+        prepared = upstream_body(chat.api, version, chat.body, stream=chat.stream, wire=provider.wire)
+        if prepared.native:
+            upstream = provider.build_native_request(prepared.body, stream=chat.stream)
+        else:
+            upstream = provider.build_request(prepared.body, stream=chat.stream)
         self.admit()
         call = Call(
             request_id=request_id,
@@ -154,7 +172,9 @@ class Relay:
             version=version,
             client=client,
             chat=chat,
-            body=build_upstream_body(version, chat.body, stream=chat.stream),
+            body=prepared.body,
+            upstream=upstream,
+            native=prepared.native,
             user_hash=self._hash_user(chat.user),
             received=received,
             deadline=loop_deadline(received, client.settings.timeout_s),
@@ -192,28 +212,32 @@ class Relay:
     async def complete(self, call: Call) -> Answer:
         """A non-streaming answer; raises UpstreamError after recording the failure."""
         call.task = asyncio.current_task()
+        provider = call.client.provider
         async with self._failures_recorded(call):
-            response = await call.client.open(
-                call.body, stream=False, deadline=call.deadline, first_byte_by=call.first_byte_by
+            response = await call.client.send(
+                call.upstream, stream=False, deadline=call.deadline, first_byte_by=call.first_byte_by
             )
             try:
-                answer = call.client.provider.parse_answer(response.content)
+                if call.native:
+                    answer = provider.parse_native_answer(response.content)
+                else:
+                    answer = provider.parse_answer(response.content)
             finally:
                 await response.aclose()
-            relayed = call.client.provider.relayed_headers(response.headers)
+            relayed = provider.relayed_headers(response.headers)
             if relayed:
                 answer = replace(answer, headers=relayed)
         self._finish(call, status="ok", http_status=200, usage=answer.usage)
         if call.wanted is not None:
-            self._sample(call, completion_choices(answer.content))
+            self._sample(call, answer.choices if answer.choices is not None else completion_choices(answer.content))
         return answer
 
     async def open_stream(self, call: Call) -> httpx.Response:
         """Open the upstream stream; failures before the first byte raise with their status."""
         call.task = asyncio.current_task()
         async with self._failures_recorded(call):
-            return await call.client.open(
-                call.body, stream=True, deadline=call.deadline, first_byte_by=call.first_byte_by
+            return await call.client.send(
+                call.upstream, stream=True, deadline=call.deadline, first_byte_by=call.first_byte_by
             )
 
     @contextlib.asynccontextmanager
@@ -234,10 +258,16 @@ class Relay:
             raise
 
     async def stream(self, call: Call, response: httpx.Response) -> AsyncIterator[bytes]:
-        """Relay the upstream stream event by event; a failure mid-stream ends in an SSE error event."""
-        translator = call.client.provider.stream_translator(
-            wants_usage=call.chat.wants_usage, collect=call.wanted is not None
-        )
+        """Relay the upstream stream event by event; a failure mid-stream ends in an error event
+        in the client's format (`StreamTranslator.error_event`)."""
+        provider = call.client.provider
+        translator: StreamTranslator
+        if call.native:
+            translator = provider.native_stream_relay(wants_usage=call.chat.wants_usage,
+                                                      collect=call.wanted is not None)
+        else:
+            translator = provider.stream_translator(wants_usage=call.chat.wants_usage,
+                                                    collect=call.wanted is not None)
         status: RecordStatus = "client_cancelled"
         error_kind: str | None = "client_cancelled"
         http_status = CLIENT_CLOSED
@@ -264,7 +294,7 @@ class Relay:
                 tail = translator.finish()
                 error_kind = translator.error_kind
             except UpstreamError as exc:
-                tail = sse_error_event(exc.message, exc.kind)
+                tail = translator.error_event(exc.message, exc.kind)
                 error_kind = exc.kind
             status, http_status = ("error" if error_kind else "ok"), 200
             if status == "ok" and call.wanted is not None:
@@ -366,7 +396,8 @@ class Relay:
         from a stream); the first one is judged.
         """
         assert self._quality is not None and call.wanted is not None
-        json_asked, schema = wants_json(call.chat.body)
+        asked = chat_view(call.chat.api, call.body, native=call.native)
+        json_asked, schema = wants_json(asked)
         first = next((choice for choice in choices if choice.get("index", 0) == 0), None)
         message = first.get("message") if first is not None else None
         message = message if isinstance(message, dict) else None
@@ -375,7 +406,7 @@ class Relay:
                 request_id=call.request_id,
                 deployment=call.deployment.name,
                 version=call.version.name,
-                messages=call.body["messages"],
+                messages=asked.get("messages") or [],
                 answer=reply_text(message),
                 message=message,
                 wants_json=json_asked,

@@ -26,7 +26,7 @@ IO_LIBRARIES = frozenset({
 WEB = frozenset({"fastapi", "starlette"})
 PURE = (
     "analysis", "chat", "config", "durations", "errors", "evaluators", "families", "inbound", "limits", "models",
-    "policy", "pricing", "prompts", "retry", "rollout", "routing",
+    "pivot", "policy", "pricing", "prompts", "retry", "rollout", "routing",
 )
 _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|.*\|\s*([^|]*?)\s*\|\s*$")
 

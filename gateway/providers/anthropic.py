@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.errors import UpstreamBadResponse, UpstreamOverloaded, UpstreamStatusError
 from gateway.inbound import content_text
-from gateway.models import Usage
+from gateway.models import Usage, WireApi
 from gateway.providers.base import (
     Answer,
     Provider,
@@ -71,6 +71,8 @@ _OVERLOADED = 529
 
 
 class AnthropicProvider(Provider):
+    wire: WireApi = "messages"
+
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
         headers = {**self.json_headers(stream=stream), **self.auth_headers()}
         return UpstreamRequest(

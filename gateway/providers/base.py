@@ -1,9 +1,20 @@
 """The interface every wire format implements.
 
-A provider turns the OpenAI-shaped body the gateway built into the upstream's
-request, turns the upstream's answer back into an OpenAI answer, translates a
-stream incrementally, and maps the upstream's error answers. It does no I/O:
-sending, deadlines and retries belong to `gateway.upstream`.
+A provider speaks one wire API (`Provider.wire`: `chat_completions`,
+`responses` or `messages`) and has two ways in:
+
+- the pivot: it turns the OpenAI chat-completions body the gateway built into
+  the upstream's request (`build_request`), the upstream's answer back into a
+  `chat.completion` (`parse_answer`), and its stream into
+  `chat.completion.chunk` events (`stream_translator`);
+- the native path, for a call whose inbound API is the provider's own wire
+  (`gateway.pivot` decides): the body, already injected in that format, goes
+  upstream as it is (`build_native_request`), the answer comes back unchanged
+  with its usage read (`parse_native_answer`), and the stream is relayed event
+  by event while its usage and answer are read (`native_stream_relay`).
+
+It also maps the upstream's error answers. It does no I/O: sending,
+deadlines and retries belong to `gateway.upstream`.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import UpstreamRefused, UpstreamStatusError
-from gateway.models import Usage
+from gateway.models import Usage, WireApi
 from gateway.providers.assembly import ChunkAssembly
 
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|sk-ant-[A-Za-z0-9_\-*]{6,})")
@@ -42,11 +53,18 @@ class UpstreamRequest:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A complete answer in OpenAI's shape, ready for the client, with the upstream headers it relays."""
+    """A complete answer ready for the client, with the upstream headers it relays.
+
+    `content` is a `chat.completion` on the pivot, or the upstream's own bytes
+    on the native path; then `choices` holds the same answer read as
+    chat-completion choices (`{"index", "message", "finish_reason"}`) for the
+    evaluators, which read chat.
+    """
 
     content: bytes
     usage: Usage
     headers: Mapping[str, str] = field(default_factory=dict)
+    choices: list[dict[str, Any]] | None = None
 
 
 class StreamTranslator(ABC):
@@ -107,7 +125,15 @@ class StreamTranslator(ABC):
         if self.done:
             return tail
         self.error_kind = self.error_kind or "stream_truncated"
-        return tail + sse_error_event("the upstream stream ended before it was complete", "stream_truncated")
+        return tail + self.error_event("the upstream stream ended before it was complete", "stream_truncated")
+
+    def error_event(self, message: str, code: str) -> bytes:
+        """The final event that tells the client the stream failed, in the format the client reads.
+
+        The pivot's is OpenAI's `data: {"error": ...}` (`sse_error_event`);
+        a native relay answers in its own wire's error event.
+        """
+        return sse_error_event(message, code)
 
     def _collect(self, chunk: Mapping[str, Any]) -> None:
         """Count one `chat.completion.chunk` sent to the client into the reassembled answer."""
@@ -135,7 +161,16 @@ def data_of(event: bytes) -> bytes | None:
 
 
 class Provider(ABC):
-    """One upstream wire format; holds no connection, only the provider's settings."""
+    """One upstream wire format; holds no connection, only the provider's settings.
+
+    `wire` is the API the provider speaks upstream. The pivot methods
+    (`build_request`, `parse_answer`, `answer_text`, `stream_translator`) take
+    and give OpenAI chat completions whatever the wire; the native methods take
+    and give the wire's own format and are called only for calls whose
+    inbound API is that wire (see `gateway.pivot`).
+    """
+
+    wire: WireApi = "chat_completions"
 
     def __init__(self, name: str, *, api_key: str, headers: Mapping[str, str] | None = None) -> None:
         self.name = name
@@ -185,6 +220,39 @@ class Provider(ABC):
         the usage chunk is relayed (it is read either way). `collect`: also
         reassemble what the client is sent, for evaluation.
         """
+
+    def build_native_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+        """The upstream call for `body`, a request already in this provider's wire format and injected.
+
+        The body goes upstream as the client wrote it but for the injection
+        (`gateway.pivot`). Raises InvalidRequest for a body the upstream would
+        be sent in vain. Every provider whose `wire` is an inbound API's
+        native format overrides this and the two methods below.
+        """
+        raise NotImplementedError(f"provider kind {type(self).__name__} takes no native {self.wire} calls")
+
+    def parse_native_answer(self, content: bytes) -> Answer:
+        """A complete upstream answer in the provider's wire format, for a client that speaks it.
+
+        `Answer.content` is `content` unchanged; `usage` is read from it and
+        `choices` holds it read as chat-completion choices, for the
+        evaluators. Raises UpstreamBadResponse when `content` is not a valid
+        answer, and the mapped error for an error inside a 200 answer.
+        """
+        raise NotImplementedError(f"provider kind {type(self).__name__} takes no native {self.wire} calls")
+
+    def native_stream_relay(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
+        """A relay for one native stream: upstream SSE events go to the client unchanged, event by event.
+
+        It reads the usage (`StreamTranslator.usage`), marks `done` at the
+        wire's end-of-stream event and `error_kind` at an error event, ends a
+        truncated stream with the wire's own error event (`error_event`), and
+        with `collect` reassembles the answer as chat-completion choices.
+        `wants_usage`: the client asked for usage it would otherwise not be
+        sent (chat's `stream_options.include_usage`); wires that always send
+        usage ignore it.
+        """
+        raise NotImplementedError(f"provider kind {type(self).__name__} takes no native {self.wire} calls")
 
     @abstractmethod
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:

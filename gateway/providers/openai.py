@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.errors import UpstreamBadResponse, UpstreamStatusError
 from gateway.families import Family, adapt, openai_family
-from gateway.models import Usage
+from gateway.models import Usage, WireApi
 from gateway.providers.base import (
     Answer,
     Provider,
@@ -32,6 +32,11 @@ from gateway.providers.base import (
 log = logging.getLogger("gateway.providers")
 
 class OpenAIProvider(Provider):
+    """Wire `chat_completions`, the pivot's own format: a chat call here is native, and the
+    native methods are the pivot's."""
+
+    wire: WireApi = "chat_completions"
+
     def __init__(
         self,
         name: str,
@@ -88,6 +93,15 @@ class OpenAIProvider(Provider):
 
     def stream_translator(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
         return OpenAIStreamRelay(wants_usage=wants_usage, collect=collect)
+
+    def build_native_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+        return self.build_request(body, stream=stream)
+
+    def parse_native_answer(self, content: bytes) -> Answer:
+        return self.parse_answer(content)
+
+    def native_stream_relay(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
+        return self.stream_translator(wants_usage=wants_usage, collect=collect)
 
     def error_from(self, status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
         error = error_body(content, status)
