@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import __version__
 from gateway.alerts import Alerts
-from gateway.api import admin, dashboard, health, passthrough, proxy
+from gateway.api import admin, dashboard, health, messages, passthrough, proxy
 from gateway.api.admin import AdminGuard
 from gateway.api.bodies import BodyBudget, BodyBudgetMiddleware
 from gateway.api.deps import Services
@@ -48,6 +48,7 @@ from gateway.relay import Relay
 from gateway.scheduler import CheckScheduler, RolloutChecker
 from gateway.snapshot import Snapshot
 from gateway.store import Store, create_engine
+from gateway.tokens import TokenCounter
 from gateway.upstream import UpstreamClient, default_transport
 
 log = logging.getLogger("gateway")
@@ -155,6 +156,7 @@ def create_app(
             metrics=metrics,
             drain=drain,
             probe=probe,
+            tokens=TokenCounter(snapshot=snapshot, clients=clients, metrics=metrics),
             client_tokens=settings.client_tokens,
             max_body_bytes=settings.server.max_body_bytes,
             user_id_header=settings.server.user_id_header,
@@ -211,7 +213,8 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(settings.server.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=sorted({"authorization", "content-type", "x-request-id", settings.server.user_id_header}),
+            allow_headers=sorted({"authorization", "content-type", "x-request-id", "x-api-key", "anthropic-version",
+                                  "anthropic-beta", settings.server.user_id_header}),
             expose_headers=["x-request-id", "x-canary-deployment", "x-canary-version"],
         )
     if not settings.admin_tokens:
@@ -219,6 +222,7 @@ def create_app(
     app.add_middleware(AdminGuard, tokens=settings.admin_tokens)
     app.add_middleware(BodyBudgetMiddleware, budget=BodyBudget(settings.server.max_body_bytes_in_flight))
     app.include_router(proxy.router)
+    app.include_router(messages.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)

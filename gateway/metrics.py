@@ -36,6 +36,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.token_counts = Counter(
+            "canary_token_counts",
+            "Token counts answered (POST /v1/messages/count_tokens): by the version counted for, how "
+            "(upstream: the provider's own; estimate: tiktoken) and outcome. Not request records.",
+            ["deployment", "version", "source", "status"],
+            registry=r,
+        )
         self.anonymous = Counter(
             "canary_anonymous_requests",
             "Calls that carried no user id.",

@@ -13,14 +13,24 @@ System prompt modes:
 - `append`: one system message, the app's followed by the version's prompt.
 
 The result is `[system?] + few_shot + the app's other messages`.
+
+`build_messages_body` does the same for an Anthropic Messages request that
+goes natively to an Anthropic provider: the prompt goes into `system` by the
+same modes (a block list keeps the app's blocks, `cache_control` included),
+the few-shot messages before the app's, and the version's params under their
+Messages names (`NATIVE_MESSAGES_PARAMS`).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.inbound import content_text
 from gateway.models import Version
+
+log = logging.getLogger("gateway.prompts")
 
 _SYSTEM_ROLES = ("system", "developer")
 _TOKEN_LIMITS = {"max_tokens": "max_completion_tokens", "max_completion_tokens": "max_tokens"}
@@ -68,3 +78,63 @@ def _combine(version_prompt: str, app_prompts: list[str], mode: str) -> str:
     parts = [version_prompt, *app_prompts] if mode == "prepend" else [*app_prompts, version_prompt]
     return "\n\n".join(part for part in parts if part)
 
+
+
+# A version's params (chat-completions names) → their Messages names; `stop` becomes a list.
+NATIVE_MESSAGES_PARAMS: Mapping[str, str] = {
+    "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "stop": "stop_sequences",
+}
+
+
+def build_messages_body(version: Version, body: dict[str, Any], *, stream: bool, params: bool = True
+                        ) -> dict[str, Any]:
+    """A new Anthropic Messages body for the upstream, `body` (the app's Messages request) injected; `body` is
+    not modified.
+
+    `system` by `version.prompt_mode`: `replace` sets the version's prompt
+    (no `system` when it is empty); `prepend`/`append` join it with the
+    app's: to a string with a blank line, to a block list as a text block of
+    its own, so the app's blocks keep their `cache_control`. The few-shot
+    messages go before the app's. `params=False` leaves the version's params
+    out (a token count takes no sampling fields). A version's param with no
+    Messages name (see NATIVE_MESSAGES_PARAMS) is not carried, logged at
+    debug level.
+    """
+    upstream = {**body, "model": version.model}
+    system = _messages_system(version.system_prompt, body.get("system"), version.prompt_mode)
+    if system is None:
+        upstream.pop("system", None)
+    else:
+        upstream["system"] = system
+    if version.few_shot:
+        upstream["messages"] = [
+            *({"role": shot["role"], "content": shot["content"]} for shot in version.few_shot), *body["messages"]]
+    if params:
+        for name, value in version.params.items():
+            native = NATIVE_MESSAGES_PARAMS.get(name)
+            if native is None:
+                log.debug("version %s: param %r has no Messages name; not sent natively", version.name, name)
+            elif value is None:
+                upstream.pop(native, None)
+            else:
+                upstream[native] = [value] if name == "stop" and isinstance(value, str) else value
+    if stream:
+        upstream["stream"] = True
+    return upstream
+
+
+def _messages_system(version_prompt: str, app: object, mode: str) -> str | list[Any] | None:
+    if mode == "replace" or app is None or app == "" or app == []:
+        return version_prompt or None
+    if not version_prompt:
+        return app if isinstance(app, str | list) else None
+    if isinstance(app, list):
+        block = {"type": "text", "text": version_prompt}
+        return [block, *app] if mode == "prepend" else [*app, block]
+    parts = [version_prompt, str(app)] if mode == "prepend" else [str(app), version_prompt]
+    return "\n\n".join(parts)

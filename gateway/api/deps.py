@@ -25,6 +25,7 @@ from gateway.relay import Relay
 from gateway.scheduler import RolloutChecker
 from gateway.snapshot import Snapshot
 from gateway.store import Store
+from gateway.tokens import TokenCounter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -58,6 +59,7 @@ class Services:
     metrics: Metrics
     drain: Drain
     probe: DatabaseProbe
+    tokens: TokenCounter
     client_tokens: Mapping[str, SecretStr]
     max_body_bytes: int
     user_id_header: str = "x-user-id"
@@ -101,17 +103,24 @@ def matching_token(presented: bytes, tokens: Iterable[tuple[str, bytes]]) -> str
     return found
 
 
-def check_client(request: Request, services: Services) -> None:
-    """Authenticate the client when client tokens are set, then apply its rate limit."""
+def check_client(request: Request, services: Services, *, api_key_header: bool = False) -> None:
+    """Authenticate the client when client tokens are set, then apply its rate limit.
+
+    The token comes as `Authorization: Bearer <token>`; with `api_key_header`
+    (Anthropic's routes) also as `x-api-key: <token>`, as the anthropic SDKs
+    send it (the 2.x Python SDK sends the bearer form).
+    """
     client = request.client.host if request.client else "unknown"
     tokens = services.client_tokens
     if tokens:
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if api_key_header and not presented:
+            scheme, presented = "bearer", request.headers.get("x-api-key", "")
         name = matching_token(
             presented.strip().encode(), ((name, token.get_secret_value().encode()) for name, token in tokens.items())
         )
         if scheme.lower() != "bearer" or name is None:
-            raise Unauthorized("Missing or invalid bearer token")
+            raise Unauthorized("Missing or invalid API key" if api_key_header else "Missing or invalid bearer token")
         client = f"token:{name}"
     if services.rate_limit is not None:
         wait = services.rate_limit.wait_for_token(client)

@@ -3,7 +3,9 @@
 The error tree (`gateway.errors`) carries no HTTP status; this module is the
 only place that gives one, with the body in OpenAI's error shape
 (`{"error": {"message", "type", "param", "code"}}`, from openai-python's
-`types/shared/error_object.py`) and `Retry-After` where waiting helps.
+`types/shared/error_object.py`), or Anthropic's on the Messages routes
+(`anthropic_error_response`, see `gateway.messages`), and `Retry-After`
+where waiting helps.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from gateway import messages
 from gateway.errors import (
     ClientError,
     Conflict,
@@ -105,3 +108,15 @@ def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = Non
     if exc.retry_after:
         answer_headers["Retry-After"] = exc.retry_after
     return ErrorResponse({"error": error_body(exc)}, status_code=http_status(exc), headers=answer_headers)
+
+
+def anthropic_error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The HTTP answer for `exc` on the Messages routes: the same status and headers as `error_response`,
+    the body in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`, its type by status."""
+    answer_headers = dict(headers or {})
+    if isinstance(exc, UpstreamStatusError):
+        answer_headers.update(exc.headers)
+    if exc.retry_after:
+        answer_headers["Retry-After"] = exc.retry_after
+    status = http_status(exc)
+    return ErrorResponse(messages.error_body(status, exc.message), status_code=status, headers=answer_headers)

@@ -81,6 +81,15 @@ class AnthropicProvider(Provider):
             content=json.dumps(to_messages_request(body, stream=stream), separators=(",", ":")).encode(),
         )
 
+    def count_tokens_request(self, body: dict[str, Any]) -> UpstreamRequest:
+        """`POST /v1/messages/count_tokens` for `body`, a Messages request already injected
+        (`MessageCountTokensParams` of anthropic-sdk-python); answered with `{"input_tokens": N}`."""
+        return UpstreamRequest(
+            path="/v1/messages/count_tokens",
+            headers={**self.json_headers(stream=False), **self.auth_headers()},
+            content=json.dumps(body, separators=(",", ":")).encode(),
+        )
+
     def auth_headers(self) -> dict[str, str]:
         """Anthropic's `x-api-key` and the API version every call names."""
         headers = {"anthropic-version": API_VERSION}

@@ -12,8 +12,6 @@ from tests.clients.conftest import CANARY_USER, CLIENT_KEY, STABLE_USER, answer_
 from tests.conftest import Gateway
 from tests.fakes import FakeAnthropic, FakeUpstream
 
-pytestmark = pytest.mark.xfail(strict=True, reason="POST /v1/messages and /v1/messages/count_tokens are not "
-                                                   "served yet (404)")
 USERS = pytest.mark.parametrize("user", [STABLE_USER, CANARY_USER], ids=["stable", "canary"])
 
 

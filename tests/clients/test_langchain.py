@@ -39,7 +39,6 @@ def test_chat_openai_on_the_responses_api(mixed: Gateway, fake: FakeUpstream, cl
     expect_version(fake, claude, user)
 
 
-@pytest.mark.xfail(strict=True, reason="POST /v1/messages is not served yet (404)")
 @USERS
 def test_chat_anthropic(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic, user: str) -> None:
     model = ChatAnthropic(model="support-bot", base_url=mixed.url, api_key=CLIENT_KEY, max_retries=0,
