@@ -95,7 +95,8 @@ def parse_messages_request(raw: bytes, *, header_user: str | None = None) -> Inb
     stream = stream_flag(body)
     user, source = user_id(body, header_user)
     drop_unsafe(body)
-    return InboundRequest(api="messages", body=body, model=model, stream=stream, wants_usage=False, user=user,
+    # wants_usage: through the chat pivot, the stream's usage chunk is what message_delta reports.
+    return InboundRequest(api="messages", body=body, model=model, stream=stream, wants_usage=True, user=user,
                           user_source=source)
 
 

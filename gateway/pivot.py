@@ -30,7 +30,8 @@ from typing import Any
 
 from gateway.inbound import InboundApi
 from gateway.models import Version, WireApi
-from gateway.prompts import build_upstream_body
+from gateway.prompts import build_messages_body, build_upstream_body
+from gateway.translators import messages_chat
 
 Body = dict[str, Any]
 
@@ -62,6 +63,8 @@ def _same(body: Body) -> Body:
 
 SURFACES: Mapping[InboundApi, Surface] = {
     "chat": Surface(wire="chat_completions", inject=build_upstream_body, to_chat=_same, chat_view=_same),
+    "messages": Surface(wire="messages", inject=build_messages_body, to_chat=messages_chat.to_chat_request,
+                        chat_view=messages_chat.chat_view),
 }
 
 

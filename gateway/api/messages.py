@@ -3,9 +3,12 @@
 Answers, stream events and errors are Anthropic's (`gateway.messages`); the
 client's key may come as `x-api-key` or a bearer token; `anthropic-version`
 and `anthropic-beta` are accepted. A call is routed, injected, forwarded and
-recorded like a chat call (`gateway.relay`, record `api` "messages"): a
-version on a chat-completions provider gets the call translated
-(`gateway.translators.messages_chat`), its answer and stream translated back.
+recorded like a chat call (`gateway.relay`, record `api` "messages"). A
+version on an `anthropic` provider gets it natively (injected in Messages
+format, the answer's bytes and events relayed unchanged); one on a
+chat-completions provider through the pivot (`gateway.pivot`): translated
+(`gateway.translators.messages_chat`), its answer and stream translated back
+here.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -22,7 +24,7 @@ from gateway.api.deps import Services, check_client, read_body, request_id_of
 from gateway.api.errors import anthropic_error_response
 from gateway.errors import ClientError, Overloaded, UpstreamBadResponse, UpstreamError
 from gateway.messages import parse_count_tokens_request, parse_messages_request
-from gateway.translators.messages_chat import MessagesEventStream, to_chat_request, to_message
+from gateway.translators.messages_chat import MessagesEventStream, to_message
 
 router = APIRouter()
 
@@ -39,8 +41,7 @@ async def create_message(request: Request) -> Response:
         check_client(request, services, api_key_header=True)
         raw = await read_body(request, services.max_body_bytes)
         inbound = parse_messages_request(raw, header_user=request.headers.get(services.user_id_header) or None)
-        pivot = replace(inbound, body=to_chat_request(inbound.body), wants_usage=True)
-        call = services.relay.begin(pivot, request_id=request_id, received=received)
+        call = services.relay.begin(inbound, request_id=request_id, received=received)
     except (ClientError, Overloaded) as exc:
         services.metrics.refused.labels(reason=exc.code or "invalid").inc()
         return anthropic_error_response(exc, headers=headers)
@@ -52,21 +53,27 @@ async def create_message(request: Request) -> Response:
     try:
         if not inbound.stream:
             answer = await services.relay.complete(call)
-            try:
-                message = to_message(json.loads(answer.content))
-            except (ValueError, RecursionError):
-                raise UpstreamBadResponse("upstream answered with a body that is not JSON") from None
-            return Response(json.dumps(message, separators=(",", ":")).encode(), media_type="application/json",
-                            headers={**answer.headers, **headers})
+            content = answer.content if call.native else _message(answer.content)
+            return Response(content, media_type="application/json", headers={**answer.headers, **headers})
         upstream = await services.relay.open_stream(call)
     except UpstreamError as exc:
         return anthropic_error_response(exc, headers=headers)
     relayed = call.client.provider.relayed_headers(upstream.headers)
+    events = services.relay.stream(call, upstream)
     return StreamingResponse(
-        _events(services.relay.stream(call, upstream)),
+        events if call.native else _events(events),
         media_type="text/event-stream",
         headers={**relayed, **headers, **_STREAM_HEADERS},
     )
+
+
+def _message(completion: bytes) -> bytes:
+    """A pivot's `chat.completion` bytes as an Anthropic `Message`; UpstreamBadResponse if it cannot be read."""
+    try:
+        data = json.loads(completion)
+    except (ValueError, RecursionError):
+        raise UpstreamBadResponse("upstream answered with a body that is not JSON") from None
+    return json.dumps(to_message(data), separators=(",", ":")).encode()
 
 
 async def _events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

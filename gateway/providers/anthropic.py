@@ -30,6 +30,7 @@ from typing import Any
 
 from gateway.errors import UpstreamBadResponse, UpstreamOverloaded, UpstreamStatusError
 from gateway.inbound import content_text
+from gateway.messages import error_event
 from gateway.models import Usage, WireApi
 from gateway.providers.base import (
     Answer,
@@ -80,6 +81,41 @@ class AnthropicProvider(Provider):
             headers=headers,
             content=json.dumps(to_messages_request(body, stream=stream), separators=(",", ":")).encode(),
         )
+
+    def build_native_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
+        """`POST /v1/messages` with `body`, a Messages request already injected, as it is (`MessageCreateParams`)."""
+        return UpstreamRequest(
+            path="/v1/messages",
+            headers={**self.json_headers(stream=stream), **self.auth_headers()},
+            content=json.dumps(body, separators=(",", ":")).encode(),
+        )
+
+    def parse_native_answer(self, content: bytes) -> Answer:
+        """The upstream's `Message` bytes unchanged, with its usage (cache tokens included) and, for the
+        evaluators, its chat-completion choices (`to_chat_completion`)."""
+        message = self._native_message(content)
+        completion, usage = to_chat_completion(message)
+        return Answer(content=content, usage=usage, choices=completion["choices"])
+
+    def native_stream_relay(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
+        """Anthropic's events relayed unchanged (`AnthropicNativeRelay`); `wants_usage` is moot: the stream
+        always carries usage."""
+        return AnthropicNativeRelay(collect=collect)
+
+    def _native_message(self, content: bytes) -> dict[str, Any]:
+        try:
+            message = json.loads(content)
+        except (ValueError, RecursionError) as exc:
+            raise UpstreamBadResponse("upstream answered with a body that is not JSON") from exc
+        if isinstance(message, dict) and message.get("type") == "error":
+            error = message.get("error")
+            kind = error.get("type") if isinstance(error, dict) else None
+            raise self.error_from(ERROR_STATUSES.get(str(kind), 500), content, {})
+        if not isinstance(message, dict) or message.get("type") != "message" or not isinstance(
+            message.get("content"), list
+        ):
+            raise UpstreamBadResponse("upstream answered with JSON that is not an Anthropic message")
+        return message
 
     def count_tokens_request(self, body: dict[str, Any]) -> UpstreamRequest:
         """`POST /v1/messages/count_tokens` for `body`, a Messages request already injected
@@ -521,3 +557,65 @@ class AnthropicStreamTranslator(StreamTranslator):
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class AnthropicNativeRelay(StreamTranslator):
+    """Anthropic's event stream for a Messages client: every event relayed unchanged as it arrives.
+
+    Reads the usage from `message_start` and `message_delta` (cumulative),
+    `done` at `message_stop`, `error_kind` at an `error` event (which ends the
+    stream); `started` at the first content block. A stream cut before
+    `message_stop` ends with Anthropic's own `error` event. With `collect`,
+    the events are also read as chat-completion chunks
+    (`AnthropicStreamTranslator`) to reassemble the answer for the
+    evaluators; without it, content deltas (the bulk) are not parsed.
+    """
+
+    def __init__(self, *, collect: bool = False) -> None:
+        super().__init__()
+        self._reader = AnthropicStreamTranslator(wants_usage=False, collect=True) if collect else None
+        self._input: Mapping[str, Any] = {}
+
+    def _event(self, event: bytes, terminator: bytes) -> bytes:
+        if self._reader is not None:
+            self._reader.feed(event)
+        if event.startswith((b"event: content_block", b"event:content_block")):
+            self.started = True
+            return event
+        payload = data_of(event)
+        if payload is None:
+            return event
+        try:
+            data = json.loads(payload)
+        except (ValueError, RecursionError):
+            return event
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "message_start":
+            message = data.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            self._input = usage if isinstance(usage, dict) else {}
+            self.usage = anthropic_usage(self._input)
+        elif kind == "message_delta":
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                self.usage = anthropic_usage({**self._input, **usage})
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            self.error_kind = "stream_error"
+            self.done = True  # the stream ends here, with this error
+        elif kind in ("content_block_start", "content_block_delta"):
+            self.started = True
+        return event
+
+    def finish(self) -> bytes:
+        tail = super().finish()
+        if self._reader is not None:
+            self._reader.finish()
+            self.choices = self._reader.choices
+        return tail
+
+    def error_event(self, message: str, code: str) -> bytes:
+        """Anthropic's `error` event: `{"type": "error", "error": {"type", "message"}}`."""
+        kind = "timeout_error" if code == "timeout" else "overloaded_error" if code == "shutdown" else "api_error"
+        return error_event({"type": kind, "message": message})
