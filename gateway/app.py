@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import __version__
 from gateway.alerts import Alerts
-from gateway.api import admin, dashboard, health, messages, passthrough, proxy
+from gateway.api import admin, dashboard, health, messages, passthrough, proxy, responses
 from gateway.api.admin import AdminGuard
 from gateway.api.bodies import BodyBudget, BodyBudgetMiddleware
 from gateway.api.deps import Services
@@ -223,6 +223,7 @@ def create_app(
     app.add_middleware(BodyBudgetMiddleware, budget=BodyBudget(settings.server.max_body_bytes_in_flight))
     app.include_router(proxy.router)
     app.include_router(messages.router)
+    app.include_router(responses.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)

@@ -36,7 +36,7 @@ from pydantic import (
 
 from gateway.durations import Duration, DurationOrZero, parse_duration
 from gateway.errors import ConfigError
-from gateway.models import Deployment, RolloutState, Version
+from gateway.models import Deployment, RolloutState, Version, WireApi
 from gateway.policy import RolloutPolicy
 
 __all__ = ["Duration", "DurationOrZero", "RolloutPolicy", "Settings", "load_settings", "parse_duration",
@@ -184,12 +184,20 @@ class ProviderSettings(_Frozen):
 
     # kind: simulated only: the upstream it pretends to be.
     simulation: SimulationSettings | None = None
+    api: WireApi = Field(
+        "chat_completions",
+        description="the API the provider speaks upstream: `chat_completions` or `responses` (OpenAI's Responses "
+                    "API) for kind openai (default `chat_completions`), `messages` for kind anthropic (its default "
+                    "and only one); a simulated provider speaks its `simulation.api`. A call whose API is the "
+                    "provider's goes natively, any other is translated through chat completions",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _kind_fits(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        data = {**data, "api": _wire_api(data)}
         if data.get("kind") == "simulated":
             if "base_url" in data:
                 raise _KeyError("base_url", "a simulated provider has no base_url")
@@ -205,6 +213,29 @@ class ProviderSettings(_Frozen):
         except ValueError as exc:
             raise _KeyError("base_url", str(exc)) from None
         return self
+
+
+# The wire APIs each provider kind can speak; the first is its default.
+PROVIDER_APIS: dict[str, tuple[str, ...]] = {"openai": ("chat_completions", "responses"), "anthropic": ("messages",)}
+
+
+def _wire_api(data: dict[str, Any]) -> Any:
+    """A provider's `api`: its kind's default when absent; an API its kind does not speak stops the start."""
+    kind, api = data.get("kind"), data.get("api")
+    if kind == "simulated":
+        simulation = data.get("simulation")
+        simulated = simulation.get("api", "chat_completions") if isinstance(simulation, dict) else getattr(
+            simulation, "api", "chat_completions")
+        if api is not None and api != simulated:
+            raise _KeyError("api", f"a simulated provider speaks its simulation.api ({simulated!r}); "
+                                   f"set simulation.api instead of api {api!r}")
+        return simulated
+    apis = PROVIDER_APIS.get(kind) if isinstance(kind, str) else None
+    if apis is None or api is None:
+        return api if apis is None else apis[0]
+    if api not in apis:
+        raise _KeyError("api", f"a provider of kind {kind} speaks {' or '.join(apis)}, not {api!r}")
+    return api
 
 
 def check_upstream_url(url: str, *, allow_unsafe: bool) -> None:

@@ -38,6 +38,8 @@ UNSAFE_KEYS = frozenset(
     {"api_base", "base_url", "api_key", "api_version", "extra_headers", "headers", "organization"}
 )
 MAX_USER_ID_CHARS = 1024
+# Content part types that carry text: chat and Anthropic `text`, Responses `input_text` and `output_text`.
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +141,10 @@ def content_text(content: object) -> str:
     """The text of a message's `content`: the string itself, or its text parts joined with newlines.
 
     Takes OpenAI chat content (a string, or parts such as `{"type": "text",
-    "text": ...}` and `{"type": "image_url", ...}`) and Anthropic content
-    blocks alike (`{"type": "text", "text": ...}`): parts of any other type
-    contribute nothing, and anything that is neither a string nor a list is
-    no text at all.
+    "text": ...}` and `{"type": "image_url", ...}`), OpenAI Responses content
+    (`input_text` and `output_text` parts) and Anthropic content blocks alike
+    (`{"type": "text", "text": ...}`): parts of any other type contribute
+    nothing, and anything that is neither a string nor a list is no text at all.
     """
     if isinstance(content, str):
         return content
@@ -150,6 +152,6 @@ def content_text(content: object) -> str:
         return "\n".join(
             part["text"]
             for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            if isinstance(part, dict) and part.get("type") in _TEXT_PARTS and isinstance(part.get("text"), str)
         )
     return ""

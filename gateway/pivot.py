@@ -30,8 +30,8 @@ from typing import Any
 
 from gateway.inbound import InboundApi
 from gateway.models import Version, WireApi
-from gateway.prompts import build_messages_body, build_upstream_body
-from gateway.translators import messages_chat
+from gateway.prompts import build_messages_body, build_responses_body, build_upstream_body
+from gateway.translators import messages_chat, responses_chat
 
 Body = dict[str, Any]
 
@@ -65,6 +65,8 @@ SURFACES: Mapping[InboundApi, Surface] = {
     "chat": Surface(wire="chat_completions", inject=build_upstream_body, to_chat=_same, chat_view=_same),
     "messages": Surface(wire="messages", inject=build_messages_body, to_chat=messages_chat.to_chat_request,
                         chat_view=messages_chat.chat_view),
+    "responses": Surface(wire="responses", inject=build_responses_body, to_chat=responses_chat.to_chat_request,
+                         chat_view=responses_chat.chat_view),
 }
 
 

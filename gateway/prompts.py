@@ -19,6 +19,18 @@ goes natively to an Anthropic provider: the prompt goes into `system` by the
 same modes (a block list keeps the app's blocks, `cache_control` included),
 the few-shot messages before the app's, and the version's params under their
 Messages names (`NATIVE_MESSAGES_PARAMS`).
+
+`build_responses_body` does the same for an OpenAI Responses request sent
+natively: the combined system prompt is its `instructions` (the app's
+`instructions` and its system/developer input items are the app's system
+prompts), the few-shot messages are input items before the app's, and the
+version's params are applied under their Responses names:
+`max_tokens` / `max_completion_tokens` → `max_output_tokens`,
+`response_format` → `text.format`, `verbosity` → `text.verbosity`,
+`reasoning_effort` → `reasoning.effort`. Chat parameters the Responses API
+has no field for (`stop`, `seed`, `n`, the penalties, `logit_bias`,
+`logprobs`, audio, `prediction`, `web_search_options`, `functions`) are not
+sent on a native call (logged at debug level).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from typing import Any
 
 from gateway.inbound import content_text
 from gateway.models import Version
+from gateway.translators.chat_responses import text_format_of
 
 log = logging.getLogger("gateway.prompts")
 
@@ -69,6 +82,68 @@ def build_upstream_body(version: Version, body: dict[str, Any], *, stream: bool)
         upstream["stream_options"] = options
     else:
         upstream.pop("stream_options", None)
+    return upstream
+
+
+# A version's chat-named params under their Responses name (nested ones as "parent.child").
+_RESPONSES_NAMES = {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
+                    "response_format": "text.format", "verbosity": "text.verbosity",
+                    "reasoning_effort": "reasoning.effort"}
+_CHAT_ONLY = frozenset({"stop", "seed", "n", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs",
+                        "audio", "modalities", "prediction", "web_search_options", "functions", "function_call",
+                        "stream_options"})
+
+
+def build_responses_body(version: Version, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    """A new Responses request for the upstream (see the module docstring); `body` is not modified."""
+    items = body.get("input")
+    app_system: list[str] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        app_system.append(instructions)
+    kept: Any = items
+    if isinstance(items, list):
+        kept = []
+        for item in items:
+            if isinstance(item, dict) and (item.get("type") or "message") == "message" and \
+                    item.get("role") in _SYSTEM_ROLES:
+                text = content_text(item.get("content"))
+                if text:
+                    app_system.append(text)
+            else:
+                kept.append(item)
+    upstream = {**body, "model": version.model}
+    shots = [{"role": shot["role"], "content": shot["content"]} for shot in version.few_shot]
+    if shots or kept is not items:
+        app_items = [{"role": "user", "content": kept}] if isinstance(kept, str) else list(kept or [])
+        upstream["input"] = [*shots, *app_items]
+    system = _combine(version.system_prompt, app_system, version.prompt_mode)
+    if system:
+        upstream["instructions"] = system
+    else:
+        upstream.pop("instructions", None)
+    for name, value in version.params.items():
+        if name in _CHAT_ONLY:
+            log.debug("version %s: param %r has no Responses name; not sent natively", version.name, name)
+            continue
+        if name == "response_format" and value is not None:
+            value = text_format_of(value)
+        target = _RESPONSES_NAMES.get(name, name)
+        parent, _, child = target.partition(".")
+        if not child:
+            if value is None:
+                upstream.pop(parent, None)
+            else:
+                upstream[parent] = value
+            continue
+        nested = dict(upstream.get(parent) or {})
+        if value is None:
+            nested.pop(child, None)
+        else:
+            nested[child] = value
+        upstream[parent] = nested
+    if stream:
+        upstream["stream"] = True
     return upstream
 
 

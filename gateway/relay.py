@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -257,7 +257,7 @@ class Relay:
             self._finish(call, status="client_cancelled", http_status=CLIENT_CLOSED, error_kind="client_cancelled")
             raise
 
-    async def stream(self, call: Call, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def stream(self, call: Call, response: httpx.Response) -> AsyncGenerator[bytes, None]:
         """Relay the upstream stream event by event; a failure mid-stream ends in an error event
         in the client's format (`StreamTranslator.error_event`)."""
         provider = call.client.provider

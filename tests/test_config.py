@@ -645,3 +645,28 @@ def test_version_text_a_database_cannot_store_is_refused(field: str, value: obje
     data = minimal()
     data["deployments"]["support-bot"]["versions"]["v2"][field] = value
     assert config_error(data) == f"deployments.support-bot.versions.v2: {wording}"
+
+
+def test_a_provider_speaks_its_kinds_default_api_unless_it_declares_another() -> None:
+    data = minimal()
+    data["providers"]["claude"] = {"kind": "anthropic", "base_url": "https://api.anthropic.com"}
+    data["providers"]["sim"] = {"kind": "simulated", "simulation": {"api": "messages"}}
+    data["providers"]["responses"] = {"kind": "openai", "base_url": "https://api.openai.com/v1", "api": "responses"}
+    providers = settings_from_dict(data).providers
+    assert {name: provider.api for name, provider in providers.items()} == {
+        "openai": "chat_completions", "claude": "messages", "sim": "messages", "responses": "responses"}
+
+
+@pytest.mark.parametrize(("provider", "expected"), [
+    ({"kind": "anthropic", "base_url": "https://api.anthropic.com", "api": "responses"},
+     "providers.p.api: a provider of kind anthropic speaks messages, not 'responses'"),
+    ({"kind": "openai", "base_url": "https://api.openai.com/v1", "api": "messages"},
+     "providers.p.api: a provider of kind openai speaks chat_completions or responses, not 'messages'"),
+    ({"kind": "simulated", "api": "responses"},
+     "providers.p.api: a simulated provider speaks its simulation.api ('chat_completions'); set simulation.api "
+     "instead of api 'responses'"),
+])
+def test_an_api_the_providers_kind_does_not_speak_stops_the_start(provider: dict[str, Any], expected: str) -> None:
+    data = minimal()
+    data["providers"]["p"] = provider
+    assert expected in config_error(data)

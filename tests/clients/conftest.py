@@ -62,6 +62,21 @@ def mixed(make_gateway: Any, mixed_config: dict[str, Any]) -> Gateway:
     return gateway
 
 
+@pytest.fixture(params=["chat_completions", "responses"], ids=["stable-pivot", "stable-native"])
+def stable_api(request: pytest.FixtureRequest) -> str:
+    """The wire API of stable's OpenAI provider: chat completions (a Responses call takes the pivot) or Responses."""
+    api: str = request.param
+    return api
+
+
+@pytest.fixture
+def responses_mixed(make_gateway: Any, mixed_config: dict[str, Any], stable_api: str) -> Gateway:
+    """The mixed gateway with stable's provider on `stable_api`: Responses calls reach it translated or natively."""
+    config = {**mixed_config, "providers": {**mixed_config["providers"], "fake": {"api": stable_api}}}
+    gateway: Gateway = make_gateway(config)
+    return gateway
+
+
 @dataclass
 class Seen:
     """Which upstream a call reached and the system prompt it carried there."""
@@ -99,3 +114,14 @@ def expect_version(fake: FakeUpstream, claude: FakeAnthropic, user: str) -> Seen
 def answer_of(user: str) -> str:
     """The plain answer text each version's fake gives."""
     return f"claude answer to [{CANARY_PROMPT}]" if user == CANARY_USER else f"answer to [{STABLE_PROMPT}]"
+
+
+def streamed_answer_of(user: str, stable_api: str) -> str:
+    """The streamed answer text: the OpenAI fake's chat stream is "piece0 piece1 piece2 ", its Responses stream the
+    plain answer word by word."""
+    return "piece0 piece1 piece2 " if user == STABLE_USER and stable_api == "chat_completions" else answer_of(user)
+
+
+def stable_path(stable_api: str) -> str:
+    """The path a stable call reaches on the OpenAI fake."""
+    return "/v1/responses" if stable_api == "responses" else "/v1/chat/completions"

@@ -6,7 +6,15 @@ import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
-from tests.clients.conftest import CANARY_USER, CLIENT_KEY, PASSTHROUGH, STABLE_USER, answer_of, expect_version
+from tests.clients.conftest import (
+    CANARY_USER,
+    CLIENT_KEY,
+    PASSTHROUGH,
+    STABLE_USER,
+    answer_of,
+    expect_version,
+    streamed_answer_of,
+)
 from tests.conftest import PROVIDER_KEY, Gateway
 from tests.fakes import FakeAnthropic, FakeUpstream
 
@@ -28,14 +36,13 @@ def test_chat_openai(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic, 
     expect_version(fake, claude, user)
 
 
-@pytest.mark.xfail(strict=True, reason="POST /v1/responses is not served yet (404)")
 @USERS
-def test_chat_openai_on_the_responses_api(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic,
-                                          user: str) -> None:
-    model = chat_openai(mixed, user, use_responses_api=True)
+def test_chat_openai_on_the_responses_api(responses_mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic,
+                                          user: str, stable_api: str) -> None:
+    model = chat_openai(responses_mixed, user, use_responses_api=True)
     assert model.invoke("Hi").text == answer_of(user)
     expect_version(fake, claude, user)
-    assert "".join(chunk.text for chunk in model.stream("Hi")) == answer_of(user)
+    assert "".join(chunk.text for chunk in model.stream("Hi")) == streamed_answer_of(user, stable_api)
     expect_version(fake, claude, user)
 
 

@@ -6,12 +6,20 @@ from typing import Any
 
 import pytest
 
-from tests.clients.conftest import CANARY_USER, CLIENT_KEY, PASSTHROUGH, STABLE_USER, answer_of, expect_version
+from tests.clients.conftest import (
+    CANARY_USER,
+    CLIENT_KEY,
+    PASSTHROUGH,
+    STABLE_USER,
+    answer_of,
+    expect_version,
+    stable_path,
+    streamed_answer_of,
+)
 from tests.conftest import PROVIDER_KEY, Gateway
 from tests.fakes import FakeAnthropic, FakeUpstream
 
 USERS = pytest.mark.parametrize("user", [STABLE_USER, CANARY_USER], ids=["stable", "canary"])
-RESPONSES = pytest.mark.xfail(strict=True, reason="POST /v1/responses is not served yet (404)")
 
 
 @USERS
@@ -30,35 +38,39 @@ def test_chat_completions(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthro
     expect_version(fake, claude, user)
 
 
-@RESPONSES
 @USERS
-def test_responses_create(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic, user: str) -> None:
-    client = mixed.openai(CLIENT_KEY)
+def test_responses_create(responses_mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic, user: str,
+                          stable_api: str) -> None:
+    client = responses_mixed.openai(CLIENT_KEY)
     answer = client.responses.create(model="support-bot", instructions="app prompt", input="Hi", user=user,
                                      store=False)
     assert answer.output_text == answer_of(user)
     assert answer.usage is not None and answer.usage.output_tokens > 0
-    expect_version(fake, claude, user)
+    seen = expect_version(fake, claude, user)
+    if user == STABLE_USER:
+        assert fake.received[-1].path == stable_path(stable_api)
+        assert "store" not in seen.body if stable_api == "chat_completions" else seen.body["store"] is False
 
 
-@RESPONSES
 @USERS
-def test_responses_stream(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic, user: str) -> None:
-    client = mixed.openai(CLIENT_KEY)
+def test_responses_stream(responses_mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic, user: str,
+                          stable_api: str) -> None:
+    client = responses_mixed.openai(CLIENT_KEY)
     events = list(client.responses.create(model="support-bot", instructions="app prompt", input="Hi", user=user,
                                           stream=True))
     kinds = [event.type for event in events]
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [event.sequence_number for event in events] == list(range(len(events)))
     text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
-    assert text == answer_of(user) == events[-1].response.output_text
+    assert text == streamed_answer_of(user, stable_api) == events[-1].response.output_text
     assert events[-1].response.usage is not None
     expect_version(fake, claude, user)
 
 
-@RESPONSES
 @USERS
-def test_responses_function_call(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic, user: str) -> None:
-    client = mixed.openai(CLIENT_KEY)
+def test_responses_function_call(responses_mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic,
+                                 user: str) -> None:
+    client = responses_mixed.openai(CLIENT_KEY)
     tool = {"type": "function", "name": "get_weather", "strict": True, "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
         "additionalProperties": False}}
@@ -69,6 +81,8 @@ def test_responses_function_call(mixed: Gateway, fake: FakeUpstream, claude: Fak
                                           stream=True))
     arguments = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
     assert arguments == '{"city": "Paris"}'
+    [done] = [e.item for e in events if e.type == "response.output_item.done" and e.item.type == "function_call"]
+    assert (done.name, done.arguments) == ("get_weather", '{"city": "Paris"}')
     expect_version(fake, claude, user)
 
 
@@ -80,7 +94,6 @@ def test_safety_identifier_routes_a_canary_user(mixed: Gateway, fake: FakeUpstre
     expect_version(fake, claude, CANARY_USER)
 
 
-@RESPONSES
 def test_safety_identifier_on_responses(mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic) -> None:
     client = mixed.openai(CLIENT_KEY)
     answer = client.responses.create(model="support-bot", input="Hi", safety_identifier=CANARY_USER)

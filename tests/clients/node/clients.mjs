@@ -31,7 +31,12 @@ const cases = {
     let completed = null;
     for await (const event of stream) {
       if (event.type === "response.output_text.delta") text += event.delta;
-      if (event.type === "response.completed") completed = event.response.output_text;
+      // `output_text` is an SDK convenience of plain answers only: a streamed response has its output items.
+      if (event.type === "response.completed") {
+        completed = event.response.output.filter((item) => item.type === "message")
+          .flatMap((item) => item.content).filter((part) => part.type === "output_text")
+          .map((part) => part.text).join("");
+      }
     }
     return { text, completed };
   },
