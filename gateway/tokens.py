@@ -90,11 +90,62 @@ def encoding_name(model: str) -> str:
         return DEFAULT_ENCODING
 
 
+class Encodings:
+    """tiktoken encodings by name, each loaded once by `load` (blocking: call from a worker thread).
+
+    One that cannot be loaded is None from then on (the estimate counts
+    characters instead), logged once.
+    """
+
+    def __init__(self, load: Callable[[str], Encoding] = tiktoken_encoding) -> None:
+        self._load = load
+        self._loaded: dict[str, Encoding | None] = {}
+
+    def get(self, name: str) -> Encoding | None:
+        if name not in self._loaded:
+            started = time.perf_counter()
+            try:
+                self._loaded[name] = self._load(name)
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the estimate counts characters
+                log.warning("tiktoken encoding %s could not be loaded (%s); token counts are estimated at %d "
+                            "characters per token", name, type(exc).__name__, CHARS_PER_TOKEN)
+                self._loaded[name] = None
+            else:
+                log.info("tiktoken encoding %s loaded in %.1f s", name, time.perf_counter() - started)
+        return self._loaded[name]
+
+
+def estimate_tokens(version: Version, body: Mapping[str, Any], encoding: Encoding | None) -> int:
+    """The estimated input tokens of Messages request `body` served by `version` on a chat-completions provider.
+
+    Counts the chat request the call becomes (`messages_chat.chat_view`,
+    injected by `prompts.build_upstream_body`): every message's text and
+    tool calls, the tools' JSON, in `encoding` (None: 4 characters per
+    token), plus OpenAI's framing (TOKENS_PER_MESSAGE, TOKENS_FOR_REPLY) and
+    TOKENS_PER_ATTACHMENT per image or file.
+    """
+    chat = build_upstream_body(version, chat_view(body), stream=False)
+    texts: list[str] = []
+    attachments = 0
+    for message in chat["messages"]:
+        content = message.get("content")
+        texts.append(content_text(content))
+        if isinstance(content, list):
+            attachments += sum(1 for part in content if isinstance(part, dict) and part.get("type") != "text")
+        for call in message.get("tool_calls") or []:
+            texts.append(json.dumps(call.get("function")))
+    if body.get("tools"):
+        texts.append(json.dumps(body["tools"]))
+    framing = TOKENS_PER_MESSAGE * len(chat["messages"]) + TOKENS_FOR_REPLY + TOKENS_PER_ATTACHMENT * attachments
+    if encoding is None:
+        return framing + sum(math.ceil(len(text) / CHARS_PER_TOKEN) for text in texts)
+    return framing + sum(len(encoding.encode_ordinary(text)) for text in texts)
+
+
 class TokenCounter:
     """Counts the input tokens of a Messages request for the version that would serve it.
 
-    `load_encoding` (a name → an `Encoding`, blocking) is a parameter so tests
-    can give a tokenizer without the network.
+    `encodings` is a parameter so tests can give a tokenizer without the network.
     """
 
     def __init__(
@@ -103,13 +154,12 @@ class TokenCounter:
         snapshot: Snapshot,
         clients: Mapping[str, UpstreamClient],
         metrics: Metrics,
-        load_encoding: Callable[[str], Encoding] = tiktoken_encoding,
+        encodings: Encodings | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._clients = clients
         self._metrics = metrics
-        self._load = load_encoding
-        self._encodings: dict[str, Encoding | None] = {}
+        self._encodings = encodings or Encodings()
 
     async def count(self, inbound: InboundRequest, *, received: float) -> Counted:
         """The count for `inbound` (a parsed count_tokens call).
@@ -158,33 +208,4 @@ class TokenCounter:
 
     def _estimate(self, version: Version, body: dict[str, Any]) -> int:
         """Blocking (tokenising, perhaps loading an encoding): run in a worker thread."""
-        chat = build_upstream_body(version, chat_view(body), stream=False)
-        texts: list[str] = []
-        attachments = 0
-        for message in chat["messages"]:
-            content = message.get("content")
-            texts.append(content_text(content))
-            if isinstance(content, list):
-                attachments += sum(1 for part in content if isinstance(part, dict) and part.get("type") != "text")
-            for call in message.get("tool_calls") or []:
-                texts.append(json.dumps(call.get("function")))
-        if body.get("tools"):
-            texts.append(json.dumps(body["tools"]))
-        framing = TOKENS_PER_MESSAGE * len(chat["messages"]) + TOKENS_FOR_REPLY + TOKENS_PER_ATTACHMENT * attachments
-        encoding = self._encoding(encoding_name(version.model))
-        if encoding is None:
-            return framing + sum(math.ceil(len(text) / CHARS_PER_TOKEN) for text in texts)
-        return framing + sum(len(encoding.encode_ordinary(text)) for text in texts)
-
-    def _encoding(self, name: str) -> Encoding | None:
-        if name not in self._encodings:
-            started = time.perf_counter()
-            try:
-                self._encodings[name] = self._load(name)
-            except Exception as exc:  # noqa: BLE001 - any failure to load means: estimate by characters
-                log.warning("tiktoken encoding %s could not be loaded (%s); token counts are estimated at %d "
-                            "characters per token", name, type(exc).__name__, CHARS_PER_TOKEN)
-                self._encodings[name] = None
-            else:
-                log.info("tiktoken encoding %s loaded in %.1f s", name, time.perf_counter() - started)
-        return self._encodings[name]
+        return estimate_tokens(version, body, self._encodings.get(encoding_name(version.model)))

@@ -1,4 +1,5 @@
-"""gateway.prompts.build_upstream_body: a version + the app's request → the upstream body."""
+"""gateway.prompts: a version + the app's request → the upstream body (chat completions, and Anthropic Messages
+for a native Messages call)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.models import Version
-from gateway.prompts import build_upstream_body
+from gateway.prompts import build_messages_body, build_upstream_body
 
 SHOTS = (
     {"role": "user", "content": "How do I reset my password?"},
@@ -331,3 +332,59 @@ def test_shape_of_any_result(
     assert result["model"] == "upstream-model"
     assert result["temperature"] == 1.0
     assert ("stream_options" in result) is stream
+
+
+# -- Anthropic Messages, native ------------------------------------------------------------------------
+
+BLOCKS = [{"type": "text", "text": "APP PROMPT", "cache_control": {"type": "ephemeral"}}]
+
+
+def messages_request(**fields: Any) -> dict[str, Any]:
+    return {"model": "support-bot", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}], **fields}
+
+
+@pytest.mark.parametrize(("mode", "app", "expected"), [
+    ("replace", "APP PROMPT", "VERSION PROMPT"),
+    ("replace", BLOCKS, "VERSION PROMPT"),
+    ("prepend", "APP PROMPT", "VERSION PROMPT\n\nAPP PROMPT"),
+    ("append", "APP PROMPT", "APP PROMPT\n\nVERSION PROMPT"),
+    # A block list stays one: the app's blocks keep their cache_control.
+    ("prepend", BLOCKS, [{"type": "text", "text": "VERSION PROMPT"}, *BLOCKS]),
+    ("append", BLOCKS, [*BLOCKS, {"type": "text", "text": "VERSION PROMPT"}]),
+    ("prepend", None, "VERSION PROMPT"),
+    ("append", [], "VERSION PROMPT"),
+])
+def test_messages_system_by_prompt_mode(mode: str, app: Any, expected: Any) -> None:
+    body = messages_request(**({"system": app} if app is not None else {}))
+    before = copy.deepcopy(body)
+    upstream = build_messages_body(version(prompt_mode=mode), body, stream=False)
+    assert upstream["system"] == expected
+    assert body == before
+
+
+def test_messages_without_a_version_prompt() -> None:
+    assert build_messages_body(version(system_prompt="", prompt_mode="prepend"), messages_request(system=BLOCKS),
+                               stream=False)["system"] == BLOCKS
+    assert "system" not in build_messages_body(version(system_prompt=""), messages_request(system="APP"),
+                                               stream=False)
+
+
+def test_messages_few_shot_model_and_params_under_messages_names() -> None:
+    body = messages_request(temperature=0.9, stop_sequences=["APP"], metadata={"user_id": "u1"})
+    upstream = build_messages_body(
+        version(few_shot=SHOTS, params={"max_completion_tokens": 300, "temperature": 0.1, "stop": "END",
+                                        "top_p": None, "presence_penalty": 0.5}),
+        body, stream=True)
+    assert upstream["messages"] == [*SHOTS, {"role": "user", "content": "Hi"}]
+    assert upstream["model"] == "upstream-model"
+    assert (upstream["max_tokens"], upstream["temperature"], upstream["stop_sequences"]) == (300, 0.1, ["END"])
+    assert "presence_penalty" not in upstream and "top_p" not in upstream
+    assert upstream["metadata"] == {"user_id": "u1"} and upstream["stream"] is True
+
+
+def test_messages_for_a_token_count_take_no_params() -> None:
+    upstream = build_messages_body(version(params={"max_tokens": 300, "temperature": 0.1}),
+                                   {"model": "support-bot", "messages": [{"role": "user", "content": "Hi"}]},
+                                   stream=False, params=False)
+    assert upstream == {"model": "upstream-model", "system": "VERSION PROMPT",
+                        "messages": [{"role": "user", "content": "Hi"}]}

@@ -112,11 +112,14 @@ def error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = Non
 
 def anthropic_error_response(exc: GatewayError, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The HTTP answer for `exc` on the Messages routes: the same status and headers as `error_response`,
-    the body in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`, its type by status."""
+    the body in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`, its type by status
+    (`gateway.messages.error_type`), the message prefixed with the field it names."""
     answer_headers = dict(headers or {})
     if isinstance(exc, UpstreamStatusError):
         answer_headers.update(exc.headers)
     if exc.retry_after:
         answer_headers["Retry-After"] = exc.retry_after
     status = http_status(exc)
-    return ErrorResponse(messages.error_body(status, exc.message), status_code=status, headers=answer_headers)
+    # Anthropic's errors have no `param`: the message names the field, as Anthropic's own do ("max_tokens: ...").
+    message = exc.message if not exc.param or exc.param in exc.message else f"{exc.param}: {exc.message}"
+    return ErrorResponse(messages.error_body(status, message), status_code=status, headers=answer_headers)

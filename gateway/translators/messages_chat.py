@@ -40,6 +40,10 @@ before `[DONE]`, → an `error` event, as Anthropic ends a failed stream.
 `chat_view` reads a native Messages body as chat completions for the
 evaluators and the judge: the same mapping, tolerant (what has no chat form
 is left out, nothing is refused).
+
+Why one module over 400 lines: one translator per pair (Messages ⇄ chat
+completions), request, answer and stream together, with its tests beside it
+(`tests/test_translation_messages_chat.py`), as the house keeps every pair.
 """
 
 from __future__ import annotations
