@@ -8,11 +8,13 @@ stage (default 1,000,000 calls from --users 100,000 users, stable at 95 %,
 canary at 5 % by user, 1 % errors, lognormal latency and cost, a quality
 score on ~25 % of answered calls from feedback, an evaluator or the judge)
 with COPY, plus an hour of stable calls before the stage (the latency
-baseline), then VACUUM ANALYZE. It then times `Store.stage_evidence` — the
-three queries a check runs (stable's p95, the per-user sums of both versions,
-the per-user sums of each quality source) through the project's own engine
-— on a new connection and then --runs times warm, and prints the figures
-and the evidence's headline numbers.
+baseline); builds the aggregates the record writer would have kept (the
+minute sums, then the stage as a rollout change opens it: thresholds from the
+baseline, per-user sums), then VACUUM ANALYZE. It then times
+`Store.stage_evidence` — what a check reads: the per-user sums of both
+versions and of each quality source — through the project's own engine, on a
+new connection and then --runs times warm, and prints the figures and the
+evidence's headline numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gateway.config import DatabaseSettings
 from gateway.migrate import upgrade
 from gateway.policy import RolloutPolicy
 from gateway.store import Store, create_engine
+from gateway.store.aggregates import backfill_minutes, open_stage
 
 COLUMNS = ("id", "created_at", "deployment", "version", "user_hash", "provider", "upstream_model", "stream",
            "status", "http_status", "error_kind", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
@@ -82,9 +85,24 @@ async def load(url: str, calls: int, users: int, stage_start: datetime) -> None:
             await connection.copy_records_to_table(
                 "quality_scores", records=scores,
                 columns=("id", "request_id", "source", "score", "comment", "cost_usd", "created_at"))
-        await connection.execute("VACUUM ANALYZE")
     finally:
         await connection.close()
+
+
+async def aggregate(url: str, stage_start: datetime) -> None:
+    """The aggregates as the writer and a rollout change would have made them, in SQL over the loaded rows."""
+    store = Store(create_engine(url, DatabaseSettings(statement_timeout=3600, pool_timeout=30)))
+    try:
+        async with store.engine.begin() as connection:
+            for statement in backfill_minutes(postgresql=True):
+                await connection.execute(statement)
+            await open_stage(connection, store.dialect, deployment="support-bot", started_at=stage_start,
+                             stable="v1", policy=RolloutPolicy())
+        async with store.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.exec_driver_sql("VACUUM ANALYZE")
+    finally:
+        await store.close()
 
 
 async def measure(url: str, runs: int, stage_start: datetime, until: datetime) -> None:
@@ -141,6 +159,7 @@ def main() -> None:
         stage_start = datetime.now(UTC) - timedelta(days=7)
         started = time.perf_counter()
         asyncio.run(load(url, args.calls, args.users, stage_start))
+        asyncio.run(aggregate(url.replace("postgresql://", "postgresql+asyncpg://", 1), stage_start))
         print(f"loaded {args.calls:,} calls from {args.users:,} users in {time.perf_counter() - started:.0f} s")
         asyncio.run(measure(url.replace("postgresql://", "postgresql+asyncpg://", 1), args.runs, stage_start,
                             datetime.now(UTC)))

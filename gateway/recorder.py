@@ -20,8 +20,9 @@ take the spills fast enough (`buffer_full`).
 A batch the database rejects is retried item by item so one bad record
 cannot sink the others. Ids are unique and inserts skip existing ids, so a
 record written twice (a retry after a lost commit acknowledgement, a spool
-file drained by two workers) is stored once; records written back from the
-spool have their quality derived from scores written before them. `stop`
+file drained by two workers) is stored once and counted once in the
+aggregates; records written back from the spool have their quality derived
+from scores written before them. `stop`
 writes everything held, or spools it when the database is down.
 """
 
@@ -204,21 +205,21 @@ class Recorder:
         self._database_up = True
         self._release(batch)
 
-    async def _write(self, batch: list[Item], *, late: bool = False) -> None:
+    async def _write(self, batch: list[Item]) -> None:
         try:
-            await self._insert(batch, late=late)
+            await self._insert(batch)
         except StoreRejected:
             for item in batch:
                 try:
-                    await self._insert([item], late=late)
+                    await self._insert([item])
                 except StoreRejected:
                     self._metrics.records_dropped.labels(reason="rejected").inc()
                     log.error("the database rejected %s %s; it is dropped", type(item).__name__, item.id)
 
-    async def _insert(self, items: list[Item], *, late: bool) -> None:
+    async def _insert(self, items: list[Item]) -> None:
         records = [item for item in items if isinstance(item, RequestRecord)]
         scores = [item for item in items if isinstance(item, QualityScore)]
-        await self._store.insert_batch(records=records, scores=scores, scored_before=late)
+        await self._store.insert_batch(records=records, scores=scores)
         self._metrics.records_written.inc(len(records))
 
     async def _spill(self, count: int) -> None:
@@ -247,7 +248,7 @@ class Recorder:
                 self._lose(corrupt, "spool_corrupt")
             size = self._settings.batch_size * SPOOL_BATCHES
             for start in range(0, len(items), size):
-                await self._write(items[start : start + size], late=True)
+                await self._write(items[start : start + size])
         except BaseException as exc:
             # Unavailable or cancelled: the file goes back for a later attempt; what
             # did commit is skipped then (ids are unique).

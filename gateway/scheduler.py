@@ -134,7 +134,7 @@ class RolloutChecker:
     async def preview(self, name: str) -> dict[str, Any]:
         """What a check would decide now, changing nothing (GET /admin/deployments/{name}/decision).
 
-        Raises NotFound for an unknown deployment.
+        Raises NotFound for an unknown deployment, Conflict when its rollout changed while it was read.
         """
         deployment = await self._store.get_deployment(name)
         if deployment is None:
@@ -166,8 +166,12 @@ class RolloutChecker:
         assert state.canary is not None
         policy = deployment.policy
         now = self._clock()
-        evidence = await session.evidence(stable=state.stable, canary=state.canary,
-                                          since=state.stage_started_at or now, until=now, policy=policy)
+        try:
+            evidence = await session.evidence(stable=state.stable, canary=state.canary,
+                                              since=state.stage_started_at or now, until=now, policy=policy)
+        except Conflict:
+            reason = "the rollout changed while it was being checked: nothing decided"
+            return _Outcome(CheckResult(deployment.name, "hold", (reason,), False, summary=reason), state)
         decision = decide(evidence, policy, state, now)
         self._metrics.decisions.labels(deployment=deployment.name, outcome=decision.outcome).inc()
         dry_run = policy.mode == "dry_run"

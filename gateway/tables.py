@@ -1,4 +1,11 @@
-"""SQLAlchemy 2 typed tables; Alembic reads `Base.metadata`."""
+"""SQLAlchemy 2 typed tables; Alembic reads `Base.metadata`.
+
+Besides the raw rows (request records, quality scores), the record writer
+keeps aggregates in the transaction of every batch (see
+`gateway.store.aggregates`): per minute and version for `compare`, the time
+series and the dashboard, and per user of the running stage for the rollout
+checks. Their columns are sums, so a batch adds to them.
+"""
 
 from __future__ import annotations
 
@@ -157,3 +164,108 @@ class GatewaySettingRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class RolloutStageRow(Base):
+    """The stage a deployment's rollout checks judge: per-user sums are kept for its records.
+
+    One row per deployment while a canary runs. The latency thresholds come
+    from stable's p95 before the stage (or in it, when the baseline had too
+    few calls); null until they are known.
+    """
+
+    __tablename__ = "rollout_stages"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reference_ms: Mapped[float | None] = mapped_column(Float)
+    gate_ms: Mapped[float | None] = mapped_column(Float)
+    rollback_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class StageUserSumsRow(Base):
+    """One user's calls of one version since the stage started (user id present, not client-cancelled)."""
+
+    __tablename__ = "stage_user_sums"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    answered: Mapped[int] = mapped_column(BigInteger)
+    # Answered calls slower than the stage's gate, reference and rollback thresholds.
+    slow_gate: Mapped[int] = mapped_column(BigInteger)
+    slow_reference: Mapped[int] = mapped_column(BigInteger)
+    slow_rollback: Mapped[int] = mapped_column(BigInteger)
+    # Calls with a cost, their cache-neutral cost and the cost billed.
+    priced: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[float] = mapped_column(Float)
+    actual_cost: Mapped[float] = mapped_column(Float)
+    scored: Mapped[int] = mapped_column(BigInteger)
+    quality: Mapped[float] = mapped_column(Float)
+
+
+class StageSourceSumsRow(Base):
+    """One user's quality scores of one source, over the calls `stage_user_sums` counts."""
+
+    __tablename__ = "stage_source_sums"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(80), primary_key=True)
+    scores: Mapped[int] = mapped_column(BigInteger)
+    score_sum: Mapped[float] = mapped_column(Float)
+
+
+class MinuteStatsRow(Base):
+    """One version's calls in one minute (UTC, by the call's start), what `compare` and the time series sum."""
+
+    __tablename__ = "minute_stats"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    # Calls not cancelled by the client; errors; calls with a quality and its sum.
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    scored: Mapped[int] = mapped_column(BigInteger)
+    quality_sum: Mapped[float] = mapped_column(Float)
+    priced: Mapped[int] = mapped_column(BigInteger)
+    cost_sum: Mapped[float] = mapped_column(Float)
+    prompt_calls: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_calls: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class MinuteSourceRow(Base):
+    """Quality scores of one source on one version's calls of one minute (calls not cancelled)."""
+
+    __tablename__ = "minute_sources"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    source: Mapped[str] = mapped_column(String(80), primary_key=True)
+    scores: Mapped[int] = mapped_column(BigInteger)
+    score_sum: Mapped[float] = mapped_column(Float)
+
+
+class MinuteLatencyRow(Base):
+    """A latency histogram of one version's answered calls in one minute (`gateway.analysis.histogram`).
+
+    `metric` is `latency` (latency_ms) or `ttft` (ttft_ms, streams); one row per non-empty bucket.
+    """
+
+    __tablename__ = "minute_latency"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)

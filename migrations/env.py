@@ -6,10 +6,11 @@ import asyncio
 import os
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import event, pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.store.engine import register_sqlite_functions
 from gateway.tables import Base
 
 config = context.config
@@ -46,6 +47,9 @@ def _run(connection: Connection) -> None:
 
 async def run_migrations_online() -> None:
     engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    if engine.dialect.name == "sqlite":
+        # The migrations' SQL uses canary_latency_bucket, which PostgreSQL gets as a SQL function.
+        event.listen(engine.sync_engine, "connect", register_sqlite_functions)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

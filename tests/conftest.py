@@ -43,8 +43,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import create_app
-from gateway.config import Settings, settings_from_dict
+from gateway.config import DatabaseSettings, Settings, settings_from_dict
 from gateway.migrate import upgrade
+from gateway.models import RequestRecord
+from gateway.store import Store, create_engine
 from gateway.tables import Base
 from tests.fakes import FakeAnthropic, FakeUpstream, free_port
 
@@ -450,7 +452,11 @@ def wait_for(check: Any, *, timeout: float, what: str) -> Any:
 
 
 def seed(url: str, rows: list[dict[str, Any]]) -> None:
-    """Insert request records of support-bot, five minutes old, with `rows` overriding the defaults."""
+    """Write request records of support-bot, five minutes old, with `rows` overriding the defaults.
+
+    Through the store's batch insert, as the gateway writes them: the aggregates follow.
+    """
+    records = []
     for index, row in enumerate(rows):
         values = {
             "id": f"r{index}",
@@ -470,5 +476,14 @@ def seed(url: str, rows: list[dict[str, Any]]) -> None:
             "quality": None,
             **row,
         }
-        columns = ", ".join(values)
-        query(url, f"INSERT INTO request_records ({columns}) VALUES ({', '.join(':' + k for k in values)})", **values)
+        records.append(RequestRecord(**values))
+
+    async def run() -> None:
+        store = Store(create_engine(url, DatabaseSettings()))
+        try:
+            await store.insert_batch(records=records, scores=[])
+        finally:
+            await store.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()

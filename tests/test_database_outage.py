@@ -20,6 +20,7 @@ from gateway.config import settings_from_dict
 from gateway.migrate import head_revision, upgrade
 from tests.conftest import Cluster, Gateway, base_config, query, wait_for
 from tests.fakes import FakeUpstream
+from tests.recompute import assert_aggregates_match
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -72,6 +73,10 @@ def test_records_survive_a_postgresql_restart_exactly_once(
     assert len(stored) == len(set(stored)) == 75  # every call once: none lost, none doubled
     assert set(stored) == set(ids)
     assert not list((tmp_path / "spool").glob("records-*"))
+    # The aggregates count every call once too: the spooled ones and those written before the outage.
+    wanted = assert_aggregates_match(cluster.url)
+    assert sum(row[0] for row in wanted["minute_stats"].values()) == 75
+    assert sum(row[0] for row in wanted["stage_user_sums"].values()) == 75
 
 
 def test_nothing_is_dropped_while_a_small_buffer_spills_and_the_spool_drains_under_load(
@@ -141,6 +146,7 @@ def test_nothing_is_dropped_while_a_small_buffer_spills_and_the_spool_drains_und
     assert len(stored) == len(set(stored))
     assert set(answered) <= set(stored)  # every answered call recorded once
     assert not list(spool.glob("records-*"))
+    assert_aggregates_match(cluster.url)
 
 
 def test_readiness_tells_the_truth_about_a_hung_database(cluster: Cluster, fake: FakeUpstream, tmp_path: Path) -> None:

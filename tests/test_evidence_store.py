@@ -16,12 +16,12 @@ from gateway.config import DatabaseSettings, settings_from_dict
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.models import QualityScore, RequestRecord
-from gateway.policy import RolloutPolicy
 from gateway.scheduler import RolloutChecker
 from gateway.snapshot import Snapshot
 from gateway.store import Store, create_engine
 from tests.conftest import Gateway, query
 from tests.fakes import FakeUpstream
+from tests.recompute import POLICY, declare, start_canary
 
 DB = DatabaseSettings(pool_timeout=2.0, statement_timeout=10.0)
 STAGE = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -50,13 +50,17 @@ def records(rng: random.Random) -> tuple[list[RequestRecord], list[QualityScore]
     return made, scores
 
 
-async def test_the_store_sums_per_user_as_the_pure_function_does(database_url: str) -> None:
+async def test_a_stage_without_thresholds_yet_is_summed_from_its_records_as_the_pure_function_does(
+    database_url: str,
+) -> None:
+    """The stage opened before its baseline was stored: until a check fixes its thresholds, the evidence is
+    summed per user in SQL from the raw records (the per-user sums' path is in test_aggregates.py)."""
     made, scores = records(random.Random(11))
     store = Store(create_engine(database_url, DB))
     try:
+        await start_canary(store, await declare(store, now=STAGE - timedelta(hours=2)), at=STAGE)
         await store.insert_batch(records=made, scores=scores)
-        policy = RolloutPolicy(min_requests=50, latency_baseline=3600,
-                               rollback_when={"p95_latency_ratio_above": 1.5})
+        policy = POLICY
         until = STAGE + timedelta(hours=2)
         found = await store.stage_evidence(deployment="bot", stable="v1", canary="v2", since=STAGE, until=until,
                                            policy=policy)

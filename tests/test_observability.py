@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.analysis.histogram import ALPHA
 from gateway.logs import JsonFormatter
 from gateway.metrics import Metrics
 from tests.conftest import ADMIN_TOKEN, PROVIDER_KEY, Gateway, seed, users_in
@@ -110,15 +111,17 @@ def test_timeseries_buckets_per_version(gateway: Gateway) -> None:
     with gateway.admin() as http:
         result = http.get("/admin/deployments/support-bot/timeseries?hours=1&step=60").json()
         too_many = http.get("/admin/deployments/support-bot/timeseries?hours=2000&step=60")
+        not_minutes = http.get("/admin/deployments/support-bot/timeseries?hours=1&step=90")
     assert result["step"] == 60 and set(result["series"]) == {"v1", "v2"}
     [v1] = result["series"]["v1"]
     assert datetime.fromisoformat(v1["t"]) == earlier.replace(second=0)
     assert (v1["requests"], v1["errors"]) == (3, 1)
     assert v1["error_rate"] == pytest.approx(1 / 3)
-    assert v1["p95_latency_ms"] == pytest.approx(290.0)  # 100 and 300, interpolated
+    assert v1["p95_latency_ms"] == pytest.approx(290.0, rel=ALPHA)  # 100 and 300, interpolated, from histograms
     assert v1["avg_quality"] == pytest.approx(0.5)
     assert result["series"]["v2"][0]["requests"] == 1
     assert too_many.status_code == 400 and too_many.json()["error"]["param"] in ("hours", "step")
+    assert not_minutes.status_code == 400 and not_minutes.json()["error"]["param"] == "step"
 
 
 def test_the_dashboard_is_served_with_a_strict_policy(gateway: Gateway) -> None:

@@ -229,7 +229,8 @@ async def timeseries(
     services: ServicesDep,
     _actor: Actor,
     hours: Annotated[float, Query(gt=0, le=24 * 90)] = 6.0,
-    step: Annotated[int, Query(ge=10, le=86400, description="bucket width in seconds")] = 300,
+    step: Annotated[int, Query(ge=60, le=86400, multiple_of=60,
+                               description="bucket width in seconds, whole minutes")] = 300,
 ) -> JSONResponse:
     """Per-version points over time, for charts; at most 2,000 buckets."""
     if hours * 3600 / step > 2000:

@@ -54,10 +54,14 @@ class DecisionSession:
 
     async def evidence(self, *, stable: str, canary: str, since: datetime, until: datetime,
                        policy: RolloutPolicy) -> Evidence:
+        """The stage's evidence; fixes the stage's latency thresholds once they can be (see `stage_evidence_on`).
+
+        Raises Conflict when the deployment is no longer in the stage started at `since`.
+        """
         async with translated_errors():
             return await self._store.stage_evidence_on(self._connection, deployment=self.deployment_name,
                                                        stable=stable, canary=canary, since=since, until=until,
-                                                       policy=policy)
+                                                       policy=policy, fix=True)
 
     async def recent_events(self, limit: int) -> list[RolloutEvent]:
         async with translated_errors():

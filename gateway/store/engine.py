@@ -24,6 +24,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyErro
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from gateway.analysis.histogram import bucket_of
 from gateway.config import DatabaseSettings
 from gateway.errors import StoreRejected, StoreUnavailable
 
@@ -58,11 +59,21 @@ def create_engine(url: str, settings: DatabaseSettings, *, checks: bool = False)
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    register_sqlite_functions(connection, _record)
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def register_sqlite_functions(connection: Any, _record: Any) -> None:
+    """SQLite's `canary_latency_bucket(ms)`, which PostgreSQL gets from the migrations (a `connect` listener)."""
+    connection.create_function("canary_latency_bucket", 1, _latency_bucket, deterministic=True)
+
+
+def _latency_bucket(latency_ms: float | None) -> int | None:
+    return None if latency_ms is None else bucket_of(latency_ms)
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,46 @@
-"""Read-only analytics over request records: a version's window numbers and time series.
+"""Read-only analytics: a version's window numbers, time series, and a stage's per-user evidence.
 
-PostgreSQL computes percentiles in SQL (`percentile_cont`); SQLite has no
-percentile function, so its percentiles are interpolated in Python over the
-window's sorted values with the same definition (SQLite serves one node's
-scale). The per-dialect parts are one class each, chosen once per engine.
+Everything is read from the aggregates the record writer keeps
+(`gateway.store.aggregates`), so the cost of a query follows the minutes in
+its window (compare, time series) or the users in the stage (a check), not
+the number of calls. Windows start at the minute boundary at or before
+`since`; latency percentiles come from the merged minute histograms, within
+`gateway.analysis.histogram.ALPHA` (1 %) of the exact ones.
+
+A stage whose latency thresholds are not known yet (no baseline before it,
+and fewer than `min_requests` answered stable calls so far) is judged from its
+raw records, as few as they are; the first rollout check with enough of them
+fixes the thresholds (`gateway.store.aggregates.fix_thresholds`). Raw
+percentiles are PostgreSQL's `percentile_cont`, or the same definition in
+Python on SQLite.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, any_, case, cast, func, literal, select
+from sqlalchemy import Float, Integer, and_, case, cast, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.analysis.evidence import ArmEvidence, Evidence, LatencyThresholds, Sums, percentile_cont
+from gateway.analysis.histogram import percentile
+from gateway.errors import Conflict
 from gateway.models import WindowStats
 from gateway.policy import RolloutPolicy
+from gateway.store.aggregates import Stage, fix_thresholds, minute_of, read_stage
 from gateway.store.engine import Database, translated_errors
-from gateway.tables import QualityScoreRow, RequestRecordRow
+from gateway.tables import (
+    MinuteLatencyRow,
+    MinuteSourceRow,
+    MinuteStatsRow,
+    QualityScoreRow,
+    RequestRecordRow,
+    StageSourceSumsRow,
+    StageUserSumsRow,
+)
 
 _COUNTED = RequestRecordRow.status != "client_cancelled"
 _ANSWERED = RequestRecordRow.status == "ok"
@@ -35,40 +54,173 @@ class EvidenceStore(Database):
         self._sql: _DialectSQL = _PostgresSQL() if self.dialect.postgresql else _SqliteSQL()
 
     async def window_stats(self, *, deployment: str, version: str, since: datetime) -> WindowStats:
-        """One version's numbers since `since` (see WindowStats for what counts)."""
-        window = _window(deployment, version, since)
+        """One version's numbers from the minute of `since` on (see WindowStats for what counts)."""
+        minutes = MinuteStatsRow
+        window = [minutes.deployment == deployment, minutes.version == version, minutes.minute >= minute_of(since)]
+        names = ("requests", "errors", "scored", "quality_sum", "priced", "cost_sum", "prompt_calls",
+                 "prompt_tokens", "completion_calls", "completion_tokens")
+        latency = MinuteLatencyRow
+        sources = MinuteSourceRow
         async with translated_errors(), self.engine.connect() as connection:
-            stats = _stats_of(version, await self._sql.window_numbers(connection, window))
-            if not stats.scored:
-                return stats
-            # Start from the window's scored calls and look their scores up by index; a join
-            # would scan every score ever stored (measured on 10M records: 150 ms vs 10 ms).
-            scored = select(RequestRecordRow.id).where(*window, _COUNTED, RequestRecordRow.quality.is_not(None))
-            by_source = await connection.execute(
-                select(QualityScoreRow.source, func.avg(QualityScoreRow.score), func.count())
-                .where(self._sql.scores_of(scored))
-                .group_by(QualityScoreRow.source)
-            )
-            return replace(stats, quality_by_source={source: (float(avg), int(n)) for source, avg, n in by_source})
+            row = (await connection.execute(
+                select(*(func.sum(getattr(minutes, name)) for name in names)).where(*window))).one()
+            histograms: dict[str, dict[int, int]] = {"latency": {}, "ttft": {}}
+            for metric, bucket, calls in await connection.execute(
+                select(latency.metric, latency.bucket, func.sum(latency.calls))
+                .where(latency.deployment == deployment, latency.version == version,
+                       latency.minute >= minute_of(since))
+                .group_by(latency.metric, latency.bucket)):
+                histograms[metric][int(bucket)] = int(calls)
+            by_source = {
+                source: (float(total) / int(count), int(count))
+                for source, total, count in await connection.execute(
+                    select(sources.source, func.sum(sources.score_sum), func.sum(sources.scores))
+                    .where(sources.deployment == deployment, sources.version == version,
+                           sources.minute >= minute_of(since))
+                    .group_by(sources.source))
+                if count
+            }
+        # Sums of BIGINT columns are NUMERIC on PostgreSQL: floats here, counts turned back into ints below.
+        totals = dict(zip(names, (float(value or 0) for value in row), strict=True))
+
+        def mean(total: str, count: str) -> float | None:
+            return totals[total] / totals[count] if totals[count] else None
+
+        return WindowStats(
+            version=version,
+            requests=int(totals["requests"]),
+            errors=int(totals["errors"]),
+            scored=int(totals["scored"]),
+            avg_quality=mean("quality_sum", "scored"),
+            p50_latency_ms=percentile(histograms["latency"], 0.5),
+            p95_latency_ms=percentile(histograms["latency"], 0.95),
+            p50_ttft_ms=percentile(histograms["ttft"], 0.5),
+            p95_ttft_ms=percentile(histograms["ttft"], 0.95),
+            avg_cost_usd=mean("cost_sum", "priced"),
+            total_cost_usd=totals["cost_sum"] if totals["priced"] else None,
+            avg_prompt_tokens=mean("prompt_tokens", "prompt_calls"),
+            avg_completion_tokens=mean("completion_tokens", "completion_calls"),
+            quality_by_source=by_source,
+        )
 
     async def stage_evidence(self, *, deployment: str, stable: str, canary: str, since: datetime, until: datetime,
                              policy: RolloutPolicy) -> Evidence:
-        """Both versions' per-user evidence over [since, until) on a connection of its own (see `stage_evidence_on`)."""
+        """Both versions' per-user evidence of the stage started at `since`, on a connection of its own.
+
+        Reads only (see `stage_evidence_on`, which a rollout check calls with `fix`).
+        """
         async with translated_errors(), self.engine.connect() as connection:
             return await self.stage_evidence_on(connection, deployment=deployment, stable=stable, canary=canary,
                                                 since=since, until=until, policy=policy)
 
     async def stage_evidence_on(self, connection: AsyncConnection, *, deployment: str, stable: str, canary: str,
-                                since: datetime, until: datetime, policy: RolloutPolicy) -> Evidence:
-        """What a rollout check judges: both versions over [since, until), summed per user in SQL.
+                                since: datetime, until: datetime, policy: RolloutPolicy,
+                                fix: bool = False) -> Evidence:
+        """What a rollout check judges: both versions' calls in the stage started at `since`, summed per user.
 
         The same numbers as `gateway.analysis.evidence_from_records` over the
-        same rows (a test holds them equal on SQLite and PostgreSQL): one
-        query for stable's p95 (`latency_reference`), one GROUP BY user_hash
-        per version for the calls, one per version and source for the
-        quality scores. Anonymous and client-cancelled calls are left out.
-        Runs on `connection`, so the rollout check reads under its lock.
+        stage's records written so far (`until` is the check's time; a test
+        holds them equal on SQLite and PostgreSQL), read from the per-user
+        sums: one row per user and version. Anonymous and client-cancelled
+        calls are left out. The latency thresholds are the stage's (fixed
+        when it started from stable's p95 before it); while they are unknown
+        the evidence is computed from the raw records with stable's p95 over
+        `policy.latency_baseline` before the stage, else in the stage so far
+        (`latency_reference`), and with `fix` a check that finds
+        `policy.min_requests` calls behind that p95 fixes them for the rest
+        of the stage. Runs on `connection`, so the rollout check reads under
+        its lock. Raises Conflict when `since` is not the start of the
+        deployment's judged stage (the rollout changed meanwhile).
         """
+        stage = await read_stage(connection, deployment)
+        if stage is None or stage.started_at != since:
+            raise Conflict(f"deployment '{deployment}' is no longer in the stage started at {since.isoformat()}")
+        if stage.thresholds is None:
+            count, reference = await self._raw_reference(connection, deployment=deployment, stable=stable,
+                                                         since=since, until=until, policy=policy)
+            thresholds = LatencyThresholds.of(reference, policy) if reference is not None else None
+            if thresholds is None or count < policy.min_requests or not fix:
+                return await self._raw_evidence(connection, deployment=deployment, stable=stable, canary=canary,
+                                                since=since, until=until, thresholds=thresholds)
+            stage = await fix_thresholds(connection, self.dialect, deployment=deployment, stage=stage,
+                                         thresholds=thresholds)
+        return await self._summed_evidence(connection, deployment=deployment, stable=stable, canary=canary,
+                                           stage=stage, until=until)
+
+    async def timeseries(
+        self, *, deployment: str, since: datetime, step_s: int
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Per version, one point per `step_s` bucket (a multiple of 60) from the minute of `since` on.
+
+        Each point: `t` (ISO 8601 start of the bucket, UTC), `requests`,
+        `errors`, `error_rate`, `p95_latency_ms`, `avg_quality`, `avg_cost`
+        (USD per call). Buckets without calls are absent; the chart draws gaps.
+        """
+        step = max(int(step_s), 60)
+        minutes = MinuteStatsRow
+        point = self._sql.point(minutes.minute, step).label("point")
+        async with translated_errors(), self.engine.connect() as connection:
+            rows = (await connection.execute(
+                select(point, minutes.version, func.sum(minutes.requests).label("requests"),
+                       func.sum(minutes.errors).label("errors"), func.sum(minutes.scored).label("scored"),
+                       func.sum(minutes.quality_sum).label("quality_sum"), func.sum(minutes.priced).label("priced"),
+                       func.sum(minutes.cost_sum).label("cost_sum"))
+                .where(minutes.deployment == deployment, minutes.minute >= minute_of(since))
+                .group_by(point, minutes.version)
+                .order_by(point)
+            )).all()
+            latency = MinuteLatencyRow
+            latency_point = self._sql.point(latency.minute, step)
+            histograms: dict[tuple[int, str], dict[int, int]] = {}
+            for at, version, bucket, calls in await connection.execute(
+                select(latency_point, latency.version, latency.bucket, func.sum(latency.calls))
+                .where(latency.deployment == deployment, latency.minute >= minute_of(since),
+                       latency.metric == "latency")
+                .group_by(latency_point, latency.version, latency.bucket)):
+                histograms.setdefault((int(at), version), {})[int(bucket)] = int(calls)
+        series: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            at = int(row.point)
+            requests, errors, scored, priced = int(row.requests), int(row.errors), int(row.scored), int(row.priced)
+            series.setdefault(row.version, []).append({
+                "t": datetime.fromtimestamp(at * step, UTC).isoformat(),
+                "requests": requests,
+                "errors": errors,
+                "error_rate": errors / requests if requests else None,
+                "p95_latency_ms": percentile(histograms.get((at, row.version), {}), 0.95),
+                "avg_quality": float(row.quality_sum) / scored if scored else None,
+                "avg_cost": float(row.cost_sum) / priced if priced else None,
+            })
+        return series
+
+    async def _summed_evidence(self, connection: AsyncConnection, *, deployment: str, stable: str, canary: str,
+                               stage: Stage, until: datetime) -> Evidence:
+        users = StageUserSumsRow
+        same = [users.deployment == deployment, users.started_at == stage.started_at,
+                users.version.in_((stable, canary))]
+        outer = [users.version, func.count().label("users"), func.sum(users.calls).label("calls"),
+                 func.sum(users.actual_cost).label("actual_cost")]
+        for name, (x, y) in _SUMMED_PAIRS.items():
+            outer.extend(_sums_columns(name, getattr(users, x), getattr(users, y)))
+        rows = {row.version: row._mapping
+                for row in await connection.execute(select(*outer).where(*same).group_by(users.version))}
+        sources = StageSourceSumsRow
+        by_source: dict[str, dict[str, Sums]] = {stable: {}, canary: {}}
+        for row in await connection.execute(
+            select(sources.version, sources.source, *_sums_columns("s", sources.scores, sources.score_sum))
+            .where(sources.deployment == deployment, sources.started_at == stage.started_at,
+                   sources.version.in_((stable, canary)))
+            .group_by(sources.version, sources.source)
+        ):
+            by_source[row.version][row.source] = _sums_of(row._mapping, "s")
+        movers = select(users.user_hash).where(*same).group_by(users.user_hash).having(func.count() == 2).subquery()
+        users_in_both = int(await connection.scalar(select(func.count()).select_from(movers)) or 0)
+        return _evidence(rows, by_source, stable=stable, canary=canary, since=stage.started_at, until=until,
+                         thresholds=stage.thresholds, users_in_both=users_in_both)
+
+    async def _raw_reference(self, connection: AsyncConnection, *, deployment: str, stable: str, since: datetime,
+                             until: datetime, policy: RolloutPolicy) -> tuple[int, float | None]:
+        """Stable's answered calls behind its p95 latency, and that p95: over the baseline, else the stage so far."""
         answered_stable = [RequestRecordRow.deployment == deployment, RequestRecordRow.version == stable, _ANSWERED]
         baseline_since = since - timedelta(seconds=policy.latency_baseline)
         count, p95 = await self._sql.p95(connection, [*answered_stable, RequestRecordRow.created_at >= baseline_since,
@@ -76,7 +228,11 @@ class EvidenceStore(Database):
         if count < policy.min_requests:
             count, p95 = await self._sql.p95(connection, [*answered_stable, RequestRecordRow.created_at >= since,
                                                           RequestRecordRow.created_at < until])
-        thresholds = LatencyThresholds.of(p95, policy) if p95 is not None else None
+        return count, p95
+
+    async def _raw_evidence(self, connection: AsyncConnection, *, deployment: str, stable: str, canary: str,
+                            since: datetime, until: datetime, thresholds: LatencyThresholds | None) -> Evidence:
+        """The evidence summed per user in SQL from the stage's raw records (a stage without thresholds yet)."""
         stage = [RequestRecordRow.deployment == deployment, RequestRecordRow.version.in_((stable, canary)),
                  RequestRecordRow.created_at >= since, RequestRecordRow.created_at < until,
                  RequestRecordRow.user_hash.is_not(None), _COUNTED]
@@ -104,100 +260,43 @@ class EvidenceStore(Database):
             .group_by(scores.c.version, scores.c.source)
         ):
             sources[row.version][row.source] = _sums_of(row._mapping, "s")
-
         movers = (
             select(RequestRecordRow.user_hash).where(*stage).group_by(RequestRecordRow.user_hash)
             .having(func.count(func.distinct(RequestRecordRow.version)) == 2).subquery()
         )
         users_in_both = int(await connection.scalar(select(func.count()).select_from(movers)) or 0)
+        return _evidence(rows, sources, stable=stable, canary=canary, since=since, until=until,
+                         thresholds=thresholds, users_in_both=users_in_both)
 
-        def arm(version: str) -> ArmEvidence:
-            row = rows.get(version)
-            if row is None:
-                return ArmEvidence(version=version)
-            return ArmEvidence(
-                version=version, users=int(row["users"]), calls=int(row["calls"] or 0),
-                errors=_sums_of(row, "errors"), quality=_sums_of(row, "quality"), slow=_sums_of(row, "slow"),
-                slow_reference=_sums_of(row, "slow_reference"), slow_rollback=_sums_of(row, "slow_rollback"),
-                cost=_sums_of(row, "cost"), actual_cost=float(row["actual_cost"] or 0.0), sources=sources[version],
-            )
 
-        return Evidence(stable=arm(stable), canary=arm(canary), since=since, until=until, latency=thresholds,
-                        users_in_both=users_in_both)
+def _evidence(rows: Mapping[str, Any], sources: Mapping[str, Mapping[str, Sums]], *, stable: str, canary: str,
+              since: datetime, until: datetime, thresholds: LatencyThresholds | None,
+              users_in_both: int) -> Evidence:
+    def arm(version: str) -> ArmEvidence:
+        row = rows.get(version)
+        if row is None:
+            return ArmEvidence(version=version)
+        return ArmEvidence(
+            version=version, users=int(row["users"]), calls=int(row["calls"] or 0),
+            errors=_sums_of(row, "errors"), quality=_sums_of(row, "quality"), slow=_sums_of(row, "slow"),
+            slow_reference=_sums_of(row, "slow_reference"), slow_rollback=_sums_of(row, "slow_rollback"),
+            cost=_sums_of(row, "cost"), actual_cost=float(row["actual_cost"] or 0.0), sources=sources[version],
+        )
 
-    async def timeseries(
-        self, *, deployment: str, since: datetime, step_s: int
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Per version, one point per `step_s` bucket since `since`: traffic, errors, p95 latency, quality, cost.
-
-        Each point: `t` (ISO 8601 start of the bucket, UTC), `requests`,
-        `errors`, `error_rate`, `p95_latency_ms`, `avg_quality`, `avg_cost`
-        (USD per call). Buckets without calls are absent; the chart draws gaps.
-        """
-        step = max(int(step_s), 1)
-        bucket = self._sql.bucket(step).label("bucket")
-        columns = [
-            bucket,
-            RequestRecordRow.version,
-            func.count().filter(_COUNTED).label("requests"),
-            func.count().filter(RequestRecordRow.status == "error").label("errors"),
-            func.avg(RequestRecordRow.quality).filter(_COUNTED).label("avg_quality"),
-            func.avg(RequestRecordRow.cost_usd).filter(_COUNTED).label("avg_cost_usd"),
-        ]
-        window = [RequestRecordRow.deployment == deployment, RequestRecordRow.created_at >= since]
-        async with translated_errors(), self.engine.connect() as connection:
-            rows = (await connection.execute(
-                select(*columns, *self._sql.bucket_p95())
-                .where(*window)
-                .group_by(bucket, RequestRecordRow.version)
-                .order_by(bucket)
-            )).all()
-            p95s = await self._sql.p95_by_bucket(connection, bucket, window, rows)
-        series: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            point = int(row.bucket)
-            requests = int(row.requests)
-            p95 = p95s.get((point, row.version))
-            series.setdefault(row.version, []).append({
-                "t": datetime.fromtimestamp(point * step, UTC).isoformat(),
-                "requests": requests,
-                "errors": int(row.errors),
-                "error_rate": row.errors / requests if requests else None,
-                "p95_latency_ms": float(p95) if p95 is not None else None,
-                "avg_quality": float(row.avg_quality) if row.avg_quality is not None else None,
-                "avg_cost": float(row.avg_cost_usd) if row.avg_cost_usd is not None else None,
-            })
-        return series
+    return Evidence(stable=arm(stable), canary=arm(canary), since=since, until=until, latency=thresholds,
+                    users_in_both=users_in_both)
 
 
 class _DialectSQL(ABC):
-    """The parts of the evidence queries that differ between PostgreSQL and SQLite."""
+    """The parts of the queries that differ between PostgreSQL and SQLite."""
 
     @abstractmethod
     async def p95(self, connection: AsyncConnection, where: list[Any]) -> tuple[int, float | None]:
         """How many records match `where`, and the p95 (percentile_cont) of their latency_ms."""
 
     @abstractmethod
-    async def window_numbers(self, connection: AsyncConnection, window: list[Any]) -> dict[str, Any]:
-        """The aggregates of `_aggregates()` plus the four latency/TTFT percentiles over `window`."""
-
-    @abstractmethod
-    def scores_of(self, scored: Any) -> Any:
-        """A condition on quality_scores: its call id is one of the ids `scored` selects."""
-
-    @abstractmethod
-    def bucket(self, step: int) -> Any:
-        """The bucket number of a record: its creation time in seconds since the epoch, over `step`."""
-
-    def bucket_p95(self) -> list[Any]:
-        """Columns computing each bucket's p95 latency in SQL, labelled `p95`; none if it cannot."""
-        return []
-
-    @abstractmethod
-    async def p95_by_bucket(
-        self, connection: AsyncConnection, bucket: Any, window: list[Any], rows: Sequence[Any]
-    ) -> dict[tuple[int, str], float | None]:
-        """(bucket, version) → p95 latency in milliseconds of the answered calls."""
+    def point(self, minute: Any, step: int) -> Any:
+        """The time-series point of a minute column: its seconds since the epoch, over `step`."""
 
 
 class _PostgresSQL(_DialectSQL):
@@ -206,33 +305,8 @@ class _PostgresSQL(_DialectSQL):
             select(func.count(), _percentile(0.95, RequestRecordRow.latency_ms)).where(*where))).one()
         return int(row[0]), float(row[1]) if row[1] is not None else None
 
-    async def window_numbers(self, connection: AsyncConnection, window: list[Any]) -> dict[str, Any]:
-        row = (
-            await connection.execute(
-                select(
-                    *_aggregates(),
-                    _percentile(0.5, RequestRecordRow.latency_ms).filter(_ANSWERED).label("p50_latency_ms"),
-                    _percentile(0.95, RequestRecordRow.latency_ms).filter(_ANSWERED).label("p95_latency_ms"),
-                    _percentile(0.5, RequestRecordRow.ttft_ms).filter(_ANSWERED).label("p50_ttft_ms"),
-                    _percentile(0.95, RequestRecordRow.ttft_ms).filter(_ANSWERED).label("p95_ttft_ms"),
-                ).where(*window)
-            )
-        ).one()
-        return dict(row._mapping)
-
-    def scores_of(self, scored: Any) -> Any:
-        return QualityScoreRow.request_id == any_(func.array(scored.scalar_subquery()))
-
-    def bucket(self, step: int) -> Any:
-        return func.floor(func.extract("epoch", RequestRecordRow.created_at) / step)
-
-    def bucket_p95(self) -> list[Any]:
-        return [_percentile(0.95, RequestRecordRow.latency_ms).filter(_ANSWERED).label("p95")]
-
-    async def p95_by_bucket(
-        self, connection: AsyncConnection, bucket: Any, window: list[Any], rows: Sequence[Any]
-    ) -> dict[tuple[int, str], float | None]:
-        return {(int(row.bucket), row.version): row.p95 for row in rows}
+    def point(self, minute: Any, step: int) -> Any:
+        return func.floor(func.extract("epoch", minute) / step)
 
 
 class _SqliteSQL(_DialectSQL):
@@ -241,96 +315,24 @@ class _SqliteSQL(_DialectSQL):
             select(RequestRecordRow.latency_ms).where(*where).order_by(RequestRecordRow.latency_ms))).all()
         return len(latencies), percentile_cont(latencies, 0.95)
 
-    async def window_numbers(self, connection: AsyncConnection, window: list[Any]) -> dict[str, Any]:
-        totals = (await connection.execute(select(*_aggregates()).where(*window))).one()
-        answered = [*window, _ANSWERED]
-        latencies = (
-            await connection.scalars(
-                select(RequestRecordRow.latency_ms).where(*answered).order_by(RequestRecordRow.latency_ms)
-            )
-        ).all()
-        ttfts = (
-            await connection.scalars(
-                select(RequestRecordRow.ttft_ms)
-                .where(*answered, RequestRecordRow.ttft_ms.is_not(None))
-                .order_by(RequestRecordRow.ttft_ms)
-            )
-        ).all()
-        values = dict(totals._mapping)
-        ttft_values = [value for value in ttfts if value is not None]
-        values["p50_latency_ms"] = percentile_cont(latencies, 0.5)
-        values["p95_latency_ms"] = percentile_cont(latencies, 0.95)
-        values["p50_ttft_ms"] = percentile_cont(ttft_values, 0.5)
-        values["p95_ttft_ms"] = percentile_cont(ttft_values, 0.95)
-        return values
-
-    def scores_of(self, scored: Any) -> Any:
-        return QualityScoreRow.request_id.in_(scored)
-
-    def bucket(self, step: int) -> Any:
-        return func.cast(func.strftime("%s", RequestRecordRow.created_at), Integer) / step
-
-    async def p95_by_bucket(
-        self, connection: AsyncConnection, bucket: Any, window: list[Any], rows: Sequence[Any]
-    ) -> dict[tuple[int, str], float | None]:
-        latencies: dict[tuple[int, str], list[float]] = {}
-        for point, version, latency in await connection.execute(
-            select(bucket, RequestRecordRow.version, RequestRecordRow.latency_ms)
-            .where(*window, _ANSWERED)
-            .order_by(RequestRecordRow.latency_ms)
-        ):
-            latencies.setdefault((int(point), version), []).append(latency)
-        return {key: percentile_cont(values, 0.95) for key, values in latencies.items()}
-
-
-def _window(deployment: str, version: str, since: datetime) -> list[Any]:
-    return [
-        RequestRecordRow.deployment == deployment,
-        RequestRecordRow.version == version,
-        RequestRecordRow.created_at >= since,
-    ]
-
-
-def _aggregates() -> list[Any]:
-    return [
-        func.count().filter(_COUNTED).label("requests"),
-        func.count().filter(RequestRecordRow.status == "error").label("errors"),
-        func.count(RequestRecordRow.quality).filter(_COUNTED).label("scored"),
-        func.avg(RequestRecordRow.quality).filter(_COUNTED).label("avg_quality"),
-        func.avg(RequestRecordRow.cost_usd).filter(_COUNTED).label("avg_cost_usd"),
-        func.sum(RequestRecordRow.cost_usd).filter(_COUNTED).label("total_cost_usd"),
-        func.avg(RequestRecordRow.prompt_tokens).filter(_COUNTED).label("avg_prompt_tokens"),
-        func.avg(RequestRecordRow.completion_tokens).filter(_COUNTED).label("avg_completion_tokens"),
-    ]
+    def point(self, minute: Any, step: int) -> Any:
+        return cast(func.strftime("%s", minute), Integer) // step
 
 
 def _percentile(fraction: float, column: Any) -> Any:
     return func.percentile_cont(fraction).within_group(column.asc())
 
 
-def _stats_of(version: str, values: Mapping[str, Any]) -> WindowStats:
-    def number(key: str) -> float | None:
-        value = values.get(key)
-        return float(value) if value is not None else None
-
-    return WindowStats(
-        version=version,
-        requests=int(values["requests"] or 0),
-        errors=int(values["errors"] or 0),
-        scored=int(values["scored"] or 0),
-        avg_quality=number("avg_quality"),
-        p50_latency_ms=number("p50_latency_ms"),
-        p95_latency_ms=number("p95_latency_ms"),
-        p50_ttft_ms=number("p50_ttft_ms"),
-        p95_ttft_ms=number("p95_ttft_ms"),
-        avg_cost_usd=number("avg_cost_usd"),
-        total_cost_usd=number("total_cost_usd"),
-        avg_prompt_tokens=number("avg_prompt_tokens"),
-        avg_completion_tokens=number("avg_completion_tokens"),
-    )
-
-
-# Ratio metrics of the evidence: name → (denominator, numerator) columns of the per-user subquery.
+# Ratio metrics of the evidence: name → (denominator, numerator) columns of stage_user_sums.
+_SUMMED_PAIRS = {
+    "errors": ("calls", "errors"),
+    "quality": ("scored", "quality"),
+    "slow": ("answered", "slow_gate"),
+    "slow_reference": ("answered", "slow_reference"),
+    "slow_rollback": ("answered", "slow_rollback"),
+    "cost": ("priced", "cost"),
+}
+# The same, as columns of the raw records' per-user subquery.
 _PAIRS = {
     "errors": ("n", "e"),
     "quality": ("m", "q"),

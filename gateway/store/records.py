@@ -1,27 +1,36 @@
 """Writes of request records and quality scores, and the lookup of a stored call.
 
-The recorder's batches land here: records and scores in one transaction,
-ids already stored skipped, so a retried batch lands once. A call's
-`quality` column is derived from its scores by QUALITY_RULE.
+The recorder's batches land here: records, scores and what they add to the
+aggregates (`gateway.store.aggregates`) in one transaction, ids already
+stored skipped and not aggregated again, so a retried batch lands and counts
+once. A call's `quality` column is derived from its scores by QUALITY_RULE.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.models import QualityScore, RequestRecord
+from gateway.store.aggregates import FACT_COLUMNS, Fact, Tally, lock_stages
 from gateway.store.engine import Database, translated_errors
 from gateway.tables import QualityScoreRow, RequestRecordRow
 
 _RECORD_FIELDS = tuple(field.name for field in fields(RequestRecord))
 _CREATED_AT = _RECORD_FIELDS.index("created_at")
 _SCORE_FIELDS = tuple(field.name for field in fields(QualityScore))
+# Rows per multi-row INSERT (SQLite allows 32,766 parameters per statement).
+_CHUNK = 500
+# A score is made after its call, give or take the replicas' clock skew: scores stored before a
+# call are looked for among those made at most this long before it.
+SCORE_SKEW = timedelta(days=1)
+_ARRAY_TYPES = {"String": "text", "Text": "text", "UTCDateTime": "timestamptz", "Boolean": "boolean",
+                "Integer": "integer", "Float": "double precision"}
 
 # QUALITY_RULE: a call's quality is its user feedback when it has any (the
 # average of its feedback scores), else the average of its automatic scores
@@ -35,52 +44,85 @@ _QUALITY = func.coalesce(
 
 
 class RecordStore(Database):
-    """Batch inserts of request records and quality scores."""
+    """Batch inserts of request records and quality scores, with the aggregates they change."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
-        self._record_insert = _record_insert_sql(self.dialect.paramstyle)
+        self._insert_records = _postgres_insert(self) if self.dialect.postgresql else _sqlite_insert(self)
 
-    async def insert_batch(
-        self, *, records: Sequence[RequestRecord], scores: Sequence[QualityScore], scored_before: bool = False
-    ) -> None:
-        """Insert records and quality scores in one transaction, then derive the calls' quality.
+    async def insert_batch(self, *, records: Sequence[RequestRecord], scores: Sequence[QualityScore]) -> None:
+        """Insert records and quality scores in one transaction, with everything they add to the aggregates.
 
-        Ids already stored are skipped, so a retried batch lands once. A score
-        in the same batch as its record, or written after it, sets the record's
-        `quality` by QUALITY_RULE; `scored_before` says the records may come
-        after scores already stored (written back from the spool), so their
-        quality is derived from those too. Raises StoreUnavailable or
-        StoreRejected (see `gateway.store.engine`).
+        Ids already stored are skipped, and only what was inserted now is
+        aggregated, so a retried batch (or a replayed spool file) lands and
+        counts once (see `gateway.store.aggregates`). A call's `quality` is
+        derived by QUALITY_RULE from its scores: a score written with or after
+        its call sets it, and so do scores stored before the call (a call
+        written back from the spool). Such earlier scores are looked up among
+        scores made at most SCORE_SKEW before the call. Raises
+        StoreUnavailable or StoreRejected (see `gateway.store.engine`).
         """
         if not records and not scores:
             return
         async with translated_errors(), self.engine.begin() as connection:
-            if records:
-                # The hottest write: a prepared plain-SQL executemany, a fraction of the ORM
-                # insert's per-row cost, which is paid on the event loop.
-                await connection.exec_driver_sql(self._record_insert, [self._record_row(r) for r in records])
-                if scored_before:
-                    ids = [record.id for record in records]
-                    await connection.execute(
-                        update(RequestRecordRow)
-                        .where(RequestRecordRow.id.in_(
-                            select(QualityScoreRow.request_id).where(QualityScoreRow.request_id.in_(ids))
-                        ))
-                        .values(quality=_QUALITY)
-                    )
-            if scores:
-                await connection.execute(
-                    self.dialect.insert(QualityScoreRow).on_conflict_do_nothing(index_elements=["id"]),
-                    [_values(score, _SCORE_FIELDS) for score in scores],
-                )
-                # A score is written after (or with) its call's record: the recorder keeps
-                # them in order, so only the scored calls need their quality derived again.
-                await connection.execute(
-                    update(RequestRecordRow)
-                    .where(RequestRecordRow.id.in_({score.request_id for score in scores}))
-                    .values(quality=_QUALITY)
-                )
+            if not self.dialect.postgresql:
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            deployments = {record.deployment for record in records}
+            scored_ids = {score.request_id for score in scores}
+            if scored_ids:
+                deployments.update((await connection.scalars(
+                    select(RequestRecordRow.deployment).distinct().where(RequestRecordRow.id.in_(scored_ids)))).all())
+            stages = await lock_stages(connection, self.dialect, deployments)
+            inserted = await self._insert_records(connection, records) if records else set()
+            new_scores = await self._insert_scores(connection, scores) if scores else []
+            # Stored calls that get a score now: their values before it, locked against other writers.
+            rescored_ids = {score.request_id for score in new_scores} - inserted
+            before: dict[str, Fact] = {}
+            if rescored_ids:
+                lookup = (select(RequestRecordRow.id, *FACT_COLUMNS).where(RequestRecordRow.id.in_(rescored_ids))
+                          .order_by(RequestRecordRow.id))
+                if self.dialect.postgresql:
+                    lookup = lookup.with_for_update()
+                before = {row[0]: Fact(*row[1:]) for row in await connection.execute(lookup)}
+            new_records = [record for record in records if record.id in inserted]
+            # Every score of the new calls: this batch's, and any stored before them.
+            earlier: list[Any] = []
+            if new_records:
+                since = min(record.created_at for record in new_records) - SCORE_SKEW
+                earlier = list(await connection.execute(
+                    select(QualityScoreRow.request_id, QualityScoreRow.source, QualityScoreRow.score)
+                    .where(QualityScoreRow.request_id.in_(inserted), QualityScoreRow.created_at >= since)))
+            quality: dict[str, float | None] = {}
+            derive = set(before) | {row.request_id for row in earlier}
+            if derive:
+                quality = dict((await connection.execute(
+                    update(RequestRecordRow).where(RequestRecordRow.id.in_(derive)).values(quality=_QUALITY)
+                    .returning(RequestRecordRow.id, RequestRecordRow.quality))).all())
+            tally = Tally()
+            facts: dict[str, Fact] = {}
+            for record in new_records:
+                fact = facts[record.id] = _fact(record, quality.get(record.id, record.quality))
+                tally.add_record(fact, stages.get(record.deployment))
+            for request_id, fact in before.items():
+                tally.change_quality(fact, fact.quality, quality.get(request_id), stages.get(fact.deployment))
+            for row in earlier:
+                fact = facts[row.request_id]
+                tally.add_score(fact, row.source, row.score, stages.get(fact.deployment))
+            for score in new_scores:
+                if score.request_id in before:
+                    fact = before[score.request_id]
+                    tally.add_score(fact, score.source, score.score, stages.get(fact.deployment))
+            await tally.write(connection, self.dialect)
+
+    async def _insert_scores(self, connection: AsyncConnection, scores: Sequence[QualityScore]) -> list[QualityScore]:
+        """Insert the scores whose ids are not stored yet; returns those."""
+        inserted: set[str] = set()
+        for start in range(0, len(scores), _CHUNK):
+            chunk = scores[start : start + _CHUNK]
+            inserted.update((await connection.scalars(
+                self.dialect.insert(QualityScoreRow).values([_values(score, _SCORE_FIELDS) for score in chunk])
+                .on_conflict_do_nothing().returning(QualityScoreRow.id))).all())
+        return [score for score in scores if score.id in inserted]
 
     async def record_labels(self, request_id: str) -> tuple[str, str] | None:
         """The deployment and version of a stored call, or None if no such call is stored."""
@@ -94,24 +136,53 @@ class RecordStore(Database):
             ).first()
             return (row.deployment, row.version) if row is not None else None
 
-    def _record_row(self, record: RequestRecord) -> tuple[Any, ...]:
-        row = [getattr(record, name) for name in _RECORD_FIELDS]
-        created = record.created_at.astimezone(UTC)
-        # As UTCDateTime stores it: naive UTC text on SQLite, an aware timestamp on PostgreSQL.
-        row[_CREATED_AT] = created if self.dialect.postgresql else created.strftime("%Y-%m-%d %H:%M:%S.%f")
-        return tuple(row)
+
+InsertRecords = Callable[[AsyncConnection, Sequence[RequestRecord]], Awaitable[set[str]]]
 
 
-def _record_insert_sql(paramstyle: str) -> str:
-    marks = {
-        "qmark": ["?"] * len(_RECORD_FIELDS),
-        "numeric_dollar": [f"${index}" for index in range(1, len(_RECORD_FIELDS) + 1)],
-        "format": ["%s"] * len(_RECORD_FIELDS),
-    }[paramstyle]
-    return (
-        f"INSERT INTO request_records ({', '.join(_RECORD_FIELDS)}) VALUES ({', '.join(marks)}) "
-        "ON CONFLICT (id) DO NOTHING"
-    )
+def _postgres_insert(store: RecordStore) -> InsertRecords:
+    """One INSERT of every record as arrays (`unnest`): cheap to send, and RETURNING says which were new."""
+    types = [_ARRAY_TYPES[type(RequestRecordRow.__table__.c[name].type).__name__] for name in _RECORD_FIELDS]
+    arrays = ", ".join(f"CAST(${index} AS {name}[])" for index, name in enumerate(types, start=1))
+    sql = (f"INSERT INTO request_records ({', '.join(_RECORD_FIELDS)}) SELECT * FROM unnest({arrays}) "
+           "ON CONFLICT DO NOTHING RETURNING id")
+
+    async def insert(connection: AsyncConnection, records: Sequence[RequestRecord]) -> set[str]:
+        columns = tuple(list(column) for column in zip(*(_row(record) for record in records), strict=True))
+        return {row[0] for row in await connection.exec_driver_sql(sql, columns)}
+
+    return insert
+
+
+def _sqlite_insert(store: RecordStore) -> InsertRecords:
+    """Multi-row INSERTs of at most _CHUNK records; RETURNING says which were new."""
+    marks = "(" + ", ".join("?" * len(_RECORD_FIELDS)) + ")"
+
+    async def insert(connection: AsyncConnection, records: Sequence[RequestRecord]) -> set[str]:
+        inserted: set[str] = set()
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            sql = (f"INSERT INTO request_records ({', '.join(_RECORD_FIELDS)}) VALUES "
+                   f"{', '.join([marks] * len(chunk))} ON CONFLICT DO NOTHING RETURNING id")
+            values = tuple(value for record in chunk for value in _row(record, text_time=True))
+            inserted.update(row[0] for row in await connection.exec_driver_sql(sql, values))
+        return inserted
+
+    return insert
+
+
+def _row(record: RequestRecord, *, text_time: bool = False) -> tuple[Any, ...]:
+    row = [getattr(record, name) for name in _RECORD_FIELDS]
+    created = record.created_at.astimezone(UTC)
+    # As UTCDateTime stores it: naive UTC text on SQLite, an aware timestamp on PostgreSQL.
+    row[_CREATED_AT] = created.strftime("%Y-%m-%d %H:%M:%S.%f") if text_time else created
+    return tuple(row)
+
+
+def _fact(record: RequestRecord, quality: float | None) -> Fact:
+    return Fact(record.deployment, record.version, record.user_hash, record.created_at, record.status,
+                record.latency_ms, record.ttft_ms, record.prompt_tokens, record.completion_tokens, record.cost_usd,
+                record.uncached_cost_usd, quality)
 
 
 def _values(item: Any, names: tuple[str, ...]) -> dict[str, Any]:

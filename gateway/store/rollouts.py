@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.errors import Conflict, NotFound, StoreRejected
 from gateway.models import Deployment, RolloutEvent, RolloutState, Version
 from gateway.policy import RolloutPolicy
-from gateway.store.engine import Database, translated_errors
+from gateway.store.aggregates import lock_stage_exclusively, open_stage
+from gateway.store.engine import Database, Dialect, translated_errors
 from gateway.tables import DeploymentRow, GatewaySettingRow, RolloutEventRow, VersionRow
 
 # Advisory-lock namespace of the rollout checks ("CGTW").
@@ -56,6 +57,9 @@ class RolloutStore(Database):
         """
         insert_ignoring = self.dialect.insert
         async with translated_errors(), self.engine.begin() as connection:
+            # A declared canary of a new deployment opens its stage: before any of its records are counted.
+            await lock_stage_exclusively(connection, self.dialect, *(
+                name for name, deployment in deployments.items() if deployment.rollout.canary))
             for name, deployment in deployments.items():
                 state = deployment.rollout
                 created = await connection.execute(
@@ -78,6 +82,9 @@ class RolloutStore(Database):
                 )
                 if created.rowcount == 1:
                     await connection.execute(insert(RolloutEventRow).values(**_event_values(created_events[name], now)))
+                    if state.canary:
+                        await open_stage(connection, self.dialect, deployment=name, started_at=now,
+                                         stable=state.stable, policy=deployment.policy)
                 for version in deployment.versions.values():
                     await connection.execute(
                         insert_ignoring(VersionRow)
@@ -196,9 +203,16 @@ async def read_deployment(connection: AsyncConnection, name: str) -> Deployment 
 
 async def apply_rollout_on(connection: AsyncConnection, *, expected_revision: int, state: RolloutState,
                            event: RolloutEvent) -> RolloutState:
-    """The compare-and-set of `RolloutStore.apply_rollout`, inside the caller's transaction on `connection`."""
+    """The compare-and-set of `RolloutStore.apply_rollout`, inside the caller's transaction on `connection`.
+
+    A new stage of a running canary becomes the judged stage of the per-user
+    sums, and a rollout that ended stops them (`gateway.store.aggregates.open_stage`);
+    the stage lock is taken first, in the order every stage change takes it.
+    """
     now = event.at or datetime.now(UTC)
-    result = await connection.execute(
+    dialect = Dialect.of(connection.engine)
+    await lock_stage_exclusively(connection, dialect, event.deployment)
+    changed = (await connection.execute(
         update(DeploymentRow)
         .where(DeploymentRow.name == event.deployment, DeploymentRow.revision == expected_revision)
         .values(
@@ -212,12 +226,17 @@ async def apply_rollout_on(connection: AsyncConnection, *, expected_revision: in
             revision=expected_revision + 1,
             updated_at=now,
         )
-    )
-    if result.rowcount != 1:
+        .returning(DeploymentRow.policy)
+    )).first()
+    if changed is None:
         raise Conflict(
             f"deployment '{event.deployment}' changed while this change was being made; reload and try again"
         )
     await connection.execute(insert(RolloutEventRow).values(**_event_values(event, now)))
+    judged = state.status == "canary" and state.canary is not None
+    await open_stage(connection, dialect, deployment=event.deployment,
+                     started_at=state.stage_started_at if judged else None, stable=state.stable,
+                     policy=RolloutPolicy.model_validate(changed.policy or {}))
     return replace(state, revision=expected_revision + 1)
 
 
