@@ -133,7 +133,7 @@ def create_app(
             access_log=settings.logging.access_log,
             http_status=http_status,
         )
-        control = ControlPlane(store, snapshot, providers=providers.keys())
+        control = ControlPlane(store, snapshot, providers=settings.providers)
         alerts = Alerts(settings.alerts.webhooks, metrics)
         checker = RolloutChecker(store, snapshot, alerts=alerts, metrics=metrics)
         scheduler = CheckScheduler(checker)

@@ -36,6 +36,7 @@ from pydantic import (
 
 from gateway.durations import Duration, DurationOrZero, parse_duration
 from gateway.errors import ConfigError
+from gateway.fields import anthropic_refusal
 from gateway.models import Deployment, RolloutState, Version, WireApi
 from gateway.policy import RolloutPolicy
 
@@ -564,9 +565,15 @@ class Settings(_Frozen):
                         f"deployments.{name}.versions.{version_name}.provider",
                         f"unknown provider {version.provider!r}",
                     )
+                refused = params_refusal(version.params, self.providers[version.provider])
+                if refused is not None:
+                    raise _KeyError(f"deployments.{name}.versions.{version_name}.params.{refused[0]}", refused[1])
             judge = deployment.quality.judge
             if judge is not None and judge.provider not in self.providers:
                 raise _KeyError(f"deployments.{name}.quality.judge.provider", f"unknown provider {judge.provider!r}")
+            refused = params_refusal(judge.params, self.providers[judge.provider]) if judge is not None else None
+            if refused is not None:
+                raise _KeyError(f"deployments.{name}.quality.judge.params.{refused[0]}", refused[1])
         provider = self.passthrough.provider
         if provider is not None:
             if provider not in self.providers:
@@ -575,6 +582,23 @@ class Settings(_Frozen):
                 raise _KeyError("passthrough.provider", f"provider {provider!r} must be of kind openai "
                                 "(pass-through relays OpenAI's API)")
         return self
+
+
+def params_refusal(params: Mapping[str, Any], provider: ProviderSettings) -> tuple[str, str] | None:
+    """The first of a version's (or judge's) `params` its provider cannot take: (name, why), else None.
+
+    Only a provider speaking Anthropic's Messages API refuses any: a param
+    whose value Anthropic has no counterpart for (`seed`, `n: 2`), or one
+    OpenAI's chat request does not know (`gateway.fields.anthropic_refusal`).
+    A param set to null removes the app's parameter and is always taken.
+    """
+    if provider.api != "messages":
+        return None
+    for name, value in params.items():
+        why = anthropic_refusal(name, value) if value is not None else None
+        if why is not None:
+            return name, f"{why} (the provider speaks Anthropic's Messages API)"
+    return None
 
 
 class _KeyError(ValueError):

@@ -14,11 +14,12 @@ canary starts a rollout.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from gateway import rollout
+from gateway.config import ProviderSettings, params_refusal
 from gateway.errors import ConfigError, Conflict, InvalidRequest, NotFound
 from gateway.models import Clock, Deployment, RolloutEvent, RolloutState, Version, WindowStats, utc_now
 from gateway.snapshot import Snapshot
@@ -42,7 +43,7 @@ class ControlPlane:
     """
 
     def __init__(
-        self, store: Store, snapshot: Snapshot, *, providers: Collection[str], clock: Clock = utc_now
+        self, store: Store, snapshot: Snapshot, *, providers: Mapping[str, ProviderSettings], clock: Clock = utc_now
     ) -> None:
         self._store = store
         self._snapshot = snapshot
@@ -64,11 +65,18 @@ class ControlPlane:
         """Store a new, immutable version of `deployment`, audited as `version_created`.
 
         Raises InvalidRequest (param `provider`) for a provider the gateway does
-        not have, NotFound for an unknown deployment, Conflict (param `name`)
-        when the name is taken.
+        not have, InvalidRequest (param `params.<name>`) for a param the
+        provider's wire format has no counterpart for (`config.params_refusal`),
+        NotFound for an unknown deployment, Conflict (param `name`) when the
+        name is taken.
         """
-        if version.provider not in self._providers:
+        provider = self._providers.get(version.provider)
+        if provider is None:
             raise InvalidRequest(f"unknown provider '{version.provider}'", param="provider")
+        refused = params_refusal(version.params, provider)
+        if refused is not None:
+            name, why = refused
+            raise InvalidRequest(f"version '{version.name}': params.{name}: {why}", param=f"params.{name}")
         await self._store.create_version(deployment=deployment, version=version, actor=actor)
         await self._snapshot.refresh_now()
         return version

@@ -12,6 +12,12 @@ System prompt modes:
 - `prepend`: one system message, the version's prompt followed by the app's;
 - `append`: one system message, the app's followed by the version's prompt.
 
+The combined system message is one string (the prompts joined by blank
+lines) unless one of the app's system messages came as content parts: then
+it is a list of parts, the version's prompt as a text part of its own and the
+app's parts as they came, so that what the parts carry (`cache_control`
+marks, which the Anthropic translation keeps) survives the injection.
+
 The result is `[system?] + few_shot + the app's other messages`.
 
 `build_messages_body` does the same for an Anthropic Messages request that
@@ -51,15 +57,15 @@ _TOKEN_LIMITS = {"max_tokens": "max_completion_tokens", "max_completion_tokens":
 
 def build_upstream_body(version: Version, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
     """A new body for the upstream; `body` is not modified."""
-    app_system: list[str] = []
+    app_system: list[Any] = []
     conversation: list[Any] = []
     for message in body["messages"]:
         if message.get("role") in _SYSTEM_ROLES:
-            app_system.append(content_text(message.get("content")))
+            app_system.append(message.get("content"))
         else:
             conversation.append(message)
 
-    system = _combine(version.system_prompt, [text for text in app_system if text], version.prompt_mode)
+    system = _combine(version.system_prompt, app_system, version.prompt_mode)
     messages: list[Any] = [{"role": "system", "content": system}] if system else []
     messages.extend({"role": shot["role"], "content": shot["content"]} for shot in version.few_shot)
     messages.extend(conversation)
@@ -147,11 +153,27 @@ def build_responses_body(version: Version, body: dict[str, Any], *, stream: bool
     return upstream
 
 
-def _combine(version_prompt: str, app_prompts: list[str], mode: str) -> str:
+def _combine(version_prompt: str, app_contents: list[Any], mode: str) -> str | list[Any]:
+    """The system message's content: a string, or a list of parts when the app sent parts (module docstring)."""
     if mode == "replace":
         return version_prompt
-    parts = [version_prompt, *app_prompts] if mode == "prepend" else [*app_prompts, version_prompt]
-    return "\n\n".join(part for part in parts if part)
+    if not any(isinstance(content, list) and content for content in app_contents):
+        texts = [content_text(content) for content in app_contents]
+        ordered = [version_prompt, *texts] if mode == "prepend" else [*texts, version_prompt]
+        return "\n\n".join(text for text in ordered if text)
+    app_parts = [part for content in app_contents for part in _parts(content)]
+    own = [{"type": "text", "text": version_prompt}] if version_prompt else []
+    return [*own, *app_parts] if mode == "prepend" else [*app_parts, *own]
+
+
+def _parts(content: object) -> list[Any]:
+    """A system message's content as parts; empty texts left out (no upstream takes an empty text block)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        return []
+    return [part for part in content
+            if not (isinstance(part, dict) and part.get("type") == "text" and part.get("text") == "")]
 
 
 

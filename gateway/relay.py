@@ -34,7 +34,15 @@ from typing import Any, Protocol
 
 import httpx
 
-from gateway.errors import GatewayError, NotFound, Overloaded, ShuttingDown, UpstreamBadResponse, UpstreamError
+from gateway.errors import (
+    ClientError,
+    GatewayError,
+    NotFound,
+    Overloaded,
+    ShuttingDown,
+    UpstreamBadResponse,
+    UpstreamError,
+)
 from gateway.evaluators import Sample, wants_json
 from gateway.inbound import InboundRequest
 from gateway.metrics import Metrics
@@ -142,7 +150,8 @@ class Relay:
         """Resolve the deployment, pick the version, build the upstream request (native or pivot). No I/O.
 
         Raises NotFound for an unknown deployment, InvalidRequest for a body
-        the chosen version's provider cannot be sent (naming the field),
+        the chosen version's provider cannot be sent (naming the field; the
+        call is recorded as that version's error, kind `untranslatable`),
         Overloaded at the concurrency limit.
         """
         deployment = self._snapshot.deployments.get(chat.model)
@@ -160,11 +169,16 @@ class Relay:
         if version is None or client is None:
             raise UpstreamBadResponse(f"deployment '{deployment.name}' has no usable version right now")
         provider = client.provider
-        prepared = upstream_body(chat.api, version, chat.body, stream=chat.stream, wire=provider.wire)
-        if prepared.native:
-            upstream = provider.build_native_request(prepared.body, stream=chat.stream)
-        else:
-            upstream = provider.build_request(prepared.body, stream=chat.stream)
+        try:
+            prepared = upstream_body(chat.api, version, chat.body, stream=chat.stream, wire=provider.wire)
+            if prepared.native:
+                upstream = provider.build_native_request(prepared.body, stream=chat.stream)
+            else:
+                upstream = provider.build_request(prepared.body, stream=chat.stream)
+        except ClientError as exc:
+            self._untranslatable(deployment, version, client, chat, request_id=request_id, received=received,
+                                 error=exc)
+            raise
         self.admit()
         call = Call(
             request_id=request_id,
@@ -186,6 +200,19 @@ class Relay:
         )
         self.track(call)
         return call
+
+    def _untranslatable(self, deployment: Deployment, version: Version, client: UpstreamClient,
+                        chat: InboundRequest, *, request_id: str, received: float, error: ClientError) -> None:
+        """Record a call the chosen version's provider cannot be sent (a field with no counterpart there).
+
+        It is what that version's users get, so it is the version's error
+        (kind `untranslatable`), though not the provider's.
+        """
+        self.admit()
+        call = Call(request_id=request_id, deployment=deployment, version=version, client=client, chat=chat,
+                    body=chat.body, upstream=_NOT_SENT, native=False, user_hash=self._hash_user(chat.user),
+                    received=received, deadline=0.0, first_byte_by=None, created_at=datetime.now(UTC))
+        self._finish(call, status="error", http_status=self._http_status(error), error_kind=UNTRANSLATABLE)
 
     def track(self, call: Endable) -> None:
         """Count `call` among those `end_calls` ends; `untrack` it when it is recorded."""
@@ -242,7 +269,8 @@ class Relay:
 
     @contextlib.asynccontextmanager
     async def _failures_recorded(self, call: Call) -> AsyncIterator[None]:
-        """A call that fails before any byte reached the client is recorded, then re-raised."""
+        """A call that fails before any byte reached the client is recorded, then re-raised.
+        """
         try:
             try:
                 yield
@@ -434,8 +462,12 @@ class Relay:
         return digest.hexdigest()[:32]
 
 
+# The request of a call refused before anything was sent.
+_NOT_SENT = UpstreamRequest(path="", headers={}, content=b"")
+# The error kind of a call the version's provider cannot take (a field its API has no counterpart for).
+UNTRANSLATABLE = "untranslatable"
 # Error kinds that say nothing about the provider: not counted as its errors.
-_NOT_THE_PROVIDERS = frozenset({"client_cancelled", ShuttingDown.kind})
+_NOT_THE_PROVIDERS = frozenset({"client_cancelled", ShuttingDown.kind, UNTRANSLATABLE})
 
 
 def shutdown_error() -> ShuttingDown:

@@ -14,9 +14,9 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
 )
 
+from gateway.fields import DEFAULT_MAX_TOKENS
 from gateway.models import Price, Usage
 from gateway.providers.anthropic import (
-    DEFAULT_MAX_TOKENS,
     AnthropicStreamTranslator,
     anthropic_usage,
     to_chat_completion,
@@ -50,7 +50,7 @@ def test_system_messages_become_the_system_field() -> None:
 def test_turns_are_merged_to_alternate_and_tools_translated() -> None:
     request = to_messages_request({
         "model": "claude-x", "max_tokens": 300, "temperature": 0.2, "top_p": 0.9, "stop": "END", "user": "u1",
-        "tools": TOOLS, "tool_choice": "required", "stream": True, "n": 1, "presence_penalty": 0.5,
+        "tools": TOOLS, "tool_choice": "required", "stream": True, "n": 1, "presence_penalty": 0,
         "messages": [
             {"role": "user", "content": "What's the weather?"},
             {"role": "user", "content": [{"type": "text", "text": "In Paris."},
@@ -90,7 +90,7 @@ def test_turns_are_merged_to_alternate_and_tools_translated() -> None:
      ({"type": "function", "function": {"name": "f"}}, {"type": "tool", "name": "f"})],
 )
 def test_tool_choice(choice: Any, expected: dict[str, Any]) -> None:
-    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": choice}
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": TOOLS, "tool_choice": choice}
     assert to_messages_request(body, stream=False)["tool_choice"] == expected
 
 
@@ -113,7 +113,7 @@ def test_answer_translation(reason: str, finish: str) -> None:
     assert choice["message"]["tool_calls"] == [{"id": "toolu_1", "type": "function", "function": {
         "name": "get_weather", "arguments": '{"city": "Paris"}'}}]
     assert completion["usage"] == {"prompt_tokens": 160, "completion_tokens": 4, "total_tokens": 164,
-                                   "prompt_tokens_details": {"cached_tokens": 100}}
+                                   "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 50}}
     assert usage == Usage(prompt_tokens=160, completion_tokens=4, cache_read_tokens=100, cache_write_tokens=50)
 
 

@@ -25,8 +25,8 @@ IO_LIBRARIES = frozenset({
 })
 WEB = frozenset({"fastapi", "starlette"})
 PURE = (
-    "analysis", "chat", "config", "durations", "errors", "evaluators", "families", "inbound", "limits", "models",
-    "pivot", "policy", "pricing", "prompts", "responses", "retry", "rollout", "routing", "translators",
+    "analysis", "chat", "config", "durations", "errors", "evaluators", "families", "fields", "inbound", "limits",
+    "models", "pivot", "policy", "pricing", "prompts", "responses", "retry", "rollout", "routing", "translators",
 )
 _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|.*\|\s*([^|]*?)\s*\|\s*$")
 

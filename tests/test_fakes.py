@@ -115,6 +115,12 @@ ANTHROPIC_REFUSALS = [
     ("thinking budget above max_tokens", create(max_tokens=2000, thinking={"type": "enabled",
                                                                             "budget_tokens": 3000}),
      "`max_tokens` must be greater than `thinking.budget_tokens`"),
+    ("temperature with thinking", create(max_tokens=2000, temperature=0.5, thinking={
+        "type": "enabled", "budget_tokens": 1024}), "`temperature` may only be set to 1 when thinking is enabled"),
+    ("top_k with thinking", create(top_k=5, thinking={"type": "adaptive"}), "`top_k` is not supported"),
+    ("low top_p with thinking", create(top_p=0.5, thinking={"type": "adaptive"}), "`top_p` must be greater"),
+    ("forced tool with thinking", create(max_tokens=2000, tools=[WEATHER], tool_choice={"type": "any"}, thinking={
+        "type": "enabled", "budget_tokens": 1024}), "Thinking may not be enabled when tool_choice forces tool use"),
     ("cache_control of another type", create(system=[{"type": "text", "text": "x", "cache_control": {
         "type": "persistent"}}]), "system.0.cache_control.type"),
     ("image media type", create(messages=[{"role": "user", "content": [{"type": "image", "source": {

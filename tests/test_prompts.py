@@ -105,18 +105,15 @@ def test_several_app_system_messages_merge_into_one(mode: str, expected: str) ->
     assert len(systems_of(result)) == 1
 
 
-@pytest.mark.parametrize(
-    ("mode", "expected"),
-    [("prepend", "VERSION PROMPT\n\npart one\npart two"), ("append", "part one\npart two\n\nVERSION PROMPT")],
-)
-def test_list_of_parts_system_content(mode: str, expected: str) -> None:
-    parts = [
-        {"type": "text", "text": "part one"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}},
-        {"type": "text", "text": "part two"},
-    ]
-    result = build_upstream_body(version(prompt_mode=mode), body(system(parts), user("hi")), stream=False)
-    assert result["messages"] == [system(expected), user("hi")]
+@pytest.mark.parametrize("mode", ["prepend", "append"])
+def test_list_of_parts_system_content_keeps_its_parts(mode: str) -> None:
+    marked = {"type": "text", "text": "part one", "cache_control": {"type": "ephemeral"}}
+    parts = [marked, {"type": "text", "text": ""}, {"type": "text", "text": "part two"}]
+    app = body(system(parts), {"role": "developer", "content": "APP DEV"}, user("hi"))
+    result = build_upstream_body(version(prompt_mode=mode), app, stream=False)
+    own = {"type": "text", "text": "VERSION PROMPT"}
+    app_parts = [marked, {"type": "text", "text": "part two"}, {"type": "text", "text": "APP DEV"}]
+    assert result["messages"] == [system([own, *app_parts] if mode == "prepend" else [*app_parts, own]), user("hi")]
 
 
 def test_list_of_parts_in_replace_mode_is_dropped() -> None:

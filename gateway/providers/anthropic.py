@@ -1,14 +1,22 @@
 """Anthropic Messages, translated both ways, so an OpenAI client can call a Claude version.
 
-Request: system messages → top-level `system`; user/assistant turns merged
-where Anthropic requires alternation; tool results → `tool_result` blocks;
-image parts → image blocks; function tools and `tool_choice` → Anthropic
-tools; `stop` → `stop_sequences`; `max_tokens` from the request, else the
-version's params, else DEFAULT_MAX_TOKENS (Anthropic requires one).
+Request: every field of OpenAI's chat request is mapped, accepted without
+effect, or refused with InvalidRequest naming it, as `gateway.fields` lists
+it (the README's field table is rendered from there): system messages →
+top-level `system` (blocks keeping `cache_control` when the app sent parts);
+user/assistant turns merged where Anthropic requires alternation; tool
+results → `tool_result` blocks; image and PDF parts → image and document
+blocks; function tools, `tool_choice` and `parallel_tool_calls` → Anthropic
+tools and `tool_choice`; `response_format` → structured output
+(`output_config.format`) or, for a JSON object, a forced tool; `stop` →
+`stop_sequences`; `reasoning_effort` → a thinking budget; `user` →
+`metadata.user_id`; `max_tokens` from the request, else the version's params,
+else DEFAULT_MAX_TOKENS (Anthropic requires one).
 Answer: every content block type and `stop_reason` as `gateway.providers.normalise`
 maps it (text → `content`, thinking → `reasoning_content`, tool_use →
-`tool_calls`, a refusal → `refusal` and `content_filter`; an unknown stop
-reason is never "stop"); usage (with cache tokens) → OpenAI usage.
+`tool_calls`, the forced JSON tool's input → `content` with "stop", a
+refusal → `refusal` and `content_filter`; an unknown stop reason is never
+"stop"); usage (with cache tokens) → OpenAI usage; `service_tier`.
 Stream: Anthropic's events → `chat.completion.chunk` events ending in
 `data: [DONE]`, the same mapping delta by delta (a tool without input gets
 arguments `"{}"`, as in the plain answer); an `error` event ends the stream
@@ -22,14 +30,22 @@ keeps every translation pair in one module with its tests beside it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.errors import UpstreamBadResponse, UpstreamOverloaded, UpstreamStatusError
-from gateway.inbound import content_text
+from gateway.errors import InvalidRequest, UpstreamBadResponse, UpstreamOverloaded, UpstreamStatusError
+from gateway.fields import (
+    DEFAULT_MAX_TOKENS,
+    JSON_OBJECT_TOOL,
+    REQUEST,
+    SERVICE_TIERS,
+    THINKING_BUDGETS,
+    anthropic_refusal,
+)
 from gateway.messages import error_event
 from gateway.models import Usage, WireApi
 from gateway.providers.base import (
@@ -51,9 +67,9 @@ from gateway.providers.normalise import (
     refusal_text,
 )
 
+log = logging.getLogger("gateway.providers")
+
 API_VERSION = "2023-06-01"
-# Anthropic requires max_tokens; used when neither the app nor the version sets one.
-DEFAULT_MAX_TOKENS = 4096
 # The HTTP status each of Anthropic's error types comes with (anthropic-sdk-python
 # types/shared/*_error.py and `_make_status_error`), for an error inside a 200 answer.
 ERROR_STATUSES = {
@@ -230,48 +246,276 @@ def _openai_type(anthropic_type: str | None) -> str | None:
 
 
 def to_messages_request(body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
-    """An OpenAI chat-completions body as an Anthropic Messages request."""
-    system_parts: list[str] = []
-    turns: list[dict[str, Any]] = []
-    for message in body["messages"]:
-        role = message.get("role")
-        if role in ("system", "developer"):
-            text = content_text(message.get("content"))
-            if text:
-                system_parts.append(text)
-            continue
-        if role in ("tool", "function"):
-            block = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id") or message.get("name")),
-                     "content": content_text(message.get("content"))}
-            _append(turns, "user", [block])
-        elif role == "assistant":
-            _append(turns, "assistant", _assistant_blocks(message))
-        else:
-            _append(turns, "user", _user_blocks(message.get("content")))
+    """An OpenAI chat-completions body as an Anthropic Messages request (`MessageCreateParams`).
 
+    Every field goes where `gateway.fields.REQUEST` and `MESSAGE_FIELDS` say:
+    mapped, accepted without effect, or refused. Raises InvalidRequest naming
+    the field (`param`, as `messages[2].content[1].image_url.detail`) for a
+    field or value Anthropic has no counterpart for, and for a field OpenAI
+    does not know either (code `unknown_parameter`).
+    """
+    for name, value in body.items():
+        why = anthropic_refusal(name, value)
+        if why is None:
+            continue
+        if name not in REQUEST:
+            raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name,
+                                 code="unknown_parameter")
+        raise InvalidRequest(f"'{name}': {why} (the version serving this call runs on Anthropic)", param=name,
+                             code="unsupported_value")
+    thinking = _thinking(body.get("reasoning_effort"))
+    system, turns = _conversation(body["messages"])
+    limit = body.get("max_completion_tokens")
+    if limit is None:
+        limit = body.get("max_tokens")
     request: dict[str, Any] = {
         "model": body["model"],
         "messages": turns,
-        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
+        "max_tokens": (DEFAULT_MAX_TOKENS if limit is None else limit) + _budget(thinking),
     }
-    if system_parts:
-        request["system"] = "\n\n".join(system_parts)
-    for name in ("temperature", "top_p", "top_k"):
-        if body.get(name) is not None:
-            request[name] = body[name]
+    if system:
+        request["system"] = system
+    if thinking is not None:
+        request["thinking"] = thinking
+    _sampling(body, request, thinking_on=_budget(thinking) > 0)
+    _tools(body, request, thinking_on=_budget(thinking) > 0)
     stop = body.get("stop")
     if stop:
         request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    if isinstance(body.get("tools"), list):
-        request["tools"] = [_tool(tool) for tool in body["tools"] if isinstance(tool, dict)]
-    choice = _tool_choice(body.get("tool_choice"))
-    if choice is not None:
-        request["tool_choice"] = choice
-    if isinstance(body.get("user"), str):
-        request["metadata"] = {"user_id": body["user"]}
+    user = _user_id(body)
+    if user is not None:
+        request["metadata"] = {"user_id": user}
+    if body.get("service_tier") is not None:
+        request["service_tier"] = SERVICE_TIERS[body["service_tier"]]
     if stream:
         request["stream"] = True
     return request
+
+
+def _thinking(effort: object) -> dict[str, Any] | None:
+    """Anthropic's `thinking` for OpenAI's `reasoning_effort` (budgets: `gateway.fields.THINKING_BUDGETS`)."""
+    if effort is None:
+        return None
+    if effort == "none":
+        return {"type": "disabled"}
+    return {"type": "enabled", "budget_tokens": THINKING_BUDGETS[str(effort)]}
+
+
+def _budget(thinking: Mapping[str, Any] | None) -> int:
+    budget = thinking.get("budget_tokens") if thinking is not None else None
+    return budget if isinstance(budget, int) else 0
+
+
+def _sampling(body: Mapping[str, Any], request: dict[str, Any], *, thinking_on: bool) -> None:
+    """temperature (capped at Anthropic's 1), top_p, top_k; none of them with thinking, which takes none."""
+    removed = []
+    for name in ("temperature", "top_p", "top_k"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if thinking_on:
+            removed.append(name)
+        elif name == "temperature" and isinstance(value, int | float) and value > 1:
+            request[name] = 1
+        else:
+            request[name] = value
+    if removed:
+        log.debug("removed %s: Anthropic takes no sampling parameters with thinking", ", ".join(removed))
+
+
+def _user_id(body: Mapping[str, Any]) -> str | None:
+    """`user`, else `safety_identifier`, else `metadata.user_id`: the order `gateway.inbound` reads them in."""
+    metadata = body.get("metadata")
+    for value in (body.get("user"), body.get("safety_identifier"),
+                  metadata.get("user_id") if isinstance(metadata, dict) else None):
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _tools(body: Mapping[str, Any], request: dict[str, Any], *, thinking_on: bool) -> None:
+    """tools, tool_choice, parallel_tool_calls, response_format and web_search_options, together.
+
+    They share Anthropic's `tools` and `tool_choice`: a JSON object answer is a
+    forced tool, and web search a server tool.
+    """
+    tools = _function_tools(body.get("tools"))
+    choice, allowed = _tool_choice(body.get("tool_choice"))
+    if allowed is not None:
+        tools = [tool for tool in tools if tool["name"] in allowed]
+    search = body.get("web_search_options")
+    if isinstance(search, dict):
+        tools.append(_web_search_tool(search))
+    if choice is not None and choice["type"] in ("any", "tool") and not tools:
+        raise InvalidRequest("'tool_choice' asks for a tool call, but the call offers no tools", param="tool_choice")
+
+    output_format, json_tool = _response_format(body.get("response_format"))
+    if output_format is not None:
+        request["output_config"] = {"format": output_format}
+    if json_tool and (choice is None or choice["type"] in ("auto", "none")):
+        if thinking_on:
+            raise InvalidRequest("'response_format': a JSON object answer comes from a forced tool on Anthropic, "
+                                 "which does not think when a tool is forced; drop 'reasoning_effort' or send a "
+                                 "json_schema", param="response_format")
+        forced = not tools or (choice is not None and choice["type"] == "none")
+        tools.append({"name": JSON_OBJECT_TOOL, "description": "Answer with a JSON object: the tool's input is the "
+                      "whole answer.", "input_schema": {"type": "object"}})
+        choice = {"type": "tool", "name": JSON_OBJECT_TOOL} if forced else {"type": "any"}
+
+    if not tools:
+        return
+    if choice is not None and choice["type"] in ("any", "tool") and thinking_on:
+        raise InvalidRequest("'tool_choice' forces a tool call, which Anthropic does not allow with thinking "
+                             "('reasoning_effort')", param="tool_choice")
+    if body.get("parallel_tool_calls") is False:
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":
+            choice = {**choice, "disable_parallel_tool_use": True}
+    request["tools"] = tools
+    if choice is not None:
+        request["tool_choice"] = choice
+
+
+def _function_tools(tools: object) -> list[dict[str, Any]]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array", param="tools")
+    converted = []
+    for index, tool in enumerate(tools):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict) or \
+                tool.get("type", "function") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise InvalidRequest(f"'{where}': only function tools can be translated to Anthropic, not {kind!r} "
+                                 "(Anthropic has no custom grammar tools)", param=where)
+        function = tool["function"]
+        if function.get("name") == JSON_OBJECT_TOOL:
+            raise InvalidRequest(f"'{where}.function.name': {JSON_OBJECT_TOOL} is the name the gateway gives "
+                                 "JSON object answers on Anthropic", param=f"{where}.function.name")
+        entry: dict[str, Any] = {
+            "name": function.get("name"),
+            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+        }
+        if function.get("description"):
+            entry["description"] = function["description"]
+        if isinstance(function.get("strict"), bool):
+            entry["strict"] = function["strict"]
+        converted.append(entry)
+    return converted
+
+
+def _tool_choice(choice: object) -> tuple[dict[str, Any] | None, set[str] | None]:
+    """Anthropic's tool_choice, and the names `allowed_tools` restricts the tools to (None: all)."""
+    if choice is None:
+        return None, None
+    simple = {"auto": "auto", "none": "none", "required": "any"}
+    if isinstance(choice, str) and choice in simple:
+        return {"type": simple[choice]}, None
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        return {"type": "tool", "name": choice["function"].get("name")}, None
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools" and \
+            isinstance(choice.get("allowed_tools"), dict):
+        allowed = choice["allowed_tools"]
+        names = {tool["function"].get("name") for tool in allowed.get("tools") or []
+                 if isinstance(tool, dict) and isinstance(tool.get("function"), dict)}
+        if allowed.get("mode") in simple:
+            return {"type": simple[allowed["mode"]]}, names
+    kind = choice.get("type") if isinstance(choice, dict) else choice
+    raise InvalidRequest(f"'tool_choice': {kind!r} cannot be translated to Anthropic (none, auto, required, a "
+                         "function or allowed_tools can)", param="tool_choice")
+
+
+def _response_format(response_format: object) -> tuple[dict[str, Any] | None, bool]:
+    """Anthropic's `output_config.format` for a JSON schema, or whether a JSON object tool is needed."""
+    if response_format is None:
+        return None, False
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None, False
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(schema, dict):
+            return {"type": "json_schema", "schema": schema}, False
+        return None, True
+    if kind == "json_object":
+        return None, True
+    raise InvalidRequest(f"'response_format': type {kind!r} is not one of text, json_schema, json_object",
+                         param="response_format")
+
+
+def _web_search_tool(options: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's `web_search_options` as Anthropic's web search server tool (`WebSearchTool20250305Param`)."""
+    tool: dict[str, Any] = {"type": "web_search_20250305", "name": "web_search"}
+    location = options.get("user_location")
+    approximate = location.get("approximate") if isinstance(location, dict) else None
+    if isinstance(approximate, dict):
+        tool["user_location"] = {"type": "approximate", **approximate}
+    return tool
+
+
+# The fields each role's message may have (openai-python `chat_completion_*_message_param.py`), with
+# `cache_control` as OpenAI-compatible gateways take it, and the answer fields an app sends back.
+_MESSAGE_KEYS = {
+    "system": frozenset({"role", "content", "name", "cache_control"}),
+    "developer": frozenset({"role", "content", "name", "cache_control"}),
+    "user": frozenset({"role", "content", "name", "cache_control"}),
+    "assistant": frozenset({"role", "content", "name", "cache_control", "refusal", "tool_calls", "function_call",
+                            "audio", "reasoning_content", "annotations"}),
+    "tool": frozenset({"role", "content", "tool_call_id", "cache_control"}),
+}
+# The keys of each content part type (`chat_completion_content_part_*_param.py`), cache marks included.
+_CACHE_MARKS = frozenset({"cache_control", "prompt_cache_breakpoint"})
+_PART_KEYS = {
+    "text": frozenset({"type", "text"}) | _CACHE_MARKS,
+    "image_url": frozenset({"type", "image_url"}) | _CACHE_MARKS,
+    "file": frozenset({"type", "file"}) | _CACHE_MARKS,
+    "refusal": frozenset({"type", "refusal"}),
+}
+
+
+def _conversation(messages: list[Any]) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """Anthropic's `system` and alternating `messages` for OpenAI's messages.
+
+    `system` is one string, the app's system texts joined by blank lines,
+    unless one of them came as parts or with a cache mark: then text blocks,
+    keeping each block's `cache_control`.
+    """
+    system: list[dict[str, Any]] = []
+    as_blocks = False
+    turns: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        role = message.get("role")
+        if role not in _MESSAGE_KEYS:
+            raise InvalidRequest(f"'{where}.role': {role!r} messages cannot be translated to Anthropic "
+                                 "(deprecated function calling: send tool messages)", param=f"{where}.role")
+        for key, value in message.items():
+            if key not in _MESSAGE_KEYS[role] and value is not None:
+                raise InvalidRequest(f"'{where}.{key}': not a field of a {role} message", param=f"{where}.{key}")
+        if role in ("system", "developer"):
+            content = message.get("content")
+            as_blocks = as_blocks or isinstance(content, list) or message.get("cache_control") is not None
+            system.extend(_marked(_text_blocks(content, where), message.get("cache_control")))
+        elif role == "tool":
+            _append(turns, "user", [_tool_result(message, where)])
+        elif role == "assistant":
+            _append(turns, "assistant", _marked(_assistant_blocks(message, where), message.get("cache_control")))
+        else:
+            _append(turns, "user", _marked(_user_blocks(message.get("content"), where), message.get("cache_control")))
+    if not system:
+        return None, turns
+    if as_blocks:
+        return system, turns
+    return "\n\n".join(block["text"] for block in system), turns
+
+
+def _marked(blocks: list[dict[str, Any]], cache_control: object) -> list[dict[str, Any]]:
+    """A message-level `cache_control` marks the message's last block."""
+    if cache_control is not None and blocks:
+        blocks[-1] = {**blocks[-1], "cache_control": cache_control}
+    return blocks
 
 
 def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
@@ -284,39 +528,123 @@ def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]
         turns.append({"role": role, "content": blocks})
 
 
-def _user_blocks(content: object) -> list[dict[str, Any]]:
+def _parts(content: object, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The content parts of a message with their param paths; unknown part fields refused."""
+    if not isinstance(content, list):
+        return []
+    parts = []
+    for index, part in enumerate(content):
+        path = f"{where}.content[{index}]"
+        if not isinstance(part, dict):
+            raise InvalidRequest(f"'{path}' must be an object", param=path)
+        kind = part.get("type")
+        if kind == "input_audio":
+            raise InvalidRequest(f"'{path}': input_audio parts cannot be translated to Anthropic, which takes no "
+                                 "audio", param=path)
+        keys = _PART_KEYS.get(kind) if isinstance(kind, str) else None
+        if keys is None:
+            raise InvalidRequest(f"'{path}.type': {kind!r} parts cannot be translated to Anthropic",
+                                 param=f"{path}.type")
+        for key, value in part.items():
+            if key not in keys and value is not None:
+                raise InvalidRequest(f"'{path}.{key}': not a field of a {kind} part", param=f"{path}.{key}")
+        parts.append((path, part))
+    return parts
+
+
+def _cache_mark(part: Mapping[str, Any]) -> dict[str, Any]:
+    """The block's `cache_control`: the app's own, or OpenAI's `prompt_cache_breakpoint` as a 1-hour mark."""
+    if part.get("cache_control") is not None:
+        return {"cache_control": part["cache_control"]}
+    if part.get("prompt_cache_breakpoint") is not None:
+        return {"cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    return {}
+
+
+def _text_blocks(content: object, where: str) -> list[dict[str, Any]]:
+    """Text blocks for a system, developer or tool message's content; other part types refused."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for part in content if isinstance(content, list) else []:
-        if not isinstance(part, dict):
-            continue
-        if part.get("type") == "text" and isinstance(part.get("text"), str):
-            blocks.append({"type": "text", "text": part["text"]})
-        elif part.get("type") == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if isinstance(url, str):
-                blocks.append({"type": "image", "source": _image_source(url)})
+    blocks = []
+    for path, part in _parts(content, where):
+        if part["type"] != "text":
+            raise InvalidRequest(f"'{path}': only text parts can be translated here", param=f"{path}.type")
+        if isinstance(part.get("text"), str) and part["text"]:
+            blocks.append({"type": "text", "text": part["text"], **_cache_mark(part)})
     return blocks
 
 
-def _image_source(url: str) -> dict[str, Any]:
+def _user_blocks(content: object, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for path, part in _parts(content, where):
+        kind = part["type"]
+        if kind == "text":
+            if isinstance(part.get("text"), str) and part["text"]:
+                blocks.append({"type": "text", "text": part["text"], **_cache_mark(part)})
+        elif kind == "image_url":
+            blocks.append({"type": "image", "source": _image_source(part.get("image_url"), path), **_cache_mark(part)})
+        elif kind == "file":
+            blocks.append({"type": "document", "source": _document_source(part.get("file"), path),
+                           **_cache_mark(part)})
+        else:
+            raise InvalidRequest(f"'{path}.type': {kind!r} parts cannot be translated in a user message",
+                                 param=f"{path}.type")
+    return blocks
+
+
+def _image_source(image: object, path: str) -> dict[str, Any]:
+    if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+        raise InvalidRequest(f"'{path}.image_url.url' must be a string", param=f"{path}.image_url.url")
+    if image.get("detail") not in (None, "auto", "high"):
+        raise InvalidRequest(f"'{path}.image_url.detail': {image['detail']!r} has no Anthropic counterpart "
+                             "(Anthropic reads images at full resolution: auto and high are taken)",
+                             param=f"{path}.image_url.detail")
+    url: str = image["url"]
     if url.startswith("data:") and ";base64," in url:
         media_type, data = url[5:].split(";base64,", 1)
         return {"type": "base64", "media_type": media_type, "data": data}
     return {"type": "url", "url": url}
 
 
-def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _document_source(file: object, path: str) -> dict[str, Any]:
+    """A PDF sent as `file_data` (a `data:application/pdf;base64,` URL, or bare base64 of a `.pdf` file)."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    name = file.get("filename") if isinstance(file, dict) else None
+    if isinstance(data, str):
+        if data.startswith("data:application/pdf;base64,"):
+            return {"type": "base64", "media_type": "application/pdf", "data": data.split(",", 1)[1]}
+        if not data.startswith("data:") and isinstance(name, str) and name.lower().endswith(".pdf"):
+            return {"type": "base64", "media_type": "application/pdf", "data": data}
+    raise InvalidRequest(f"'{path}.file': only a PDF's file_data can be translated to Anthropic (OpenAI file ids "
+                         "and other file types cannot)", param=f"{path}.file")
+
+
+def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    for key in ("function_call", "audio"):
+        if message.get(key) is not None:
+            raise InvalidRequest(f"'{where}.{key}' cannot be translated to Anthropic", param=f"{where}.{key}")
+    content = message.get("content")
     blocks: list[dict[str, Any]] = []
-    text = content_text(message.get("content"))
-    if text:
-        blocks.append({"type": "text", "text": text})
-    for call in message.get("tool_calls") or []:
-        if not isinstance(call, dict):
-            continue
-        function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
+    if isinstance(content, str):
+        blocks = [{"type": "text", "text": content}] if content else []
+    for path, part in _parts(content, where):
+        text = part.get("text") if part["type"] == "text" else part.get("refusal")
+        if part["type"] not in ("text", "refusal"):
+            raise InvalidRequest(f"'{path}.type': an assistant message takes text and refusal parts",
+                                 param=f"{path}.type")
+        if isinstance(text, str) and text:
+            blocks.append({"type": "text", "text": text, **_cache_mark(part)})
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        blocks.append({"type": "text", "text": refusal})
+    for index, call in enumerate(message.get("tool_calls") or []):
+        path = f"{where}.tool_calls[{index}]"
+        if not isinstance(call, dict) or call.get("type", "function") != "function" or \
+                not isinstance(call.get("function"), dict):
+            raise InvalidRequest(f"'{path}': only function tool calls can be translated to Anthropic", param=path)
+        function = call["function"]
         try:
             arguments = json.loads(function.get("arguments") or "{}")
         except (ValueError, TypeError, RecursionError):
@@ -326,28 +654,17 @@ def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
-    assert isinstance(function, Mapping)
-    converted: dict[str, Any] = {
-        "name": function.get("name"),
-        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if function.get("description"):
-        converted["description"] = function["description"]
-    return converted
-
-
-def _tool_choice(choice: object) -> dict[str, Any] | None:
-    if choice == "auto":
-        return {"type": "auto"}
-    if choice == "none":
-        return {"type": "none"}
-    if choice == "required":
-        return {"type": "any"}
-    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        return {"type": "tool", "name": choice["function"].get("name")}
-    return None
+def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
+    tool_call_id = message.get("tool_call_id")
+    if not isinstance(tool_call_id, str) or not tool_call_id:
+        raise InvalidRequest(f"'{where}.tool_call_id' is required", param=f"{where}.tool_call_id")
+    content = message.get("content")
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_call_id}
+    if isinstance(content, list):
+        block["content"] = _text_blocks(content, where)
+    else:
+        block["content"] = content if isinstance(content, str) else ""
+    return block
 
 
 def anthropic_usage(data: object) -> Usage:
@@ -380,8 +697,18 @@ def _openai_usage(usage: Usage) -> dict[str, Any] | None:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens,
+                                  "cache_write_tokens": usage.cache_write_tokens},
     }
+
+
+# Anthropic's `usage.service_tier` → OpenAI's answer `service_tier`.
+_SERVICE_TIERS_BACK = {"standard": "default", "priority": "priority"}
+
+
+def _service_tier(usage: object) -> str | None:
+    tier = usage.get("service_tier") if isinstance(usage, dict) else None
+    return _SERVICE_TIERS_BACK.get(tier) if isinstance(tier, str) else None
 
 
 def to_chat_completion(message: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
@@ -395,6 +722,7 @@ def to_chat_completion(message: Mapping[str, Any]) -> tuple[dict[str, Any], Usag
     texts: list[str] = []
     reasoning: list[str] = []
     tool_calls: list[dict[str, Any]] = []
+    json_answer = False
     for block in message["content"]:
         if not isinstance(block, dict):
             continue
@@ -404,9 +732,13 @@ def to_chat_completion(message: Mapping[str, Any]) -> tuple[dict[str, Any], Usag
         elif role == REASONING and isinstance(block.get("thinking"), str):
             reasoning.append(block["thinking"])
         elif role == TOOL_CALL:
-            arguments = block.get("input")
-            tool_calls.append({"id": block.get("id"), "type": "function", "function": {
-                "name": block.get("name"), "arguments": json.dumps(arguments if isinstance(arguments, dict) else {})}})
+            arguments = json.dumps(block["input"] if isinstance(block.get("input"), dict) else {})
+            if block.get("name") == JSON_OBJECT_TOOL:
+                texts.append(arguments)
+                json_answer = True
+            else:
+                tool_calls.append({"id": block.get("id"), "type": "function", "function": {
+                    "name": block.get("name"), "arguments": arguments}})
     usage = anthropic_usage(message.get("usage"))
     stop_reason = message.get("stop_reason")
     reply: dict[str, Any] = {
@@ -423,10 +755,21 @@ def to_chat_completion(message: Mapping[str, Any]) -> tuple[dict[str, Any], Usag
         "object": "chat.completion",
         "created": int(time.time()),
         "model": message.get("model"),
-        "choices": [{"index": 0, "message": reply, "finish_reason": finish_reason(stop_reason)}],
+        "choices": [{"index": 0, "message": reply,
+                     "finish_reason": _finish(stop_reason, json_answer=json_answer and not tool_calls)}],
         "usage": _openai_usage(usage),
     }
+    tier = _service_tier(message.get("usage"))
+    if tier is not None:
+        completion["service_tier"] = tier
     return completion, usage
+
+
+def _finish(stop_reason: object, *, json_answer: bool) -> str | None:
+    """`finish_reason`; the `tool_use` stop of an answer that is the forced JSON tool's input alone is "stop"."""
+    if stop_reason == "tool_use" and json_answer:
+        return "stop"
+    return finish_reason(stop_reason)
 
 
 class AnthropicStreamTranslator(StreamTranslator):
@@ -450,6 +793,9 @@ class AnthropicStreamTranslator(StreamTranslator):
         self._tools: dict[int, int] = {}
         # Tool calls (OpenAI index) whose arguments have not streamed a character yet.
         self._no_arguments: set[int] = set()
+        # Content block index of the forced JSON tool (`response_format`) → whether its input streamed yet.
+        self._json: dict[int, bool] = {}
+        self._service_tier: str | None = None
 
     def _event(self, event: bytes, terminator: bytes) -> bytes:
         payload = data_of(event)
@@ -467,12 +813,16 @@ class AnthropicStreamTranslator(StreamTranslator):
             self._id, self._model = str(message.get("id", "")), str(message.get("model", ""))
             self._input = message.get("usage") or {}
             self.usage = anthropic_usage(self._input)
+            self._service_tier = _service_tier(self._input)
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "content_block_start":
             return self._block_start(data)
         if kind == "content_block_delta":
             return self._delta(data)
         if kind == "content_block_stop":
+            if self._json.get(_int(data.get("index"))) is False:
+                self._json[_int(data.get("index"))] = True
+                return self._content("{}")
             index = self._tools.get(_int(data.get("index")))
             if index is not None and index in self._no_arguments:
                 self._no_arguments.discard(index)
@@ -487,7 +837,7 @@ class AnthropicStreamTranslator(StreamTranslator):
             reason = delta.get("stop_reason")
             refusal = refusal_text(reason, delta.get("stop_details"))
             closing = self._chunk({"refusal": refusal}) if refusal is not None else b""
-            return closing + self._chunk({}, finish=finish_reason(reason))
+            return closing + self._chunk({}, finish=_finish(reason, json_answer=bool(self._json) and not self._tools))
         if kind == "message_stop":
             self.done = True
             closing = b""
@@ -508,6 +858,10 @@ class AnthropicStreamTranslator(StreamTranslator):
     def _block_start(self, data: Mapping[str, Any]) -> bytes:
         block = data.get("content_block") or {}
         role = block_role(block.get("type"))
+        if role == TOOL_CALL and block.get("name") == JSON_OBJECT_TOOL:
+            given = block.get("input")
+            self._json[_int(data.get("index"))] = bool(given)
+            return self._content(json.dumps(given)) if isinstance(given, dict) and given else b""
         if role == TOOL_CALL:
             index = self._tools.setdefault(_int(data.get("index")), len(self._tools))
             given = block.get("input")
@@ -532,6 +886,12 @@ class AnthropicStreamTranslator(StreamTranslator):
         if role == REASONING and isinstance(delta.get("thinking"), str):
             self.started = True
             return self._chunk({"reasoning_content": delta["thinking"]})
+        if role == TOOL_CALL and _int(data.get("index")) in self._json:
+            partial = delta.get("partial_json")
+            if isinstance(partial, str) and partial:
+                self._json[_int(data.get("index"))] = True
+                return self._content(partial)
+            return b""
         if role == TOOL_CALL:
             index = self._tools.get(_int(data.get("index")))
             partial = delta.get("partial_json")
@@ -545,8 +905,11 @@ class AnthropicStreamTranslator(StreamTranslator):
         return self._chunk({"content": text})
 
     def _chunk(self, delta: dict[str, Any], *, finish: str | None = None) -> bytes:
-        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        chunk: dict[str, Any] = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                                 "model": self._model,
+                                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        if self._service_tier is not None:
+            chunk["service_tier"] = self._service_tier
         self._collect(chunk)
         return self._frame(chunk)
 

@@ -3,8 +3,8 @@
 Every `stop_reason` (anthropic-sdk-python `types/stop_reason.py`), content
 block type (`types/content_block.py`) and stream delta type
 (`types/raw_content_block_delta.py`) is listed here with what it becomes, on
-purpose; the translators read these tables, and so does the README's field
-table (`gateway.fields`), so the two cannot drift.
+purpose; the translators read these tables, and so does the README's table
+of them (`answer_table`), so the two cannot drift.
 
 A value these tables do not know is never taken for "all fine": an unknown
 `stop_reason` is relayed as the `finish_reason` as it is (never "stop") and

@@ -22,8 +22,11 @@ error shape `{"type": "error", "error": {"type", "message"}, "request_id"}`:
   `tool_result` in the next message and every `tool_result` naming a
   `tool_use` of the message before; `tool_choice` only with `tools`; tool
   names matching `^[a-zA-Z0-9_-]{1,128}$`; a thinking budget of at least 1024
-  and below `max_tokens`; `temperature` within [0, 1]. Consecutive turns of one
-  role are accepted: the API documents that it merges them.
+  and below `max_tokens`; with thinking on, no `temperature` but 1, no
+  `top_k`, a `top_p` of at least 0.95 and no forced tool (`tool_choice` any
+  or tool), as Anthropic's extended-thinking guide states; `temperature`
+  within [0, 1]. Consecutive turns of one role are accepted: the API
+  documents that it merges them.
 
 Answers use the shapes of `Message` and `RawMessageStreamEvent` (`message.py`,
 `raw_*_event.py`, `text_delta.py`, `input_json_delta.py`, `thinking_delta.py`,
@@ -181,6 +184,20 @@ def validate(body: Any, shape: Check = CREATE) -> None:
         if "max_tokens" in body and budget >= body["max_tokens"]:
             raise Refused(400, "invalid_request_error", "`max_tokens` must be greater than "
                                                         "`thinking.budget_tokens`")
+    if thinking.get("type") in ("enabled", "adaptive"):
+        _check_thinking_compatible(body)
+
+
+def _check_thinking_compatible(body: dict[str, Any]) -> None:
+    if body.get("temperature", 1) != 1:
+        raise Refused(400, "invalid_request_error", "`temperature` may only be set to 1 when thinking is enabled.")
+    if "top_k" in body:
+        raise Refused(400, "invalid_request_error", "`top_k` is not supported when thinking is enabled.")
+    if body.get("top_p", 1) < 0.95:
+        raise Refused(400, "invalid_request_error", "`top_p` must be greater than or equal to 0.95 when thinking "
+                                                    "is enabled.")
+    if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        raise Refused(400, "invalid_request_error", "Thinking may not be enabled when tool_choice forces tool use.")
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
