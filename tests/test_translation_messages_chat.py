@@ -8,6 +8,7 @@ so a translation cannot drift from either wire.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import anthropic.types
@@ -357,3 +358,10 @@ def test_crlf_and_keep_alive_comments() -> None:
     assert [event["type"] for event in got] == ["message_start", "content_block_start", "content_block_delta", "ping",
                                                 "content_block_stop", "message_delta", "message_stop"]
     assert got[-2]["delta"]["stop_reason"] == "max_tokens"
+
+
+def test_the_readme_lists_every_finish_reason_as_it_is_mapped() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Anthropic Messages"):]
+    for finish, reason in STOP_REASONS.items():
+        assert f"| `{finish}` | `{reason}`" in section, finish
