@@ -398,6 +398,25 @@ def test_the_responses_fake_refuses_what_the_api_refuses(oai: FakeUpstream, body
     assert message in error["message"] and error["code"] == code
 
 
+def test_the_responses_fake_takes_every_field_of_the_sdks_request_type(oai: FakeUpstream) -> None:
+    """One value per field of `ResponseCreateParams`: a field the fake does not know would be a 400."""
+    from openai.types.responses.response_create_params import ResponseCreateParamsStreaming
+
+    values: dict[str, Any] = {
+        "model": "m", "input": "Hi", "access_programs": {"cyber": "standard"}, "background": False,
+        "background_options": {"completion_window": "soonest"}, "context_management": None, "conversation": None,
+        "image": {"context_compression": "auto"}, "include": [], "instructions": "x", "max_output_tokens": 16,
+        "max_tool_calls": 1, "metadata": {}, "moderation": None, "parallel_tool_calls": True,
+        "previous_response_id": None, "prompt": None, "prompt_cache_key": "k", "prompt_cache_options": {},
+        "prompt_cache_retention": None, "reasoning": None, "safety_identifier": "s", "service_tier": "auto",
+        "store": False, "stream": False, "stream_options": None, "temperature": 1, "text": {}, "tool_choice": "auto",
+        "tools": [], "top_logprobs": 0, "top_p": 1, "truncation": "disabled", "user": "u"}
+    params = ResponseCreateParamsStreaming
+    assert set(values) == params.__required_keys__ | params.__optional_keys__
+    answer = httpx.post(f"{oai.url}/responses", json=values, timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
 def test_the_sdk_reads_a_responses_answer(oai: FakeUpstream, oai_sdk: openai.OpenAI) -> None:
     answer = oai_sdk.responses.create(
         model="m", instructions="Be brief.", tools=[RESPONSES_TOOL], store=False, safety_identifier="u-1",

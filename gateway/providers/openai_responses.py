@@ -109,13 +109,15 @@ class ResponsesStreamRelay(StreamTranslator):
     def __init__(self, *, collect: bool = False) -> None:
         super().__init__(collect=collect)
         self._chunks = ChatChunks() if collect else None
-        self._sequence = -1
+        # Events relayed so far: OpenAI numbers them from 0, so the next `sequence_number` is this count.
+        self._relayed = 0
 
     def _event(self, event: bytes, terminator: bytes) -> bytes:
         payload = data_of(event)
         if payload is None:
             return event
         self.started = True
+        self._relayed += 1
         found = _TYPE.search(payload)
         kind = found.group(1).decode() if found else None
         if kind in _TERMINAL or self._chunks is not None or found is None:
@@ -126,9 +128,6 @@ class ResponsesStreamRelay(StreamTranslator):
 
     def _read(self, data: Mapping[str, Any]) -> None:
         kind = data.get("type")
-        sequence = data.get("sequence_number")
-        if isinstance(sequence, int):
-            self._sequence = sequence
         if kind in _TERMINAL:
             self.done = True
             response = data.get("response")
@@ -142,9 +141,9 @@ class ResponsesStreamRelay(StreamTranslator):
 
     def error_event(self, message: str, code: str) -> bytes:
         """A Responses `error` event (`ResponseErrorEvent`), numbered after the last event relayed."""
-        self._sequence += 1
         payload = {"type": "error", "code": code, "message": message, "param": None,
-                   "sequence_number": self._sequence}
+                   "sequence_number": self._relayed}
+        self._relayed += 1
         return b"event: error\ndata: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 

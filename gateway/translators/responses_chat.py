@@ -70,16 +70,16 @@ FIELDS: dict[str, tuple[str, str]] = {
                           "does not exist on the pivot, so none comes back"),
     "background": (REFUSED, "`true` refused (nothing runs in the background); `false` accepted"),
     "truncation": (REFUSED, "`auto` refused (the upstream does not drop input items for you); `disabled` accepted"),
-    "previous_response_id": (REFUSED, "refused: the gateway stores no responses; send the conversation in `input`"),
-    "conversation": (REFUSED, "refused: conversations live in OpenAI's storage"),
-    "prompt": (REFUSED, "refused: prompt templates live in OpenAI's storage"),
-    "context_management": (REFUSED, "refused: server-side compaction"),
-    "max_tool_calls": (REFUSED, "refused: a limit on built-in tool calls, which the pivot has none of"),
-    "moderation": (REFUSED, "refused: OpenAI-run moderation"),
-    "top_logprobs": (REFUSED, "refused: log probabilities are not translated"),
-    "background_options": (REFUSED, "refused: background execution"),
-    "access_programs": (REFUSED, "refused: OpenAI access programs"),
-    "image": (REFUSED, "refused: OpenAI's image context options"),
+    "previous_response_id": (REFUSED, "the gateway stores no responses; send the conversation in `input`"),
+    "conversation": (REFUSED, "conversations live in OpenAI's storage"),
+    "prompt": (REFUSED, "prompt templates live in OpenAI's storage"),
+    "context_management": (REFUSED, "server-side compaction"),
+    "max_tool_calls": (REFUSED, "a limit on built-in tool calls, which the pivot has none of"),
+    "moderation": (REFUSED, "OpenAI-run moderation"),
+    "top_logprobs": (REFUSED, "log probabilities are not translated"),
+    "background_options": (REFUSED, "background execution"),
+    "access_programs": (REFUSED, "OpenAI access programs"),
+    "image": (REFUSED, "OpenAI's image context options"),
 }
 # Fields copied to the chat body under the same name.
 _SAME_NAME = ("temperature", "top_p", "user", "safety_identifier", "metadata", "prompt_cache_key",
@@ -88,6 +88,14 @@ _SAME_NAME = ("temperature", "top_p", "user", "safety_identifier", "metadata", "
 _REFUSED_ALWAYS = ("previous_response_id", "conversation", "prompt", "context_management", "max_tool_calls",
                    "moderation", "top_logprobs", "background_options", "access_programs", "image")
 _NOT_TRANSLATED = "cannot be translated for this deployment's version, whose provider does not speak the Responses API"
+
+
+def field_table() -> str:
+    """The README's table of what each Responses request field becomes on the chat pivot, rendered from FIELDS."""
+    rows = ["| field | on the chat pivot | |", "|---|---|---|"]
+    for treatment in (MAPPED, ACCEPTED, REFUSED):
+        rows += [f"| `{name}` | {kind} | {text} |" for name, (kind, text) in FIELDS.items() if kind == treatment]
+    return "\n".join(rows) + "\n"
 
 
 def _refuse(param: str, why: str) -> InvalidRequest:
@@ -105,7 +113,7 @@ def to_chat_request(body: Mapping[str, Any]) -> Body:
         if value is None:
             continue
         if name in _REFUSED_ALWAYS:
-            raise _refuse(name, FIELDS[name][1].removeprefix("refused: "))
+            raise _refuse(name, FIELDS[name][1])
     if body.get("background"):
         raise _refuse("background", "nothing runs in the background")
     if body.get("truncation") not in (None, "disabled"):
@@ -408,9 +416,10 @@ def responses_usage(usage: object) -> Body | None:
     prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
-    cached = _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
+    cached, written = _count(prompt_details.get("cached_tokens")), _count(prompt_details.get("cache_write_tokens"))
     reasoning = _count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": prompt + completion}
 
@@ -615,33 +624,36 @@ class ResponsesEvents:
                 "item_id": item.id, "output_index": item.index, "delta": arguments}))
         return b"".join(out)
 
-    def _done_items(self, status: str) -> tuple[bytes, list[Body]]:
+    def _done_items(self, status: str, *, announce: bool = True) -> tuple[bytes, list[Body]]:
+        """Every item as it ends (for the final response), and with `announce` the events that end each one."""
         out: list[bytes] = []
         output: list[Body] = []
+
+        def event(kind: str, data: Body) -> None:
+            if announce:
+                out.append(self._event(kind, data))
+
         for item in self._items:
             where = {"item_id": item.id, "output_index": item.index}
             if item.kind == "function_call":
                 done = _function_item(item.call_id, item.name, item.text, status)
-                out.append(self._event("response.function_call_arguments.done", {
-                    **where, "name": item.name, "arguments": item.text}))
+                event("response.function_call_arguments.done", {**where, "name": item.name, "arguments": item.text})
             elif item.kind == "reasoning":
                 part = {"type": "reasoning_text", "text": item.text}
                 done = {"id": item.id, "type": "reasoning", "summary": [], "content": [part]}
-                out.append(self._event("response.reasoning_text.done", {**where, "content_index": 0,
-                                                                        "text": item.text}))
-                out.append(self._event("response.content_part.done", {**where, "content_index": 0, "part": part}))
+                event("response.reasoning_text.done", {**where, "content_index": 0, "text": item.text})
+                event("response.content_part.done", {**where, "content_index": 0, "part": part})
             else:
                 if item.kind == "refusal":
                     part = _refusal_part(item.text)
-                    out.append(self._event("response.refusal.done", {**where, "content_index": 0,
-                                                                     "refusal": item.text}))
+                    event("response.refusal.done", {**where, "content_index": 0, "refusal": item.text})
                 else:
                     part = _text_part(item.text)
-                    out.append(self._event("response.output_text.done", {**where, "content_index": 0,
-                                                                         "text": item.text, "logprobs": []}))
-                out.append(self._event("response.content_part.done", {**where, "content_index": 0, "part": part}))
+                    event("response.output_text.done", {**where, "content_index": 0, "text": item.text,
+                                                        "logprobs": []})
+                event("response.content_part.done", {**where, "content_index": 0, "part": part})
                 done = _message_item(item.id, [part], status)
-            out.append(self._event("response.output_item.done", {"output_index": item.index, "item": done}))
+            event("response.output_item.done", {"output_index": item.index, "item": done})
             output.append(done)
         return b"".join(out), output
 
@@ -657,7 +669,7 @@ class ResponsesEvents:
     def _fail(self, message: str, code: str) -> bytes:
         self._ended = True
         start = self._start({}) if not self._started else b""
-        _, output = self._done_items("incomplete")
+        _, output = self._done_items("incomplete", announce=False)
         error = self._event("error", {"code": code, "message": message, "param": None})
         final = self._response("failed", output, self._usage, error={"code": "server_error", "message": message})
         return start + error + self._event("response.failed", {"response": final})

@@ -229,6 +229,10 @@ INCLUDABLE = literal("file_search_call.results", "web_search_call.results", "web
                      "message.input_image.image_url", "computer_call_output.output.image_url",
                      "code_interpreter_call.outputs", "reasoning.encrypted_content", "message.output_text.logprobs")
 RESPONSES = obj({"model": string()}, {
+    "access_programs": obj(None, {"cyber": literal("standard", "daybreak_blue", "daybreak_red")}),
+    "background_options": obj(None, {"completion_window": literal("soonest", "2h", "8h"),
+                                     "continuation_id": string()}),
+    "image": obj(None, {"context_compression": literal("auto", "enabled", "disabled")}),
     "background": nullable(boolean), "context_management": nullable(array(mapping())),
     "conversation": nullable(either(string(), obj({"id": string()}))), "include": nullable(array(INCLUDABLE)),
     "input": either(string(), array(INPUT_ITEM)), "instructions": nullable(string()),
