@@ -17,6 +17,9 @@ What it does, per upstream model (`simulation.models`, `SimulatedModel`):
   `src/openai/types/chat/completion_create_params.py`, `anthropic-sdk-python`
   `src/anthropic/types/message_create_params.py`); nothing those types allow
   is refused;
+- answers Anthropic's `POST /v1/messages/count_tokens` (`api: messages`)
+  with the prompt tokens it would bill, validated like the real endpoint
+  (`message_count_tokens_params.py`: no sampling fields, no `max_tokens`);
 - fails a share of calls (`error_rate`) with the API's HTTP 500 body;
 - waits a log-normal time to the first token (median `latency_ms`, sigma
   `latency_spread`), then `completion_tokens` / `tokens_per_second`; streams
@@ -75,6 +78,11 @@ MESSAGES_FIELDS = frozenset({
     "temperature", "top_p", "top_k",
 })
 MESSAGES_ROLES = ("user", "assistant")
+# MessageCountTokensParams: the request fields that describe the input, and nothing about generating.
+COUNT_TOKENS_FIELDS = frozenset({
+    "model", "messages", "cache_control", "context_management", "mcp_servers", "output_config", "system",
+    "thinking", "tool_choice", "tools",
+})
 
 # The wording of a simulated answer gives its quality away to the simulated judge, as the
 # quality of a real answer shows in what it says. Highest first.
@@ -115,6 +123,8 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         api = self._settings.api
+        if api == "messages" and request.method == "POST" and request.url.path.endswith("/v1/messages/count_tokens"):
+            return self._count_tokens(request)
         try:
             body = self._validated(request)
             profile = self._settings.models.get(body["model"], self._default)
@@ -134,6 +144,24 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
         payload = _chat_completion(body, answer, self._clock()) if api == "chat_completions" else _message(body,
                                                                                                        answer)
         return _json_response(200, payload)
+
+    def _count_tokens(self, request: httpx.Request) -> httpx.Response:
+        try:
+            body = json.loads(request.content)
+        except (ValueError, RecursionError):
+            body = None
+        try:
+            if not isinstance(body, dict):
+                raise _ApiError(400, "invalid_request_error", "The request body must be a JSON object.")
+            if not request.headers.get("anthropic-version"):
+                raise _ApiError(400, "invalid_request_error", "anthropic-version: header is required")
+            unknown = sorted(set(body) - COUNT_TOKENS_FIELDS)
+            if unknown:
+                raise _ApiError(400, "invalid_request_error", f"{unknown[0]}: Extra inputs are not permitted")
+            check_messages_request({**body, "max_tokens": 1})
+        except _ApiError as error:
+            return _error_response("messages", error)
+        return _json_response(200, {"input_tokens": _prompt_tokens(body, "messages")})
 
     def _validated(self, request: httpx.Request) -> dict[str, Any]:
         api = self._settings.api

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import jsonschema
 import openai
@@ -76,6 +77,25 @@ def test_the_openai_sdk_gets_plain_and_streamed_answers_recorded_with_usage_and_
     records = gateway.records(2)
     assert [(r["status"], r["stream"]) for r in records] == [("ok", False), ("ok", True)]
     assert all(r["completion_tokens"] and r["prompt_tokens"] and r["cost_usd"] for r in records)
+
+
+def test_the_anthropic_sdk_and_count_tokens_on_a_simulated_messages_provider(start: Any) -> None:
+    gateway = start("messages", {"sim-good": FAST})
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0, timeout=20)
+    try:
+        message = client.messages.create(model="support-bot", max_tokens=300, messages=QUESTION,
+                                         metadata={"user_id": "u1"})
+        short = client.messages.count_tokens(model="support-bot", messages=QUESTION)
+        longer = client.messages.count_tokens(model="support-bot", messages=[
+            {"role": "user", "content": "How do I reset my password? " * 20}])
+    finally:
+        client.close()
+    assert message.content[0].type == "text" and message.content[0].text.startswith("Here is")
+    assert 0 < short.input_tokens < longer.input_tokens
+    with gateway.client() as http:  # what the count endpoint refuses, as Anthropic's does
+        answer = http.post("/v1/messages/count_tokens", json={"model": "support-bot", "messages": QUESTION,
+                                                              "temperature": 0.5})
+    assert answer.status_code == 400 and "temperature" in answer.json()["error"]["message"]
 
 
 def test_an_error_rate_of_one_fails_every_call_as_an_upstream_error(start: Any) -> None:
