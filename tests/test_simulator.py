@@ -81,11 +81,12 @@ def test_the_openai_sdk_gets_plain_and_streamed_answers_recorded_with_usage_and_
 
 def test_the_anthropic_sdk_and_count_tokens_on_a_simulated_messages_provider(start: Any) -> None:
     gateway = start("messages", {"sim-good": FAST})
+    ask: list[anthropic.types.MessageParam] = [{"role": "user", "content": "How do I reset my password?"}]
     client = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0, timeout=20)
     try:
-        message = client.messages.create(model="support-bot", max_tokens=300, messages=QUESTION,
+        message = client.messages.create(model="support-bot", max_tokens=300, messages=ask,
                                          metadata={"user_id": "u1"})
-        short = client.messages.count_tokens(model="support-bot", messages=QUESTION)
+        short = client.messages.count_tokens(model="support-bot", messages=ask)
         longer = client.messages.count_tokens(model="support-bot", messages=[
             {"role": "user", "content": "How do I reset my password? " * 20}])
     finally:
