@@ -79,8 +79,7 @@ def test_ai_sdk_stream_text(responses_mixed: Gateway, fake: FakeUpstream, claude
     expect_version(fake, claude, user)
 
 
-@pytest.mark.parametrize("user", [STABLE_USER, pytest.param(CANARY_USER, marks=pytest.mark.xfail(
-    strict=True, reason="chat's response_format is not translated to Anthropic yet"))], ids=["stable", "canary"])
+@USERS
 def test_ai_sdk_generate_object(responses_mixed: Gateway, fake: FakeUpstream, claude: FakeAnthropic, user: str,
                                 stable_api: str) -> None:
     assert run_node("ai-generate-object", responses_mixed, user)["object"] == {"city": "Paris", "days": 1}
