@@ -39,6 +39,7 @@ from gateway.errors import ConfigError
 from gateway.fields import anthropic_refusal
 from gateway.models import Deployment, RolloutState, Version, WireApi
 from gateway.policy import RolloutPolicy
+from gateway.translators.chat_responses import responses_refusal
 
 __all__ = ["Duration", "DurationOrZero", "RolloutPolicy", "Settings", "load_settings", "parse_duration",
            "settings_from_dict"]
@@ -587,17 +588,27 @@ class Settings(_Frozen):
 def params_refusal(params: Mapping[str, Any], provider: ProviderSettings) -> tuple[str, str] | None:
     """The first of a version's (or judge's) `params` its provider cannot take: (name, why), else None.
 
-    Only a provider speaking Anthropic's Messages API refuses any: a param
-    whose value Anthropic has no counterpart for (`seed`, `n: 2`), or one
-    OpenAI's chat request does not know (`gateway.fields.anthropic_refusal`).
-    A param set to null removes the app's parameter and is always taken.
+    A provider speaking Anthropic's Messages API refuses a param whose value
+    Anthropic has no counterpart for (`seed`, `n: 2`), or one OpenAI's chat
+    request does not know (`gateway.fields.anthropic_refusal`); one speaking
+    OpenAI's Responses API refuses the chat params it has no field for
+    (`stop`, `seed`, `n: 2`, the penalties, ...) or does not know
+    (`gateway.translators.chat_responses.responses_refusal`). A param set to
+    null removes the app's parameter and is always taken.
     """
-    if provider.api != "messages":
+    if provider.api == "chat_completions":
         return None
     for name, value in params.items():
-        why = anthropic_refusal(name, value) if value is not None else None
-        if why is not None:
-            return name, f"{why} (the provider speaks Anthropic's Messages API)"
+        if value is None:
+            continue
+        if provider.api == "messages":
+            why = anthropic_refusal(name, value)
+            if why is not None:
+                return name, f"{why} (the provider speaks Anthropic's Messages API)"
+        else:
+            why = responses_refusal(name, value)
+            if why is not None:
+                return name, f"{why} (the provider speaks OpenAI's Responses API)"
     return None
 
 

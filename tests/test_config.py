@@ -670,3 +670,24 @@ def test_an_api_the_providers_kind_does_not_speak_stops_the_start(provider: dict
     data = minimal()
     data["providers"]["p"] = provider
     assert expected in config_error(data)
+
+
+@pytest.mark.parametrize(("params", "param"), [({"stop": ["\n"]}, "stop"), ({"seed": 7}, "seed"), ({"n": 2}, "n"),
+                                               ({"max_output_tokens": 50}, "max_output_tokens")])
+def test_a_version_on_the_responses_api_with_params_it_has_no_field_for_does_not_load(
+        params: dict[str, Any], param: str) -> None:
+    data = minimal()
+    data["providers"]["openai"]["api"] = "responses"
+    data["deployments"]["support-bot"]["versions"]["v2"]["params"] = params
+    message = config_error(data)
+    assert message.startswith(f"deployments.support-bot.versions.v2.params.{param}: ")
+    assert "(the provider speaks OpenAI's Responses API)" in message
+
+
+def test_a_version_on_the_responses_api_takes_chat_params_it_can_map_and_neutral_values() -> None:
+    data = minimal()
+    data["providers"]["openai"]["api"] = "responses"
+    params = {"max_tokens": 100, "temperature": 0.2, "response_format": {"type": "json_object"}, "n": 1,
+              "presence_penalty": 0, "stop": None}
+    data["deployments"]["support-bot"]["versions"]["v2"]["params"] = params
+    assert settings_from_dict(data).deployments["support-bot"].versions["v2"].params == params

@@ -54,7 +54,8 @@ def test_a_chat_request_becomes_a_valid_responses_request() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [("stop", ["\n"]), ("seed", 7), ("n", 2), ("presence_penalty", 0.5),
-                                              ("logit_bias", {"1": 2}), ("web_search_options", {})])
+                                              ("logit_bias", {"1": 2}),
+                                              ("web_search_options", {"search_context_size": "low"})])
 def test_chat_fields_without_a_responses_counterpart_are_refused_by_name(field: str, value: object) -> None:
     with pytest.raises(InvalidRequest) as refused:
         to_responses_request({"model": "m", "messages": [{"role": "user", "content": "Hi"}], field: value})
@@ -89,7 +90,7 @@ def test_the_provider_reads_usage_and_answer_of_a_native_answer_and_keeps_its_by
     assert native.choices is not None and native.choices[0]["message"]["content"] == "answer to [Sys]"
 
 
-def events(body: dict[str, Any], *, cut: int | None = None) -> bytes:
+def events(body: dict[str, Any], *, cut: int | None = None, separators: tuple[str, str] = (", ", ": ")) -> bytes:
     """The Responses event stream the OpenAI fake would send for `body` (the same events, in SSE)."""
     final = answer(body)
     item: dict[str, Any] = final["output"][0]
@@ -104,18 +105,23 @@ def events(body: dict[str, Any], *, cut: int | None = None) -> bytes:
     ]
     if cut is not None:
         sequence = sequence[:cut]
-    return b"".join(f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': n})}\n\n".encode()
+    return b"".join(f"event: {e['type']}\n"
+                    f"data: {json.dumps({**e, 'sequence_number': n}, separators=separators)}\n\n".encode()
                     for n, e in enumerate(sequence))
 
 
-def test_the_native_relay_passes_events_unchanged_and_reads_usage_and_the_answer() -> None:
-    stream = events({"model": "m", "instructions": "Sys"})
-    relay = ResponsesStreamRelay(collect=True)
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
+@pytest.mark.parametrize("collect", [True, False])
+def test_the_native_relay_passes_events_unchanged_and_reads_usage_and_the_answer(
+        separators: tuple[str, str], collect: bool) -> None:
+    stream = events({"model": "m", "instructions": "Sys"}, separators=separators)
+    relay = ResponsesStreamRelay(collect=collect)
     out = b"".join(relay.feed(stream[at:at + 10]) for at in range(0, len(stream), 10)) + relay.finish()
     assert out == stream
     assert (relay.usage.prompt_tokens, relay.usage.completion_tokens) == (11, 7)
-    assert relay.error_kind is None and relay.choices is not None
-    assert relay.choices[0]["message"]["content"] == "answer to [Sys]"
+    assert relay.error_kind is None and relay.done
+    if collect:
+        assert relay.choices is not None and relay.choices[0]["message"]["content"] == "answer to [Sys]"
 
 
 def test_a_native_stream_cut_short_ends_with_a_responses_error_event() -> None:

@@ -17,7 +17,6 @@ asked for it (`stream_options.include_usage`).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,8 +28,8 @@ from gateway.translators.chat_responses import ChatChunks, to_chat_completion, t
 
 # Responses stream events after which nothing more comes.
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
-# The event type as OpenAI writes it first in each event's data (read without parsing the JSON).
-_TYPE = re.compile(rb'"type"\s*:\s*"([a-z_.]+)"')
+# How OpenAI starts each event's data: its type first, read without parsing the JSON.
+_TYPE_FIRST, _TYPE_FIRST_SPACED = b'{"type":"', b'{"type": "'
 
 
 class OpenAIResponsesProvider(OpenAIProvider):
@@ -95,6 +94,18 @@ def responses_usage(data: object) -> Usage:
     return usage
 
 
+def _leading_type(payload: bytes) -> str | None:
+    """The event's type when its data starts with it (as OpenAI writes them); None: the JSON must be read."""
+    if payload.startswith(_TYPE_FIRST):
+        start = len(_TYPE_FIRST)
+    elif payload.startswith(_TYPE_FIRST_SPACED):
+        start = len(_TYPE_FIRST_SPACED)
+    else:
+        return None
+    end = payload.find(b'"', start)
+    return payload[start:end].decode("ascii", "replace") if end > 0 else None
+
+
 def _decoded(payload: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(payload)
@@ -118,9 +129,8 @@ class ResponsesStreamRelay(StreamTranslator):
             return event
         self.started = True
         self._relayed += 1
-        found = _TYPE.search(payload)
-        kind = found.group(1).decode() if found else None
-        if kind in _TERMINAL or self._chunks is not None or found is None:
+        kind = _leading_type(payload)
+        if kind is None or kind in _TERMINAL or self._chunks is not None:
             data = _decoded(payload)
             if data is not None:
                 self._read(data)

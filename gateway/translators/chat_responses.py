@@ -45,15 +45,31 @@ def _refuse(param: str, why: str) -> InvalidRequest:
                           f"Responses API: {why}", param=param, code="unsupported_parameter")
 
 
+def responses_refusal(name: str, value: object) -> str | None:
+    """Why a chat-completions field with this value cannot reach the Responses API; None when it can.
+
+    A field with no Responses counterpart is taken only at a value that
+    changes nothing (null, false, 0, empty; `n: 1`); a field chat completions
+    does not know is refused as OpenAI refuses it.
+    """
+    if name not in _KNOWN:
+        return "not a field of OpenAI's chat request"
+    if name == "n" and value not in (None, 1):
+        return "the Responses API answers with one choice"
+    neutral = value is None or value is False or value == 0 or value == [] or value == {}
+    if name in _NO_COUNTERPART and not neutral:
+        return "the Responses API has no such parameter"
+    return None
+
+
 def to_responses_request(body: Mapping[str, Any]) -> Body:
     """A chat-completions body as a Responses request; InvalidRequest names the first field it cannot carry."""
     for name, value in body.items():
-        if name not in _KNOWN:
+        why = responses_refusal(name, value)
+        if why is not None and name not in _KNOWN:
             raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
-        if name in _NO_COUNTERPART and value is not None and value is not False:
-            raise _refuse(name, "the Responses API has no such parameter")
-    if body.get("n") not in (None, 1):
-        raise _refuse("n", "the Responses API answers with one choice")
+        if why is not None:
+            raise _refuse(name, why)
 
     request: Body = {"model": body["model"], "input": _input(body["messages"]), "store": False}
     for name in _SAME_NAME:
