@@ -16,7 +16,9 @@ The combined system message is one string (the prompts joined by blank
 lines) unless one of the app's system messages came as content parts: then
 it is a list of parts, the version's prompt as a text part of its own and the
 app's parts as they came, so that what the parts carry (`cache_control`
-marks, which the Anthropic translation keeps) survives the injection.
+marks, which the Anthropic translation keeps) survives the injection. A
+system message's own `cache_control` moves onto its last part for the same
+reason.
 
 The result is `[system?] + few_shot + the app's other messages`.
 
@@ -61,7 +63,7 @@ def build_upstream_body(version: Version, body: dict[str, Any], *, stream: bool)
     conversation: list[Any] = []
     for message in body["messages"]:
         if message.get("role") in _SYSTEM_ROLES:
-            app_system.append(message.get("content"))
+            app_system.append(_system_content(message))
         else:
             conversation.append(message)
 
@@ -164,6 +166,19 @@ def _combine(version_prompt: str, app_contents: list[Any], mode: str) -> str | l
     app_parts = [part for content in app_contents for part in _parts(content)]
     own = [{"type": "text", "text": version_prompt}] if version_prompt else []
     return [*own, *app_parts] if mode == "prepend" else [*app_parts, *own]
+
+
+def _system_content(message: dict[str, Any]) -> Any:
+    """An app system message's content; a `cache_control` of the message moves onto its last part, so the
+    merge into one system message keeps it."""
+    content = message.get("content")
+    mark = message.get("cache_control")
+    if mark is None:
+        return content
+    parts = _parts(content)
+    if parts and isinstance(parts[-1], dict):
+        parts[-1] = {**parts[-1], "cache_control": mark}
+    return parts
 
 
 def _parts(content: object) -> list[Any]:

@@ -170,6 +170,8 @@ class Relay:
             raise UpstreamBadResponse(f"deployment '{deployment.name}' has no usable version right now")
         provider = client.provider
         try:
+            if chat.api == "chat" and provider.wire != "chat_completions":
+                provider.check_chat_messages(chat.body["messages"])
             prepared = upstream_body(chat.api, version, chat.body, stream=chat.stream, wire=provider.wire)
             if prepared.native:
                 upstream = provider.build_native_request(prepared.body, stream=chat.stream)

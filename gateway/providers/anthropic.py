@@ -142,6 +142,10 @@ class AnthropicProvider(Provider):
             content=json.dumps(body, separators=(",", ":")).encode(),
         )
 
+    def check_chat_messages(self, messages: list[Any]) -> None:
+        """Refuse what `to_messages_request` cannot translate in the client's messages (see `gateway.fields`)."""
+        _conversation(messages)
+
     def auth_headers(self) -> dict[str, str]:
         """Anthropic's `x-api-key` and the API version every call names."""
         headers = {"anthropic-version": API_VERSION}

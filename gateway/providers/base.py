@@ -188,6 +188,16 @@ class Provider(ABC):
         body the upstream's format cannot express.
         """
 
+    def check_chat_messages(self, messages: list[Any]) -> None:
+        """Refuse a message of a client's chat request that `build_request` could not translate.
+
+        Called on the client's own `messages`, before the version's injection
+        moves them, so that the InvalidRequest names the client's index
+        (`messages[2].content[1].image_url.detail`). The default takes every
+        message (a chat-completions upstream gets them as they are).
+        """
+        return None
+
     @abstractmethod
     def auth_headers(self) -> dict[str, str]:
         """The headers that carry the provider's key (and any the API requires on every call).
