@@ -41,7 +41,7 @@ def test_a_native_call_carries_the_versions_prompt_examples_and_params_and_comes
     gateway: Gateway = make_gateway({**NATIVE, "deployments": {"support-bot": {"versions": {"v1": {
         "prompt_mode": "prepend",
         "few_shot": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
-        "params": {"max_tokens": 100, "stop": ["\n\n"], "temperature": None}}}}}})
+        "params": {"max_tokens": 100, "temperature": None}}}}}})
     with gateway.client() as http:
         answer = http.post("/v1/responses", json={
             "model": "support-bot", "instructions": "app prompt", "user": STABLE, "temperature": 0.7,
