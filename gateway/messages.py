@@ -150,6 +150,9 @@ def _check_common(body: Mapping[str, Any]) -> None:
         for index, tool in enumerate(tools):
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 raise InvalidRequest(f"'tools[{index}]' must be an object with a 'name'", param=f"tools[{index}]")
+            if tool.get("type") in (None, "custom") and not isinstance(tool.get("input_schema"), dict):
+                raise InvalidRequest(f"'tools[{index}].input_schema' must be a JSON schema object",
+                                     param=f"tools[{index}].input_schema")
     choice = body.get("tool_choice")
     if choice is not None:
         if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):

@@ -7,6 +7,7 @@ so a translation cannot drift from either wire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,14 @@ from typing import Any
 import anthropic.types
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import InvalidRequest, UpstreamBadResponse
+from gateway.messages import parse_count_tokens_request, parse_messages_request
+from gateway.models import Version
+from gateway.prompts import build_messages_body, build_upstream_body
+from gateway.tokens import estimate_tokens
 from gateway.translators.messages_chat import (
     STOP_REASONS,
     MessagesEventStream,
@@ -365,3 +372,75 @@ def test_the_readme_lists_every_finish_reason_as_it_is_mapped() -> None:
     section = readme[readme.index("## Anthropic Messages"):]
     for finish, reason in STOP_REASONS.items():
         assert f"| `{finish}` | `{reason}`" in section, finish
+
+
+# -- anything a client can send: a 400 or a translation, never a crash ------------------------------
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=10)
+TEXT = st.text(alphabet="ab \n", min_size=1, max_size=5).filter(str.strip)
+SOURCE = st.fixed_dictionaries({"type": st.sampled_from(["base64", "url", "text", "file"])}, optional={
+    "media_type": st.sampled_from(["image/png", "application/pdf", "text/plain"]), "data": TEXT | JSON,
+    "url": TEXT, "file_id": TEXT})
+BLOCK = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}, optional={"cache_control": JSON,
+                                                                             "citations": JSON}),
+    st.fixed_dictionaries({"type": st.sampled_from(["image", "document"]), "source": SOURCE | JSON},
+                          optional={"title": JSON}),
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": TEXT | JSON, "name": TEXT | JSON,
+                           "input": st.dictionaries(TEXT, JSON, max_size=2) | JSON}),
+    st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": TEXT | JSON}, optional={
+        "content": TEXT | st.lists(BLOCK_LEAF := st.fixed_dictionaries({"type": st.just("text"), "text": TEXT})
+                                   | JSON, max_size=2) | JSON, "is_error": JSON}),
+    st.fixed_dictionaries({"type": st.sampled_from(["thinking", "redacted_thinking", "search_result",
+                                                    "server_tool_use", "mid_conv_system"])},
+                          optional={"thinking": TEXT, "signature": TEXT, "content": JSON}),
+)
+CONTENT = TEXT | st.lists(BLOCK, min_size=1, max_size=3)
+MESSAGES = st.tuples(st.fixed_dictionaries({"role": st.just("user"), "content": CONTENT}),
+                     st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]),
+                                                     "content": CONTENT}), max_size=3)
+                     ).map(lambda turns: [turns[0], *turns[1]])
+TOOL = st.fixed_dictionaries({"name": TEXT}, optional={"input_schema": st.just({"type": "object"}) | JSON,
+                                                       "type": st.sampled_from(["custom", "web_search_20250305"]),
+                                                       "description": JSON, "strict": JSON, "input_examples": JSON})
+BODY = st.fixed_dictionaries(
+    {"model": st.just("support-bot"), "messages": MESSAGES, "max_tokens": st.integers(1, 500) | st.just(0)},
+    optional={"system": TEXT | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), max_size=2)
+              | JSON, "tools": st.lists(TOOL, min_size=1, max_size=2),
+              "tool_choice": st.fixed_dictionaries({"type": st.sampled_from(["auto", "any", "tool", "none"])},
+                                                   optional={"name": TEXT | JSON,
+                                                             "disable_parallel_tool_use": JSON}),
+              "thinking": st.fixed_dictionaries({"type": st.sampled_from(["enabled", "adaptive", "disabled"])},
+                                                optional={"budget_tokens": st.integers(0, 20000) | JSON}) | JSON,
+              "output_config": st.fixed_dictionaries({}, optional={
+                  "effort": st.sampled_from(["low", "max"]), "format": st.fixed_dictionaries(
+                      {"type": st.just("json_schema"), "schema": st.just({"type": "object"}) | JSON})}) | JSON,
+              "metadata": st.fixed_dictionaries({"user_id": TEXT | JSON}) | JSON,
+              "stop_sequences": st.lists(TEXT, max_size=5) | JSON, "temperature": st.floats(0, 1) | JSON,
+              "stream": st.booleans() | JSON, "service_tier": st.sampled_from(["auto", "standard_only"]) | JSON,
+              "cache_control": JSON})
+
+
+@given(body=BODY)
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+def test_any_body_is_refused_or_translated_never_a_crash(body: dict[str, Any]) -> None:
+    version = Version(name="v1", provider="p", model="gpt-4o", system_prompt="You are v1.", prompt_mode="append")
+    raw = json.dumps(body).encode()
+    with contextlib.suppress(InvalidRequest):  # a count: injected natively, or estimated
+        counted = parse_count_tokens_request(raw)
+        build_messages_body(version, counted.body, stream=False, params=False)
+        estimate_tokens(version, counted.body, None)
+    try:
+        inbound = parse_messages_request(raw)
+    except InvalidRequest:
+        return
+    build_messages_body(version, inbound.body, stream=inbound.stream)  # native
+    chat_view(inbound.body)
+    try:
+        chat = to_chat_request(inbound.body)  # the pivot
+    except InvalidRequest as refused:
+        assert refused.param
+        return
+    build_upstream_body(version, chat, stream=inbound.stream)

@@ -110,7 +110,7 @@ def to_chat_request(body: Mapping[str, Any]) -> Body:
                                  "OpenAI-compatible provider", param=name)
     if body.get("top_k") is not None:
         raise _no_counterpart("top_k", "chat completions have no top-k sampling")
-    if body.get("speed") not in (None, "standard"):
+    if body.get("speed") is not None and body.get("speed") != "standard":
         raise _no_counterpart("speed", "chat completions have no fast mode")
     if body.get("max_tokens") == 0:
         raise _no_counterpart("max_tokens", "chat completions cannot only warm a prompt cache (max_tokens 0)")
@@ -149,7 +149,7 @@ def to_chat_request(body: Mapping[str, Any]) -> Body:
     _reasoning(body, chat)
     tier = body.get("service_tier")
     if tier is not None:
-        if tier not in _SERVICE_TIERS:
+        if not isinstance(tier, str) or tier not in _SERVICE_TIERS:
             raise InvalidRequest("'service_tier' must be auto or standard_only", param="service_tier")
         chat["service_tier"] = _SERVICE_TIERS[tier]
     return chat
@@ -324,6 +324,8 @@ def _reasoning(body: Mapping[str, Any], chat: Body) -> None:
         chat["reasoning_effort"] = output["effort"]
         return
     thinking = body.get("thinking")
+    if thinking is not None and not isinstance(thinking, dict):
+        raise InvalidRequest("'thinking' must be an object", param="thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         budget = thinking.get("budget_tokens")
         if isinstance(budget, bool) or not isinstance(budget, int):
