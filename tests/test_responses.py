@@ -100,7 +100,8 @@ def test_a_native_stream_cut_short_ends_with_an_error_event_and_an_error_record(
 
 
 def test_the_pivot_renders_the_chat_answer_as_a_response(make_gateway: Any, fake: FakeUpstream) -> None:
-    gateway: Gateway = make_gateway(PIVOT)
+    gateway: Gateway = make_gateway({**PIVOT, "deployments": {"support-bot": {"versions": {"v1": {
+        "params": {"max_tokens": 100, "temperature": 0.1}}}}}})
     with gateway.client() as http:
         answer = http.post("/v1/responses", json={
             "model": "support-bot", "instructions": "app prompt", "input": "Hi", "user": STABLE,
@@ -110,9 +111,10 @@ def test_the_pivot_renders_the_chat_answer_as_a_response(make_gateway: Any, fake
     assert received.path == "/v1/chat/completions"
     assert received.body["messages"] == [{"role": "system", "content": "You are v1."},
                                          {"role": "user", "content": "Hi"}]
-    assert received.body["max_tokens"] == 64 and "store" not in received.body
+    assert received.body["max_tokens"] == 100 and "store" not in received.body  # the version's limit wins
     data = answer.json()
     assert data["instructions"] == "app prompt"  # the app's own, never the version's prompt
+    assert (data["max_output_tokens"], data["temperature"]) == (100, 0.1)  # what ran, under Responses names
     assert data["output"][0]["content"][0]["text"] == "answer to [You are v1.]"
     assert data["usage"]["input_tokens"] > 0
     [record] = gateway.records(1)

@@ -23,7 +23,7 @@ from gateway.api.deps import Services, check_client, read_body, request_id_of
 from gateway.api.errors import error_response
 from gateway.errors import ClientError, Overloaded, UpstreamBadResponse, UpstreamError
 from gateway.responses import parse_responses_request
-from gateway.translators.responses_chat import ResponsesEvents, to_response
+from gateway.translators.responses_chat import ResponsesEvents, echoed, to_response
 
 router = APIRouter()
 
@@ -52,7 +52,7 @@ async def create_response(request: Request) -> Response:
     try:
         if not inbound.stream:
             answer = await services.relay.complete(call)
-            content = answer.content if call.native else _rendered(answer.content, inbound.body)
+            content = answer.content if call.native else _rendered(answer.content, echoed(inbound.body, call.body))
             return Response(content, media_type="application/json", headers={**answer.headers, **headers})
         upstream = await services.relay.open_stream(call)
     except UpstreamError as exc:
@@ -60,7 +60,7 @@ async def create_response(request: Request) -> Response:
     relayed = call.client.provider.relayed_headers(upstream.headers)
     events = services.relay.stream(call, upstream)
     return StreamingResponse(
-        events if call.native else _rendered_stream(events, inbound.body),
+        events if call.native else _rendered_stream(events, echoed(inbound.body, call.body)),
         media_type="text/event-stream",
         headers={**relayed, **headers, **_STREAM_HEADERS},
     )

@@ -349,8 +349,25 @@ def _response_format(text_format: object) -> Body | None:
 # -- answer ------------------------------------------------------------------------------------------------
 
 
+def echoed(request: Mapping[str, Any], sent: Mapping[str, Any]) -> Body:
+    """What a `Response` echoes: the app's `request`, with the sampling settings of the chat body `sent` upstream
+    (the version's params included) under their Responses names.
+
+    `temperature`, `top_p`, `max_tokens` / `max_completion_tokens` →
+    `max_output_tokens`, `reasoning_effort` → `reasoning.effort`,
+    `verbosity` → `text.verbosity`; the version's prompt is never echoed.
+    """
+    reasoning = dict(request.get("reasoning") or {}) if isinstance(request.get("reasoning"), dict) else {}
+    text = dict(request.get("text") or {}) if isinstance(request.get("text"), dict) else {}
+    reasoning["effort"] = sent.get("reasoning_effort")
+    text["verbosity"] = sent.get("verbosity")
+    return {**request, "temperature": sent.get("temperature"), "top_p": sent.get("top_p"),
+            "max_output_tokens": sent.get("max_completion_tokens", sent.get("max_tokens")),
+            "reasoning": reasoning, "text": text}
+
+
 def to_response(completion: Mapping[str, Any], *, request: Mapping[str, Any]) -> Body:
-    """A `chat.completion` as the Responses API's `Response`, answering the app's `request`.
+    """A `chat.completion` as the Responses API's `Response`, echoing `request` (see `echoed`).
 
     The first choice's reasoning, text or refusal, and tool calls become
     output items (`reasoning`, `message`, `function_call`); `finish_reason`
@@ -386,7 +403,7 @@ def to_response(completion: Mapping[str, Any], *, request: Mapping[str, Any]) ->
 def response_object(request: Mapping[str, Any], *, id: str, created: object, model: object, status: str,
                     output: list[Body], usage: Body | None, incomplete: str | None = None,
                     error: Body | None = None) -> Body:
-    """A `Response` (openai-python `types/responses/response.py`) echoing the app's own request settings."""
+    """A `Response` (openai-python `types/responses/response.py`) echoing `request`'s settings."""
     text = request.get("text") if isinstance(request.get("text"), dict) else {}
     assert isinstance(text, dict)
     return {
