@@ -35,6 +35,7 @@ from gateway.control import ControlPlane, sync_declared
 from gateway.drain import Drain
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.limits import KeyedLimiter
+from gateway.maintenance import Maintenance
 from gateway.metrics import Metrics, forget_process
 from gateway.migrate import ensure_schema
 from gateway.models import Deployment, Price
@@ -136,7 +137,7 @@ def create_app(
         control = ControlPlane(store, snapshot, providers=settings.providers)
         alerts = Alerts(settings.alerts.webhooks, metrics)
         checker = RolloutChecker(store, snapshot, alerts=alerts, metrics=metrics)
-        scheduler = CheckScheduler(checker)
+        scheduler = CheckScheduler(checker, Maintenance(store, settings.retention, metrics))
         probe = DatabaseProbe(
             store.ping,
             timeout=settings.database.probe_timeout,

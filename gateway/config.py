@@ -476,6 +476,23 @@ class DatabaseSettings(_Frozen):
     migrate: bool = True
 
 
+class RetentionSettings(_Frozen):
+    """How long stored rows are kept, and how often the upkeep runs (one replica at a time does each step)."""
+
+    # Request records, and the minute aggregates built from them; null: forever. PostgreSQL drops
+    # whole daily partitions once their day is this old; SQLite deletes in batches.
+    records: Duration | None = 30 * 86400.0
+    # Quality scores (by when the score was made); null: forever.
+    scores: Duration | None = 30 * 86400.0
+    # The rollout events (the audit trail); null (the default): forever.
+    events: Duration | None = None
+    # How often the upkeep runs: the next days' partitions (PostgreSQL), then retention.
+    interval: Duration = 3600.0
+    # Rows per delete statement (SQLite, and PostgreSQL's default and legacy partitions): each is
+    # a short transaction of its own, so the record writer never waits long behind one.
+    batch_size: int = Field(5000, ge=1, le=1_000_000)
+
+
 class LoggingSettings(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -535,6 +552,7 @@ class Settings(_Frozen):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
     recorder: RecorderSettings = RecorderSettings()
+    retention: RetentionSettings = RetentionSettings()
     logging: LoggingSettings = LoggingSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     pricing: dict[str, PriceSettings] = Field(default_factory=dict)

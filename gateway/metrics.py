@@ -138,6 +138,30 @@ class Metrics:
         self.records_spooled = Counter(
             "canary_records_spooled", "Request records written to the on-disk spool.", registry=r
         )
+        self.retention_rows = Counter(
+            "canary_retention_rows_deleted",
+            "Rows deleted because they were older than their retention period (retention.*), by table.",
+            ["table"],
+            registry=r,
+        )
+        self.retention_partitions = Counter(
+            "canary_retention_partitions_dropped",
+            "Daily partitions dropped whole because their day was older than the retention period (PostgreSQL).",
+            ["table"],
+            registry=r,
+        )
+        self.partitions_created = Counter(
+            "canary_partitions_created",
+            "Daily partitions made ahead of their day (PostgreSQL), by table.",
+            ["table"],
+            registry=r,
+        )
+        self.maintenance_runs = Counter(
+            "canary_maintenance_runs",
+            "Runs of the storage upkeep (partitions ahead, retention) by this process, by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
         self.records_dropped = Counter(
             "canary_records_dropped",
             "Request records lost, by reason.",

@@ -164,6 +164,10 @@ def _annotation_name(annotation: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(f"`{arg}`" for arg in args)
     if origin is typing.Annotated:
+        for item in annotation.__metadata__:
+            name = getattr(getattr(item, "func", None), "__name__", "")
+            if name in _DURATION_VALIDATORS:
+                return _DURATION_VALIDATORS[name]
         return _annotation_name(args[0])
     if origin in (Union, types.UnionType):
         names = [_annotation_name(arg) for arg in args if arg is not type(None)]

@@ -1,4 +1,4 @@
-"""The rollout check: store → analysis.decide → store, alerts, metrics.
+"""The rollout check: store → analysis.decide → store, alerts, metrics; and when the storage upkeep runs.
 
 APScheduler runs `RolloutChecker.check` for each deployment every
 `policy.check_interval`. Every replica schedules it. A check runs in one
@@ -29,6 +29,7 @@ from gateway import rollout
 from gateway.alerts import Alerts, alert_text
 from gateway.analysis import Decision, Evidence, decide
 from gateway.errors import Conflict, NotFound, StoreUnavailable
+from gateway.maintenance import Maintenance
 from gateway.metrics import Metrics
 from gateway.models import Clock, Deployment, RolloutEvent, RolloutState, utc_now
 from gateway.snapshot import Snapshot
@@ -262,15 +263,21 @@ def _snapshot(state: RolloutState, decision: Decision, evidence: Evidence, dry_r
 
 
 class CheckScheduler:
-    """One APScheduler interval job per deployment, each at its policy's check_interval."""
+    """One APScheduler interval job per deployment, each at its policy's check_interval; and the storage upkeep."""
 
-    def __init__(self, checker: RolloutChecker) -> None:
+    def __init__(self, checker: RolloutChecker, maintenance: Maintenance | None = None) -> None:
         self._checker = checker
+        self._maintenance = maintenance
         self._scheduler = AsyncIOScheduler(timezone=UTC)
 
     def start(self, deployments: Mapping[str, Deployment]) -> None:
         for name, deployment in deployments.items():
             self.schedule(name, deployment)
+        if self._maintenance is not None:
+            # At start too: today's partition must exist before the first write of the day.
+            self._scheduler.add_job(self._maintenance.run_scheduled, "interval", seconds=self._maintenance.interval,
+                                    id="maintenance", next_run_time=datetime.now(UTC), max_instances=1,
+                                    coalesce=True, misfire_grace_time=max(1, int(self._maintenance.interval)))
         self._scheduler.start()
 
     def schedule(self, name: str, deployment: Deployment) -> None:

@@ -92,7 +92,11 @@ class VersionRow(Base):
 
 
 class RequestRecordRow(Base):
-    """One proxied call. No raw user id, no content, no key: only what rollouts are judged on."""
+    """One proxied call. No raw user id, no content, no key: only what rollouts are judged on.
+
+    On PostgreSQL the table is partitioned by day on created_at and its key is
+    (id, created_at) (see `gateway.store.partitions`); quality_scores too.
+    """
 
     __tablename__ = "request_records"
     __table_args__ = (
@@ -145,7 +149,10 @@ class QualityScoreRow(Base):
     """Scores for recorded calls; a call's `quality` is derived from them (see store.QUALITY_RULE)."""
 
     __tablename__ = "quality_scores"
-    __table_args__ = (Index("ix_quality_scores_request", "request_id"),)
+    __table_args__ = (
+        Index("ix_quality_scores_request", "request_id"),
+        Index("ix_quality_scores_created", "created_at"),
+    )
 
     # Made by the gateway, so a retried write of the same score lands once.
     id: Mapped[str] = mapped_column(String(160), primary_key=True)
