@@ -346,6 +346,7 @@ def test_a_streamed_refusal() -> None:
     ({"message": "upstream timed out", "type": "upstream_error", "code": "timeout"}, "timeout_error"),
     ({"message": "Overloaded", "type": "upstream_error", "code": "overloaded_error"}, "overloaded_error"),
     ({"message": "cut", "type": "upstream_error", "code": "stream_truncated"}, "api_error"),
+    ({"message": "stopping", "type": "upstream_error", "code": "shutdown"}, "overloaded_error"),
 ])
 def test_a_failed_stream_ends_in_an_error_event(error: dict[str, Any], kind: str) -> None:
     got = events(chunk({"content": "Hel"}) + b"data: " + json.dumps({"error": error}).encode() + b"\n\n")

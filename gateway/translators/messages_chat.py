@@ -557,8 +557,10 @@ class MessagesEventStream:
 def _anthropic_error(error: Mapping[str, Any]) -> Body:
     """An OpenAI-shaped stream error (`sse_error_event`) as Anthropic's `{"type", "message"}`."""
     said = f"{error.get('code') or ''} {error.get('type') or ''}"
-    kind = next((name for key, name in (("overloaded", "overloaded_error"), ("rate_limit", "rate_limit_error"),
-                                        ("timeout", "timeout_error")) if key in said), "api_error")
+    # A gateway shutting down asks the client to come back, as Anthropic's overloaded_error does.
+    kind = next((name for key, name in (("overloaded", "overloaded_error"), ("shutdown", "overloaded_error"),
+                                        ("rate_limit", "rate_limit_error"), ("timeout", "timeout_error"))
+                 if key in said), "api_error")
     return {"type": kind, "message": str(error.get("message") or "the upstream stream failed")}
 
 
