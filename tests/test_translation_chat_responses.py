@@ -144,3 +144,16 @@ def test_a_responses_stream_becomes_chat_chunks_for_a_chat_client() -> None:
     assert all(chunk.usage is None for chunk in chunks)  # not asked for: read, not sent
     assert (translator.usage.prompt_tokens, translator.usage.completion_tokens) == (11, 7)
     assert translator.choices is not None and translator.choices[0]["finish_reason"] == "stop"
+
+
+def test_a_reasoning_model_gets_neither_temperature_nor_top_p_on_either_path() -> None:
+    chat = {"model": "o3-mini", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0.2,
+            "max_tokens": 50}
+    translated = json.loads(PROVIDER.build_request(chat, stream=False).content)
+    assert "temperature" not in translated and translated["max_output_tokens"] == 50
+    native = json.loads(PROVIDER.build_native_request({"model": "o3-mini", "input": "Hi", "top_p": 0.5,
+                                                       "max_output_tokens": 50}, stream=False).content)
+    assert native == {"model": "o3-mini", "input": "Hi", "max_output_tokens": 50}
+    kept = json.loads(PROVIDER.build_native_request({"model": "gpt-4.1", "input": "Hi", "top_p": 0.5},
+                                                    stream=False).content)
+    assert kept["top_p"] == 0.5

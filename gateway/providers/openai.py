@@ -54,6 +54,20 @@ class OpenAIProvider(Provider):
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
         if not self._stream_options and "stream_options" in body:
             body = {key: value for key, value in body.items() if key != "stream_options"}
+        body = self.for_family(body)
+        headers = {**self.json_headers(stream=stream), **self.auth_headers()}
+        return UpstreamRequest(
+            path="/chat/completions",
+            headers=headers,
+            content=json.dumps(body, separators=(",", ":")).encode(),
+        )
+
+    def for_family(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` adapted to its model's family (`gateway.families`), each removed parameter logged at debug level.
+
+        Works on chat-completions and Responses bodies alike: the names a
+        family renames or removes are the same in both where both have them.
+        """
         family = self._families.get(body["model"])
         if family is None:
             family = self._families[body["model"]] = openai_family(body["model"])
@@ -61,12 +75,7 @@ class OpenAIProvider(Provider):
         if removed:
             log.debug("removed %s: not supported by model %r (family %s)", ", ".join(removed), body["model"],
                       family.name)
-        headers = {**self.json_headers(stream=stream), **self.auth_headers()}
-        return UpstreamRequest(
-            path="/chat/completions",
-            headers=headers,
-            content=json.dumps(body, separators=(",", ":")).encode(),
-        )
+        return body
 
     def auth_headers(self) -> dict[str, str]:
         """OpenAI's bearer token (none for a keyless local server)."""

@@ -1,9 +1,12 @@
 """OpenAI's Responses API as a provider's wire (`api: responses` on a provider of kind `openai`).
 
 Native calls (inbound `/v1/responses`): the injected body goes to
-`/responses` as it is; the answer's bytes come back unchanged and its usage
-(`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`) is
-read; the stream is relayed event by event, unchanged, its usage read from
+`/responses` as it is, but for what the model's family refuses
+(`gateway.families`: `temperature`, `top_p` and `top_logprobs` for OpenAI's
+reasoning models, so a canary can move from `gpt-4.1` to `o3` unchanged);
+the answer's bytes come back unchanged and its usage (`input_tokens`,
+`output_tokens`, `input_tokens_details.cached_tokens`) is read; the stream
+is relayed event by event, unchanged, its usage read from
 `response.completed` (or `response.incomplete`, `response.failed`), and its
 answer reassembled for the evaluators. A stream cut before its last event
 ends with a Responses `error` event.
@@ -38,7 +41,7 @@ class OpenAIResponsesProvider(OpenAIProvider):
     wire: WireApi = "responses"
 
     def build_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
-        return self.build_native_request(to_responses_request(body), stream=stream)
+        return self.build_native_request(to_responses_request(self.for_family(body)), stream=stream)
 
     def parse_answer(self, content: bytes) -> Answer:
         response = self._response(content)
@@ -59,7 +62,7 @@ class OpenAIResponsesProvider(OpenAIProvider):
     def build_native_request(self, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
         headers = {**self.json_headers(stream=stream), **self.auth_headers()}
         return UpstreamRequest(path="/responses", headers=headers,
-                               content=json.dumps(body, separators=(",", ":")).encode())
+                               content=json.dumps(self.for_family(body), separators=(",", ":")).encode())
 
     def parse_native_answer(self, content: bytes) -> Answer:
         response = self._response(content)
