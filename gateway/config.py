@@ -298,6 +298,8 @@ class VersionSettings(_Frozen):
     model: str = Field(min_length=1)
     system_prompt: str = ""
     few_shot: tuple[FewShotMessage, ...] = ()
+    # Chat request fields the version sets over the app's (null: removes the app's); on an Anthropic
+    # provider only fields its translation takes (the README's field table), else the version does not load.
     params: dict[str, Any] = Field(default_factory=dict)
     prompt_mode: Literal["replace", "prepend", "append"] = "replace"
     # A JSON schema the answers must satisfy; the `json` evaluator checks it.
