@@ -13,7 +13,11 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN useradd --create-home --uid 10001 gateway
 COPY --from=build /dist/*.whl /tmp/
+# tiktoken's encodings (the count_tokens estimate) are fetched at build time, so the container
+# never needs the network for them.
+ENV TIKTOKEN_CACHE_DIR=/opt/tiktoken
 RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl \
+    && python -c "import tiktoken; [tiktoken.get_encoding(name) for name in ('o200k_base', 'cl100k_base')]" \
     && mkdir -p /data/spool /app && chown -R gateway /data
 
 USER gateway
