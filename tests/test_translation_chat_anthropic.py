@@ -20,7 +20,7 @@ from gateway.errors import ConfigError
 from gateway.fields import DEFAULT_MAX_TOKENS, JSON_OBJECT_TOOL, THINKING_BUDGETS
 from gateway.migrate import upgrade
 from gateway.providers.anthropic import AnthropicStreamTranslator, to_chat_completion
-from tests.conftest import Gateway, base_config, merge, users_in
+from tests.conftest import Gateway, base_config, merge, users_in, wait_for
 from tests.fakes import FakeAnthropic, FakeUpstream
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
 
@@ -205,6 +205,24 @@ def test_a_json_object_with_the_apps_tools_lets_the_model_call_them(on_claude: G
     [tool_call] = answer["choices"][0]["message"]["tool_calls"]  # the fake calls the first tool offered
     assert tool_call["function"]["name"] == "get_weather"
     assert answer["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_the_json_evaluator_scores_what_the_client_got(make_gateway: Any, claude: FakeAnthropic) -> None:
+    config = canary_config(claude)
+    config["deployments"]["support-bot"]["quality"] = {"sample_rate": 1.0, "evaluators": [{"type": "json"}]}
+    gateway: Gateway = make_gateway(config)
+    for response_format in (SUM_FORMAT, {"type": "json_object"}):
+        for stream in (False, True):
+            assert call(gateway, stream, response_format=response_format,
+                        messages=[{"role": "user", "content": "1+0 in JSON?"}])["status"] == 200
+
+    def canary_json() -> dict[str, Any] | None:
+        with gateway.admin() as http:
+            result = http.get("/admin/deployments/support-bot/compare?hours=1").json()
+        scores: dict[str, Any] = result["canary"]["quality_by_source"].get("evaluator:json", {})
+        return scores if scores.get("count") == 4 else None
+
+    assert wait_for(canary_json, timeout=10, what="the evaluations") == {"avg": 1.0, "count": 4}
 
 
 def test_the_forced_json_tool_name_is_the_gateways(on_claude: Gateway, claude: FakeAnthropic) -> None:
