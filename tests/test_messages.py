@@ -334,3 +334,23 @@ def test_evaluators_judge_native_and_translated_answers_plain_and_streamed(make_
     result = wait_for(compared, timeout=10, what="the evaluations")
     for side in ("stable", "canary"):
         assert result[side]["quality_by_source"]["evaluator:json"] == {"avg": 1.0, "count": 2}
+
+
+# -- a version on OpenAI's Responses API: Messages → chat → Responses, and back -----------------------
+
+
+def test_a_version_on_the_responses_api_plain_and_streamed(make_gateway: Any, claude: FakeAnthropic,
+                                                           fake: FakeUpstream) -> None:
+    config = mixed(claude)
+    config["providers"]["fake"] = {"api": "responses", "retries": 0}  # merged into the stable's provider
+    gateway: Gateway = make_gateway(config)
+    message = post(gateway, STABLE_USER, system="App rules.").json()
+    assert message["content"] == [{"type": "text", "text": "answer to [You are v1.]"}]
+    assert message["stop_reason"] == "end_turn" and message["usage"]["output_tokens"] > 0
+    events = sse(post(gateway, STABLE_USER, stream=True).text)
+    assert events[0][0] == "message_start" and events[-1][0] == "message_stop"
+    text = "".join(data["delta"]["text"] for name, data in events if name == "content_block_delta")
+    assert text == "answer to [You are v1.]" and events[-2][1]["delta"]["stop_reason"] == "end_turn"
+    assert [received.path for received in fake.received] == ["/v1/responses", "/v1/responses"]
+    assert not fake.refused
+    assert [record["api"] for record in gateway.records(2)] == ["messages", "messages"]
