@@ -50,7 +50,7 @@ from gateway.scheduler import CheckScheduler, RolloutChecker
 from gateway.snapshot import Snapshot
 from gateway.store import Store, create_engine
 from gateway.tokens import TokenCounter
-from gateway.upstream import UpstreamClient, default_transport
+from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
 
@@ -88,7 +88,7 @@ def create_app(
             name: UpstreamClient(
                 provider,
                 settings.providers[name],
-                transport=transport or default_transport(settings.providers[name].transport, settings.providers[name]),
+                transport=transport,
             )
             for name, provider in providers.items()
         }

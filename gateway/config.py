@@ -178,8 +178,8 @@ class ProviderSettings(_Frozen):
     # the field: false never sends it, the client's own included; a stream's
     # usage is then recorded only when the upstream reports it unasked.
     stream_options: bool = True
-    # The HTTP stack under httpx: aiohttp's is several times cheaper per call
-    # (see the README's performance section); httpx's own is the fallback.
+    # The HTTP stack: aiohttp's client, used directly, is the cheapest per call
+    # (see the README's performance section); httpx's own transport is the fallback.
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
     # Link-local and cloud-metadata addresses are refused unless this is set.
     allow_unsafe_url: bool = False

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from gateway.config import PassthroughSettings
 from gateway.errors import GatewayError, ShuttingDown, UpstreamError, UpstreamRefused, UpstreamStatusError
 from gateway.metrics import Metrics
@@ -39,7 +37,7 @@ from gateway.models import RecordStatus, RequestRecord, Usage
 from gateway.providers import UpstreamRequest
 from gateway.recorder import Recorder
 from gateway.relay import CLIENT_CLOSED, Relay, loop_deadline, shutdown_error
-from gateway.upstream import UpstreamClient
+from gateway.upstream import UpstreamClient, UpstreamResponse
 
 access_log = logging.getLogger("gateway.access")
 
@@ -160,7 +158,7 @@ class PassThrough:
         self._relay.track(call)
         return call
 
-    async def open(self, call: PassCall) -> httpx.Response:
+    async def open(self, call: PassCall) -> UpstreamResponse:
         """Send the call; the answer's body is not read yet. Failures are recorded, then raised."""
         call.task = asyncio.current_task()
         try:
@@ -185,7 +183,7 @@ class PassThrough:
             self._finish(call, status="client_cancelled", http_status=CLIENT_CLOSED, error_kind="client_cancelled")
             raise
 
-    def answer_headers(self, response: httpx.Response) -> dict[str, str]:
+    def answer_headers(self, response: UpstreamResponse) -> dict[str, str]:
         """The upstream's answer headers a client may see."""
         return {
             name: value
@@ -193,7 +191,7 @@ class PassThrough:
             if name in _ANSWER_HEADERS or name.startswith(_ANSWER_PREFIXES)
         }
 
-    async def relay(self, call: PassCall, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def relay(self, call: PassCall, response: UpstreamResponse) -> AsyncIterator[bytes]:
         """The answer's bytes as they arrive; recorded when it ends, however it ends."""
         status: RecordStatus = "client_cancelled"
         error_kind: str | None = "client_cancelled"

@@ -32,8 +32,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import httpx
-
 from gateway.errors import (
     ClientError,
     GatewayError,
@@ -55,7 +53,7 @@ from gateway.quality import QualityMonitor, Wanted
 from gateway.recorder import Recorder
 from gateway.routing import choose_version
 from gateway.snapshot import Snapshot
-from gateway.upstream import UpstreamClient
+from gateway.upstream import UpstreamClient, UpstreamResponse
 
 access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.relay")
@@ -261,7 +259,7 @@ class Relay:
             self._sample(call, answer.choices if answer.choices is not None else completion_choices(answer.content))
         return answer
 
-    async def open_stream(self, call: Call) -> httpx.Response:
+    async def open_stream(self, call: Call) -> UpstreamResponse:
         """Open the upstream stream; failures before the first byte raise with their status."""
         call.task = asyncio.current_task()
         async with self._failures_recorded(call):
@@ -287,7 +285,7 @@ class Relay:
             self._finish(call, status="client_cancelled", http_status=CLIENT_CLOSED, error_kind="client_cancelled")
             raise
 
-    async def stream(self, call: Call, response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    async def stream(self, call: Call, response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
         """Relay the upstream stream event by event; a failure mid-stream ends in an error event
         in the client's format (`StreamTranslator.error_event`)."""
         provider = call.client.provider

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import brotli  # type: ignore[import-untyped]
+import brotli
 import openai
 import pytest
 import zstandard
