@@ -189,3 +189,12 @@ def test_chat_completions_reach_a_responses_provider_translated(make_gateway: An
     assert all(chunk.usage is None for chunk in chunks)
     records = gateway.records(2)
     assert [(r["api"], r["completion_tokens"]) for r in records] == [("chat", 7), ("chat", 7)]
+
+
+def test_stored_response_routes_are_404_naming_the_path(make_gateway: Any, fake: FakeUpstream) -> None:
+    gateway: Gateway = make_gateway(PIVOT)
+    with gateway.client() as http:
+        answer = http.get("/v1/responses/resp_123")
+    assert answer.status_code == 404
+    assert "GET /v1/responses/resp_123" in answer.json()["error"]["message"]
+    assert not fake.received
