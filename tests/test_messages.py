@@ -259,8 +259,10 @@ def test_the_gateway_at_its_concurrency_limit_is_overloaded_error(make_gateway: 
         chunks = held.iter_bytes()  # kept: a dropped iterator closes the response, ending the call
         next(chunks)  # the one call the gateway may serve is in flight
         answer = http.post("/v1/messages", json={**payload, "stream": False})
-    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
-    assert answer.json()["error"]["type"] == "overloaded_error"
+        counted = http.post("/v1/messages/count_tokens", json={"model": "support-bot", "messages": HI})
+    for refused in (answer, counted):
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "overloaded_error"
 
 
 # -- count_tokens -------------------------------------------------------------------------------------

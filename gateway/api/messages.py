@@ -102,7 +102,11 @@ async def count_tokens(request: Request) -> Response:
         check_client(request, services, api_key_header=True)
         raw = await read_body(request, services.max_body_bytes)
         inbound = parse_count_tokens_request(raw, header_user=request.headers.get(services.user_id_header) or None)
-        counted = await services.tokens.count(inbound, received=received)
+        services.relay.admit()  # a count is bounded by the gateway's concurrency limit like any call
+        try:
+            counted = await services.tokens.count(inbound, received=received)
+        finally:
+            services.relay.release()
     except (ClientError, Overloaded) as exc:
         services.metrics.refused.labels(reason=exc.code or "invalid").inc()
         return anthropic_error_response(exc, headers=headers)
