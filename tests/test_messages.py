@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.providers.anthropic import AnthropicProvider
 from tests.conftest import Gateway, users_in, wait_for
 from tests.fakes import FakeAnthropic, FakeUpstream
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
@@ -356,3 +357,49 @@ def test_a_version_on_the_responses_api_plain_and_streamed(make_gateway: Any, cl
     assert [received.path for received in fake.received] == ["/v1/responses", "/v1/responses"]
     assert not fake.refused
     assert [record["api"] for record in gateway.records(2)] == ["messages", "messages"]
+
+
+# -- the native relay, event by event ---------------------------------------------------------------
+
+
+def native_events() -> list[bytes]:
+    def event(kind: str, data: dict[str, Any]) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+    return [
+        event("message_start", {"message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+                                             "content": [], "stop_reason": None, "stop_sequence": None,
+                                             "usage": {"input_tokens": 20, "output_tokens": 1,
+                                                       "cache_read_input_tokens": 5}}}),
+        event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        event("ping", {}),
+        event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+        event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "lo."}}),
+        event("content_block_stop", {"index": 0}),
+        event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                "usage": {"output_tokens": 9}}),
+        event("message_stop", {}),
+    ]
+
+
+@pytest.mark.parametrize("collect", [False, True])
+def test_the_native_relay_passes_every_byte_and_reads_usage(collect: bool) -> None:
+    relay = AnthropicProvider("claude", api_key="k").native_stream_relay(wants_usage=False, collect=collect)
+    stream = b"".join(native_events())
+    out = b"".join(relay.feed(stream[start:start + 13]) for start in range(0, len(stream), 13)) + relay.finish()
+    assert out == stream and relay.done and relay.error_kind is None and relay.started
+    assert (relay.usage.prompt_tokens, relay.usage.completion_tokens, relay.usage.cache_read_tokens) == (25, 9, 5)
+    if collect:
+        assert relay.choices is not None and relay.choices[0]["message"]["content"] == "Hello."
+        assert relay.choices[0]["finish_reason"] == "stop"
+
+
+def test_a_native_stream_cut_before_message_stop_ends_in_anthropics_error_event() -> None:
+    relay = AnthropicProvider("claude", api_key="k").native_stream_relay(wants_usage=False)
+    relay.feed(b"".join(native_events()[:4]))
+    tail = relay.finish()
+    assert relay.error_kind == "stream_truncated"
+    name, data = tail.decode().strip().split("\n")
+    assert name == "event: error"
+    assert json.loads(data.removeprefix("data: "))["error"] == {
+        "type": "api_error", "message": "the upstream stream ended before it was complete"}

@@ -935,7 +935,8 @@ class AnthropicNativeRelay(StreamTranslator):
     `message_stop` ends with Anthropic's own `error` event. With `collect`,
     the events are also read as chat-completion chunks
     (`AnthropicStreamTranslator`) to reassemble the answer for the
-    evaluators; without it, content deltas (the bulk) are not parsed.
+    evaluators; without it, only the events that carry usage or an error are
+    parsed (their `event:` line names the others).
     """
 
     def __init__(self, *, collect: bool = False) -> None:
@@ -948,6 +949,11 @@ class AnthropicNativeRelay(StreamTranslator):
             self._reader.feed(event)
         if event.startswith((b"event: content_block", b"event:content_block")):
             self.started = True
+            return event
+        if event.startswith((b"event: ping", b"event:ping")):
+            return event
+        if event.startswith((b"event: message_stop", b"event:message_stop")):
+            self.done = True
             return event
         payload = data_of(event)
         if payload is None:
