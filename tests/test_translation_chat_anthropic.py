@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import settings_from_dict
-from gateway.errors import ConfigError
-from gateway.fields import DEFAULT_MAX_TOKENS, JSON_OBJECT_TOOL, THINKING_BUDGETS
+from gateway.errors import ConfigError, InvalidRequest
+from gateway.fields import DEFAULT_MAX_TOKENS, JSON_OBJECT_TOOL, REQUEST, THINKING_BUDGETS
 from gateway.migrate import upgrade
-from gateway.providers.anthropic import AnthropicStreamTranslator, to_chat_completion
+from gateway.providers.anthropic import AnthropicStreamTranslator, to_chat_completion, to_messages_request
 from tests.conftest import Gateway, base_config, merge, users_in, wait_for
 from tests.fakes import FakeAnthropic, FakeUpstream
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
@@ -396,6 +398,31 @@ def test_message_fields_without_a_counterpart_are_refused(on_claude: Gateway, cl
     answer = call(on_claude, False, messages=[message])
     assert answer["status"] == 400 and answer["error"]["param"] == param
     assert not claude.received
+
+
+_WORDS = st.sampled_from(["auto", "none", "required", "text", "json_object", "json_schema", "function", "image_url",
+                          "input_audio", "file", "refusal", "user", "assistant", "tool", "high", "low", "flex"])
+_KEYS = st.sampled_from(["type", "text", "function", "name", "parameters", "image_url", "url", "detail", "content",
+                         "role", "arguments", "id", "json_schema", "schema", "allowed_tools", "mode", "tools", "file",
+                         "file_data", "cache_control", "user_id", "user_location", "approximate", "refusal"])
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 5) | st.floats(allow_nan=False, allow_infinity=False)
+                     | st.text(max_size=5) | _WORDS,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
+                     max_leaves=12)
+_MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["system", "developer", "user", "assistant", "tool"])},
+                                 optional={key: _JSON for key in ("content", "tool_calls", "tool_call_id", "name",
+                                                                  "cache_control", "refusal")})
+_BODY = st.fixed_dictionaries({"model": st.just("claude-x"), "messages": st.lists(_MESSAGE, min_size=1, max_size=4)},
+                              optional={name: _JSON for name in REQUEST if name not in ("model", "messages")})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_BODY, st.booleans())
+def test_any_body_is_translated_or_refused_by_name(body: dict[str, Any], stream: bool) -> None:
+    try:
+        to_messages_request(body, stream=stream)
+    except InvalidRequest as refused:
+        assert refused.param  # never a crash, never a refusal that names nothing
 
 
 def test_a_custom_tool_is_refused(on_claude: Gateway, claude: FakeAnthropic) -> None:

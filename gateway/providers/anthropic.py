@@ -269,9 +269,10 @@ def to_messages_request(body: Mapping[str, Any], *, stream: bool) -> dict[str, A
                              code="unsupported_value")
     thinking = _thinking(body.get("reasoning_effort"))
     system, turns = _conversation(body["messages"])
-    limit = body.get("max_completion_tokens")
-    if limit is None:
-        limit = body.get("max_tokens")
+    limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    limit = body.get(limit_name)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise InvalidRequest(f"'{limit_name}' must be an integer", param=limit_name)
     request: dict[str, Any] = {
         "model": body["model"],
         "messages": turns,
@@ -284,8 +285,14 @@ def to_messages_request(body: Mapping[str, Any], *, stream: bool) -> dict[str, A
     _sampling(body, request, thinking_on=_budget(thinking) > 0)
     _tools(body, request, thinking_on=_budget(thinking) > 0)
     stop = body.get("stop")
-    if stop:
-        request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if isinstance(stop, list) and all(isinstance(sequence, str) for sequence in stop):
+        if stop:
+            request["stop_sequences"] = stop
+    elif isinstance(stop, str):
+        if stop:
+            request["stop_sequences"] = [stop]
+    elif stop is not None:
+        raise InvalidRequest("'stop' must be a string or an array of strings", param="stop")
     user = _user_id(body)
     if user is not None:
         request["metadata"] = {"user_id": user}
@@ -643,7 +650,10 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, 
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
         blocks.append({"type": "text", "text": refusal})
-    for index, call in enumerate(message.get("tool_calls") or []):
+    tool_calls = message.get("tool_calls") or []
+    if not isinstance(tool_calls, list):
+        raise InvalidRequest(f"'{where}.tool_calls' must be an array", param=f"{where}.tool_calls")
+    for index, call in enumerate(tool_calls):
         path = f"{where}.tool_calls[{index}]"
         if not isinstance(call, dict) or call.get("type", "function") != "function" or \
                 not isinstance(call.get("function"), dict):
