@@ -30,6 +30,7 @@ from gateway.api.admin import AdminGuard
 from gateway.api.bodies import BodyBudget, BodyBudgetMiddleware
 from gateway.api.deps import Services
 from gateway.api.errors import ErrorResponse, error_response, http_status
+from gateway.api.fastpath import FastPath
 from gateway.config import Settings, declared_deployments, load_settings
 from gateway.control import ControlPlane, sync_declared
 from gateway.drain import Drain
@@ -209,6 +210,13 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    # First, so innermost: inside CORS and the body budget, past the router (see gateway.api.fastpath).
+    app.add_middleware(FastPath, routes={
+        "/v1/chat/completions": proxy.chat_completions,
+        "/v1/responses": responses.create_response,
+        "/v1/messages": messages.create_message,
+        "/v1/messages/count_tokens": messages.count_tokens,
+    })
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

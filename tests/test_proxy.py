@@ -374,6 +374,27 @@ def test_client_request_id_is_used(gateway: Gateway) -> None:
     assert gateway.records(1)[0]["id"] == "my-trace-123"
 
 
+def test_browser_apps_get_cors_headers_from_every_proxy_route(make_gateway: Any) -> None:
+    gateway = make_gateway({"server": {"cors_origins": ["https://app.example"]}})
+    calls = {
+        "/v1/chat/completions": {"model": "support-bot", "messages": MESSAGES},
+        "/v1/responses": {"model": "support-bot", "input": "hello"},
+        "/v1/messages": {"model": "support-bot", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]},
+    }
+    with gateway.client() as http:
+        for path, body in calls.items():
+            preflight = http.options(path, headers={"Origin": "https://app.example",
+                                                    "Access-Control-Request-Method": "POST"})
+            assert preflight.status_code == 200
+            assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+            answer = http.post(path, json=body, headers={"Origin": "https://app.example"})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["access-control-allow-origin"] == "https://app.example"
+            assert "x-canary-version" in answer.headers["access-control-expose-headers"]
+            assert http.get(path).status_code == 405
+    assert [row["api"] for row in gateway.records(3)] == ["chat", "responses", "messages"]
+
+
 def test_models_health_and_readiness(gateway: Gateway) -> None:
     models = sdk(gateway).models.list()
     assert [model.id for model in models.data] == ["support-bot"]
