@@ -25,8 +25,9 @@ The result is `[system?] + few_shot + the app's other messages`.
 `build_messages_body` does the same for an Anthropic Messages request that
 goes natively to an Anthropic provider: the prompt goes into `system` by the
 same modes (a block list keeps the app's blocks, `cache_control` included),
-the few-shot messages before the app's, and the version's params under their
-Messages names (`NATIVE_MESSAGES_PARAMS`).
+the few-shot messages before the app's, and the version's params as the
+Messages fields a chat call to that provider gets them as
+(`providers.anthropic.native_params`).
 
 `build_responses_body` does the same for an OpenAI Responses request sent
 natively: the combined system prompt is its `instructions` (the app's
@@ -49,6 +50,7 @@ from typing import Any
 
 from gateway.inbound import content_text
 from gateway.models import Version
+from gateway.providers.anthropic import native_params
 from gateway.translators.chat_responses import text_format_of
 
 log = logging.getLogger("gateway.prompts")
@@ -192,14 +194,16 @@ def _parts(content: object) -> list[Any]:
 
 
 
-# A version's params (chat-completions names) → their Messages names; `stop` becomes a list.
-NATIVE_MESSAGES_PARAMS: Mapping[str, str] = {
-    "max_tokens": "max_tokens",
-    "max_completion_tokens": "max_tokens",
+# The Messages field a version's param set to null removes from the app's request (`max_tokens` stays:
+# Anthropic requires one).
+NATIVE_MESSAGES_REMOVALS: Mapping[str, str] = {
     "temperature": "temperature",
     "top_p": "top_p",
     "top_k": "top_k",
     "stop": "stop_sequences",
+    "reasoning_effort": "thinking",
+    "response_format": "output_config",
+    "service_tier": "service_tier",
 }
 
 
@@ -212,10 +216,13 @@ def build_messages_body(version: Version, body: dict[str, Any], *, stream: bool,
     (no `system` when it is empty); `prepend`/`append` join it with the
     app's: to a string with a blank line, to a block list as a text block of
     its own, so the app's blocks keep their `cache_control`. The few-shot
-    messages go before the app's. `params=False` leaves the version's params
-    out (a token count takes no sampling fields). A version's param with no
-    Messages name (see NATIVE_MESSAGES_PARAMS) is not carried, logged at
-    debug level.
+    messages go before the app's. The version's params become the Messages
+    fields a chat call to the same provider gets them as (`native_params`:
+    `reasoning_effort` → `thinking`, its budget added to `max_tokens`;
+    `response_format` → `output_config`; `stop` → `stop_sequences`; `user` →
+    `metadata.user_id`; ...); one set to null removes the app's field
+    (NATIVE_MESSAGES_REMOVALS). `params=False` leaves them out (a token count
+    takes no sampling fields).
     """
     upstream = {**body, "model": version.model}
     system = _messages_system(version.system_prompt, body.get("system"), version.prompt_mode)
@@ -226,15 +233,16 @@ def build_messages_body(version: Version, body: dict[str, Any], *, stream: bool,
     if version.few_shot:
         upstream["messages"] = [
             *({"role": shot["role"], "content": shot["content"]} for shot in version.few_shot), *body["messages"]]
-    if params:
+    if params and version.params:
+        mapped, budget = native_params(version.params)
         for name, value in version.params.items():
-            native = NATIVE_MESSAGES_PARAMS.get(name)
-            if native is None:
-                log.debug("version %s: param %r has no Messages name; not sent natively", version.name, name)
-            elif value is None:
-                upstream.pop(native, None)
-            else:
-                upstream[native] = [value] if name == "stop" and isinstance(value, str) else value
+            if value is None and name in NATIVE_MESSAGES_REMOVALS:
+                upstream.pop(NATIVE_MESSAGES_REMOVALS[name], None)
+        if isinstance(mapped.get("metadata"), dict) and isinstance(upstream.get("metadata"), dict):
+            mapped["metadata"] = {**upstream["metadata"], **mapped["metadata"]}
+        upstream.update(mapped)
+        if budget and "max_tokens" not in mapped and isinstance(upstream.get("max_tokens"), int):
+            upstream["max_tokens"] += budget
     if stream:
         upstream["stream"] = True
     return upstream

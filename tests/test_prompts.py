@@ -366,17 +366,23 @@ def test_messages_without_a_version_prompt() -> None:
                                                stream=False)
 
 
-def test_messages_few_shot_model_and_params_under_messages_names() -> None:
-    body = messages_request(temperature=0.9, stop_sequences=["APP"], metadata={"user_id": "u1"})
+def test_messages_few_shot_model_and_params_as_a_chat_call_to_anthropic_gets_them() -> None:
+    body = messages_request(top_p=0.5, stop_sequences=["APP"], metadata={"user_id": "u1"})
     upstream = build_messages_body(
         version(few_shot=SHOTS, params={"max_completion_tokens": 300, "temperature": 0.1, "stop": "END",
-                                        "top_p": None, "presence_penalty": 0.5}),
+                                        "top_p": None, "service_tier": "default"}),
         body, stream=True)
-    assert upstream["messages"] == [*SHOTS, {"role": "user", "content": "Hi"}]
-    assert upstream["model"] == "upstream-model"
-    assert (upstream["max_tokens"], upstream["temperature"], upstream["stop_sequences"]) == (300, 0.1, ["END"])
-    assert "presence_penalty" not in upstream and "top_p" not in upstream
-    assert upstream["metadata"] == {"user_id": "u1"} and upstream["stream"] is True
+    assert upstream == {"model": "upstream-model", "system": "VERSION PROMPT", "max_tokens": 300,
+                        "messages": [*SHOTS, {"role": "user", "content": "Hi"}], "metadata": {"user_id": "u1"},
+                        "temperature": 0.1, "stop_sequences": ["END"], "service_tier": "standard_only",
+                        "stream": True}
+
+
+def test_messages_reasoning_effort_becomes_thinking_with_its_budget_on_the_apps_limit() -> None:
+    upstream = build_messages_body(version(params={"reasoning_effort": "low", "temperature": None}),
+                                   messages_request(temperature=0.5), stream=False)
+    assert upstream["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert upstream["max_tokens"] == 100 + 2048 and "temperature" not in upstream
 
 
 def test_messages_for_a_token_count_take_no_params() -> None:

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import InvalidRequest, UpstreamBadResponse
+from gateway.fields import THINKING_BUDGETS
 from gateway.messages import parse_count_tokens_request, parse_messages_request
 from gateway.models import Version
 from gateway.prompts import build_messages_body, build_upstream_body
@@ -137,9 +138,12 @@ def test_disable_parallel_tool_use_becomes_parallel_tool_calls_false() -> None:
 
 
 @pytest.mark.parametrize(("fields", "effort"), [
+    # The budgets a chat call's efforts get on Anthropic come back as those efforts.
+    *(({"thinking": {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}}, effort)
+      for effort in ("low", "medium", "high")),
     ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "low"),
-    ({"thinking": {"type": "enabled", "budget_tokens": 8000}}, "medium"),
-    ({"thinking": {"type": "enabled", "budget_tokens": 16384}}, "high"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 8191}}, "low"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 32000}}, "high"),
     ({"thinking": {"type": "enabled", "budget_tokens": 1024}, "output_config": {"effort": "xhigh"}}, "xhigh"),
     ({"output_config": {"effort": "max"}}, "max"),
     ({"thinking": {"type": "adaptive"}}, None),

@@ -303,6 +303,27 @@ def to_messages_request(body: Mapping[str, Any], *, stream: bool) -> dict[str, A
     return request
 
 
+def native_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """A version's params (chat-completions names) as the Messages fields a chat call to this provider gets
+    them as (`to_messages_request`), for a native Messages call; and the thinking budget they add.
+
+    `max_tokens` is in the result only when the params set a limit
+    (`max_tokens` or `max_completion_tokens`), the budget included; else the
+    caller adds the budget to the app's limit. Params set to null are left
+    out (they remove the app's field). Raises InvalidRequest for a param
+    Anthropic cannot take (a version the configuration does not load).
+    """
+    given = {name: value for name, value in params.items() if value is not None}
+    if not given:
+        return {}, 0
+    probe = to_messages_request({"model": "", "messages": [{"role": "user", "content": "."}], **given},
+                                stream=False)
+    fields = {name: value for name, value in probe.items() if name not in ("model", "messages")}
+    if not given.keys() & {"max_tokens", "max_completion_tokens"}:
+        del fields["max_tokens"]
+    return fields, _budget(fields.get("thinking"))
+
+
 def _thinking(effort: object) -> dict[str, Any] | None:
     """Anthropic's `thinking` for OpenAI's `reasoning_effort` (budgets: `gateway.fields.THINKING_BUDGETS`)."""
     if effort is None:

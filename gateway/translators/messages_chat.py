@@ -14,7 +14,9 @@ feed earlier turns' thinking back to the model); tools → function tools;
 `temperature`, `top_p`, `max_tokens` as they are; `output_config.format` →
 `response_format` json_schema; `output_config.effort` → `reasoning_effort`
 (the same levels), else `thinking: enabled` → `reasoning_effort` by its
-budget (below 4,096 tokens low, below 16,384 medium, else high; `adaptive`
+budget (below medium's budget low, below high's medium, else high: the
+budgets `gateway.fields.THINKING_BUDGETS` gives a chat call's efforts on
+Anthropic, so the two translations agree; `adaptive`
 and `disabled` set none: the model's default); `service_tier` auto → auto,
 standard_only → default. `cache_control` anywhere is a caching hint with no
 chat counterpart (OpenAI caches prompts by itself) and is left out, as are
@@ -55,6 +57,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from gateway.errors import InvalidRequest, UpstreamBadResponse
+from gateway.fields import THINKING_BUDGETS
 from gateway.inbound import content_text
 from gateway.messages import error_event
 from gateway.providers.base import EVENT_END, data_of
@@ -73,7 +76,7 @@ STOP_REASONS: Mapping[str, str] = {
 # Chat's limit on `stop` (completion_create_params.py: "Up to 4 sequences").
 MAX_STOP_SEQUENCES = 4
 # thinking.budget_tokens below each bound → reasoning_effort.
-_EFFORT_BY_BUDGET = ((4096, "low"), (16384, "medium"))
+_EFFORT_BY_BUDGET = ((THINKING_BUDGETS["medium"], "low"), (THINKING_BUDGETS["high"], "medium"))
 _SERVICE_TIERS = {"auto": "auto", "standard_only": "default"}
 # Fields carried as they are or mapped below; `cache_control` is a hint left out (see the module docstring).
 _KNOWN = frozenset({
