@@ -95,6 +95,7 @@ def create_app(
         }
 
         def on_change(deployments: Mapping[str, Deployment]) -> None:
+            metrics.forget_series()
             for name, deployment in deployments.items():
                 metrics.canary_percent.labels(deployment=name).set(
                     deployment.rollout.canary_percent if deployment.rollout.canary else 0.0

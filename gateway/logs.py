@@ -6,6 +6,12 @@ go. A slow stderr never stalls a request, and the event loop does not hand
 the GIL to a logging thread for every line. Records carry fixed fields
 passed as `extra={...}`; callers never pass message content, user ids or
 secrets.
+
+The access log (`AccessLog`, one line per proxied call) goes through the same
+logging machinery, so any handler sees its records, but builds them without
+what a `LogRecord` gathers on every call (the caller's file and line, thread,
+process and task names) and formats them without a dictionary per line; its
+lines are the same JSON objects as `JsonFormatter` writes for any record.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -21,10 +28,57 @@ from typing import Any, TextIO
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 
 
+class AccessRecord(logging.LogRecord):
+    """One access-log line: `fields` (JSON-ready values) are its attributes, as `extra` would make them.
+
+    Built without `LogRecord.__init__`: the attributes a formatter may read
+    and a proxied call has no use for (source location, thread, process,
+    task) are constants (in the instance's dictionary, where `%`-style
+    formats look them up).
+    """
+
+    def __init__(self, name: str, message: str, fields: dict[str, Any]) -> None:
+        self.__dict__.update(_ACCESS_CONSTANTS)
+        self.__dict__.update(fields)
+        self.fields = fields
+        self.name = name
+        self.msg = message
+        self.created = created = time.time()
+        self.msecs = (created - int(created)) * 1000
+        self.relativeCreated = (created - _LOGGING_STARTED) * 1000
+
+
+_ACCESS_CONSTANTS: dict[str, Any] = {
+    "levelno": logging.INFO, "levelname": "INFO", "args": None, "exc_info": None, "exc_text": None,
+    "stack_info": None, "pathname": "", "filename": "", "module": "", "funcName": "", "lineno": 0, "thread": None,
+    "threadName": None, "process": None, "processName": None, "taskName": None,
+}
+
+
+class AccessLog:
+    """Writes access-log records to `logger` at INFO, when it is enabled for them."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def write(self, message: str, fields: dict[str, Any]) -> None:
+        """One line: `message`, then `fields` (str, int, float, bool or None values; no content, ids or secrets)."""
+        logger = self._logger
+        if logger.isEnabledFor(logging.INFO):
+            logger.handle(AccessRecord(logger.name, message, fields))
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record, AccessRecord):
+            return self._access_line(record)
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -35,6 +89,40 @@ class JsonFormatter(logging.Formatter):
         if record.exc_text:
             entry["traceback"] = record.exc_text
         return json.dumps(entry, default=str)
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._stamp}.{int(record.msecs):03d}Z"
+
+    def _access_line(self, record: AccessRecord) -> str:
+        """What `json.dumps` would write for the record's entry, without building it."""
+        fields = ", ".join(f"{_json_text(key)}: {_json_value(value)}" for key, value in record.fields.items())
+        return (f'{{"ts": "{self._timestamp(record)}", "level": "info", "logger": {_json_text(record.name)}, '
+                f'"msg": {_json_text(record.getMessage())}, {fields}}}')
+
+
+def _json_text(text: str) -> str:
+    # Plain ASCII needs no escaping: the common case, written as json.dumps would write it.
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
+
+
+def _json_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is str:
+        return _json_text(value)
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    return json.dumps(value, default=str)
 
 
 class BatchingHandler(logging.Handler):
@@ -96,6 +184,8 @@ class BatchingHandler(logging.Handler):
 
 
 _PLAIN = logging.Formatter()
+# When logging started, as LogRecord.relativeCreated counts from it.
+_LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())
 
 
 def configure_logging(level: str, *, stream: TextIO | None = None) -> BatchingHandler:

@@ -168,6 +168,79 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self._series: dict[tuple[str, str, str], CallSeries] = {}
+
+    def series(self, deployment: str, version: str, api: str) -> CallSeries:
+        """The series of calls served by `version` of `deployment` through `api`, prepared once."""
+        key = (deployment, version, api)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = CallSeries(self, deployment, version, api)
+        return found
+
+    def forget_series(self) -> None:
+        """Drop the prepared series (the deployments changed): only current versions stay prepared."""
+        self._series = {}
+
+
+class CallSeries:
+    """The series one (deployment, version, api) counts its calls in, each looked up once.
+
+    `labels()` validates and hashes the label values under a lock on every
+    call; a proxied call updates five to six series, so their children are
+    kept here, created at first use (a series never used is never exported).
+    """
+
+    __slots__ = (
+        "_api",
+        "_cost",
+        "_deployment",
+        "_duration",
+        "_metrics",
+        "_requests",
+        "_tokens",
+        "_ttft",
+        "_version",
+    )
+
+    def __init__(self, metrics: Metrics, deployment: str, version: str, api: str) -> None:
+        self._metrics = metrics
+        self._deployment = deployment
+        self._version = version
+        self._api = api
+        self._requests: dict[str, Counter] = {}
+        self._duration: Histogram | None = None
+        self._ttft: Histogram | None = None
+        self._tokens: dict[str, Counter] = {}
+        self._cost: Counter | None = None
+
+    def requests(self, status: str) -> Counter:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = self._metrics.requests.labels(
+                self._deployment, self._version, status, self._api)
+        return child
+
+    def duration(self) -> Histogram:
+        if self._duration is None:
+            self._duration = self._metrics.duration.labels(self._deployment, self._version, self._api)
+        return self._duration
+
+    def ttft(self) -> Histogram:
+        if self._ttft is None:
+            self._ttft = self._metrics.ttft.labels(self._deployment, self._version, self._api)
+        return self._ttft
+
+    def tokens(self, kind: str) -> Counter:
+        child = self._tokens.get(kind)
+        if child is None:
+            child = self._tokens[kind] = self._metrics.tokens.labels(self._deployment, self._version, kind)
+        return child
+
+    def cost(self) -> Counter:
+        if self._cost is None:
+            self._cost = self._metrics.cost.labels(self._deployment, self._version)
+        return self._cost
 
 
 def multiprocess_directory() -> str | None:

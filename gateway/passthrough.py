@@ -32,6 +32,7 @@ from typing import Any
 
 from gateway.config import PassthroughSettings
 from gateway.errors import GatewayError, ShuttingDown, UpstreamError, UpstreamRefused, UpstreamStatusError
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.models import RecordStatus, RequestRecord, Usage
 from gateway.providers import UpstreamRequest
@@ -39,7 +40,7 @@ from gateway.recorder import Recorder
 from gateway.relay import CLIENT_CLOSED, Relay, loop_deadline, shutdown_error
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
-access_log = logging.getLogger("gateway.access")
+access_log = AccessLog(logging.getLogger("gateway.access"))
 
 # Request headers an upstream may see; everything else (auth, cookies, hop-by-hop) stays here.
 _REQUEST_HEADERS = ("content-type", "accept")
@@ -269,13 +270,13 @@ class PassThrough:
             uncached_cost_usd=price.uncached_cost(usage) if price is not None else None,
             api="passthrough",
         ))
-        metrics = self._metrics
-        metrics.requests.labels("", call.route, status, "passthrough").inc()
-        metrics.duration.labels("", call.route, "passthrough").observe(latency)
+        series = self._metrics.series("", call.route, "passthrough")
+        series.requests(status).inc()
+        series.duration().observe(latency)
         if error_kind is not None and error_kind not in ("client_cancelled", ShuttingDown.kind):
-            metrics.upstream_errors.labels(provider, error_kind).inc()
+            self._metrics.upstream_errors.labels(provider, error_kind).inc()
         if self._access_log:
-            access_log.info("proxied call", extra={
+            access_log.write("proxied call", {
                 "request_id": call.request_id, "api": "passthrough", "route": call.route, "status": status,
                 "http_status": http_status, "error_kind": error_kind, "latency_ms": round(latency * 1000, 2),
             })

@@ -43,6 +43,7 @@ from gateway.errors import (
 )
 from gateway.evaluators import Sample, wants_json
 from gateway.inbound import InboundRequest
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
 from gateway.pivot import chat_view, upstream_body
@@ -55,7 +56,7 @@ from gateway.routing import choose_version
 from gateway.snapshot import Snapshot
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
-access_log = logging.getLogger("gateway.access")
+access_log = AccessLog(logging.getLogger("gateway.access"))
 log = logging.getLogger("gateway.relay")
 
 # Status recorded for a call whose client went away before the answer ended.
@@ -386,36 +387,32 @@ class Relay:
                 uncached_cost_usd=price.uncached_cost(usage) if price is not None else None,
             )
         )
-        metrics = self._metrics
-        labels = (call.deployment.name, version.name)
-        metrics.requests.labels(*labels, status, call.chat.api).inc()
-        metrics.duration.labels(*labels, call.chat.api).observe(latency)
+        series = self._metrics.series(call.deployment.name, version.name, call.chat.api)
+        series.requests(status).inc()
+        series.duration().observe(latency)
         if ttft is not None:
-            metrics.ttft.labels(*labels, call.chat.api).observe(ttft)
+            series.ttft().observe(ttft)
         if usage.prompt_tokens is not None:
-            metrics.tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
+            series.tokens("prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens is not None:
-            metrics.tokens.labels(*labels, "completion").inc(usage.completion_tokens)
+            series.tokens("completion").inc(usage.completion_tokens)
         if cost:
-            metrics.cost.labels(*labels).inc(cost)
+            series.cost().inc(cost)
         if error_kind is not None and error_kind not in _NOT_THE_PROVIDERS:
-            metrics.upstream_errors.labels(version.provider, error_kind).inc()
+            self._metrics.upstream_errors.labels(version.provider, error_kind).inc()
         if not self._access_log:
             return
-        access_log.info(
-            "proxied call",
-            extra={
-                "request_id": call.request_id,
-                "api": call.chat.api,
-                "deployment": call.deployment.name,
-                "version": version.name,
-                "stream": call.chat.stream,
-                "status": status,
-                "http_status": http_status,
-                "error_kind": error_kind,
-                "latency_ms": round(latency * 1000, 2),
-            },
-        )
+        access_log.write("proxied call", {
+            "request_id": call.request_id,
+            "api": call.chat.api,
+            "deployment": call.deployment.name,
+            "version": version.name,
+            "stream": call.chat.stream,
+            "status": status,
+            "http_status": http_status,
+            "error_kind": error_kind,
+            "latency_ms": round(latency * 1000, 2),
+        })
 
     def _sample(self, call: Call, choices: list[dict[str, Any]]) -> None:
         """Hand an answered call to the quality checks (off the hot path).
