@@ -97,7 +97,7 @@ async def aggregate(url: str, stage_start: datetime) -> None:
             for statement in backfill_minutes(postgresql=True):
                 await connection.execute(statement)
             await open_stage(connection, store.dialect, deployment="support-bot", started_at=stage_start,
-                             stable="v1", policy=RolloutPolicy())
+                             stable="v1", canary="v2", policy=RolloutPolicy())
         async with store.engine.connect() as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
             await connection.exec_driver_sql("VACUUM ANALYZE")

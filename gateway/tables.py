@@ -188,6 +188,10 @@ class RolloutStageRow(Base):
     reference_ms: Mapped[float | None] = mapped_column(Float)
     gate_ms: Mapped[float | None] = mapped_column(Float)
     rollback_ms: Mapped[float | None] = mapped_column(Float)
+    # The two versions judged, and how many users have calls of either in the stage.
+    stable: Mapped[str | None] = mapped_column(String(64))
+    canary: Mapped[str | None] = mapped_column(String(64))
+    users: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class StageUserSumsRow(Base):
@@ -226,6 +230,87 @@ class StageSourceSumsRow(Base):
     source: Mapped[str] = mapped_column(String(80), primary_key=True)
     scores: Mapped[int] = mapped_column(BigInteger)
     score_sum: Mapped[float] = mapped_column(Float)
+
+
+class StageVersionSumsRow(Base):
+    """One version's sums over the users of the stage: what a check reads (`gateway.analysis.Sums`).
+
+    Per ratio metric Σy/Σx (errors, quality, slow, slow_reference,
+    slow_rollback, cost, as in stage_user_sums): the users with x > 0 and Σx,
+    Σy, Σx², Σy², Σxy over users, kept as the users' sums change.
+    """
+
+    __tablename__ = "stage_version_sums"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    users: Mapped[int] = mapped_column(BigInteger)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    actual_cost: Mapped[float] = mapped_column(Float)
+    errors_units: Mapped[int] = mapped_column(BigInteger)
+    errors_x: Mapped[float] = mapped_column(Float)
+    errors_y: Mapped[float] = mapped_column(Float)
+    errors_xx: Mapped[float] = mapped_column(Float)
+    errors_yy: Mapped[float] = mapped_column(Float)
+    errors_xy: Mapped[float] = mapped_column(Float)
+    quality_units: Mapped[int] = mapped_column(BigInteger)
+    quality_x: Mapped[float] = mapped_column(Float)
+    quality_y: Mapped[float] = mapped_column(Float)
+    quality_xx: Mapped[float] = mapped_column(Float)
+    quality_yy: Mapped[float] = mapped_column(Float)
+    quality_xy: Mapped[float] = mapped_column(Float)
+    slow_units: Mapped[int] = mapped_column(BigInteger)
+    slow_x: Mapped[float] = mapped_column(Float)
+    slow_y: Mapped[float] = mapped_column(Float)
+    slow_xx: Mapped[float] = mapped_column(Float)
+    slow_yy: Mapped[float] = mapped_column(Float)
+    slow_xy: Mapped[float] = mapped_column(Float)
+    slow_reference_units: Mapped[int] = mapped_column(BigInteger)
+    slow_reference_x: Mapped[float] = mapped_column(Float)
+    slow_reference_y: Mapped[float] = mapped_column(Float)
+    slow_reference_xx: Mapped[float] = mapped_column(Float)
+    slow_reference_yy: Mapped[float] = mapped_column(Float)
+    slow_reference_xy: Mapped[float] = mapped_column(Float)
+    slow_rollback_units: Mapped[int] = mapped_column(BigInteger)
+    slow_rollback_x: Mapped[float] = mapped_column(Float)
+    slow_rollback_y: Mapped[float] = mapped_column(Float)
+    slow_rollback_xx: Mapped[float] = mapped_column(Float)
+    slow_rollback_yy: Mapped[float] = mapped_column(Float)
+    slow_rollback_xy: Mapped[float] = mapped_column(Float)
+    cost_units: Mapped[int] = mapped_column(BigInteger)
+    cost_x: Mapped[float] = mapped_column(Float)
+    cost_y: Mapped[float] = mapped_column(Float)
+    cost_xx: Mapped[float] = mapped_column(Float)
+    cost_yy: Mapped[float] = mapped_column(Float)
+    cost_xy: Mapped[float] = mapped_column(Float)
+
+
+class StageVersionSourcesRow(Base):
+    """One version's sums over users of one quality source's scores (x: scores, y: their sum)."""
+
+    __tablename__ = "stage_version_sources"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(80), primary_key=True)
+    s_units: Mapped[int] = mapped_column(BigInteger)
+    s_x: Mapped[float] = mapped_column(Float)
+    s_y: Mapped[float] = mapped_column(Float)
+    s_xx: Mapped[float] = mapped_column(Float)
+    s_yy: Mapped[float] = mapped_column(Float)
+    s_xy: Mapped[float] = mapped_column(Float)
+
+
+class StagePresenceRow(Base):
+    """A user with calls of either judged version in the stage: counted once in rollout_stages.users."""
+
+    __tablename__ = "stage_presence"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class MinuteStatsRow(Base):

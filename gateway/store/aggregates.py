@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -52,8 +52,11 @@ from gateway.tables import (
     QualityScoreRow,
     RequestRecordRow,
     RolloutStageRow,
+    StagePresenceRow,
     StageSourceSumsRow,
     StageUserSumsRow,
+    StageVersionSourcesRow,
+    StageVersionSumsRow,
 )
 
 # Advisory-lock namespace of the stages' per-user sums ("CGTS"): writers share it, stage changes take it alone.
@@ -64,6 +67,15 @@ _MINUTE_FIELDS = ("requests", "errors", "scored", "quality_sum", "priced", "cost
 _USER_FIELDS = ("calls", "errors", "answered", "slow_gate", "slow_reference", "slow_rollback", "priced", "cost",
                 "actual_cost", "scored", "quality")
 _SOURCE_FIELDS = ("scores", "score_sum")
+_USER_KEY = ("deployment", "started_at", "version", "user_hash")
+_USER_SOURCE_KEY = (*_USER_KEY, "source")
+# Ratio metrics Σy/Σx of the evidence: name → indexes of x and y in _USER_FIELDS.
+METRICS = {"errors": (0, 1), "quality": (9, 10), "slow": (2, 3), "slow_reference": (2, 4), "slow_rollback": (2, 5),
+           "cost": (6, 7)}
+MOMENTS = ("units", "x", "y", "xx", "yy", "xy")
+_VERSION_FIELDS = ("users", "calls", "actual_cost",
+                   *(f"{metric}_{moment}" for metric in METRICS for moment in MOMENTS))
+_VERSION_SOURCE_FIELDS = tuple(f"s_{moment}" for moment in MOMENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +86,10 @@ class Stage:
     reference_ms: float | None = None
     gate_ms: float | None = None
     rollback_ms: float | None = None
+    stable: str | None = None
+    canary: str | None = None
+    # Users with calls of either judged version in the stage.
+    users: int = 0
 
     @property
     def thresholds(self) -> LatencyThresholds | None:
@@ -130,6 +146,7 @@ class Tally:
         self.latency: dict[tuple[str, str, datetime, str, int], int] = {}
         self.users: dict[tuple[str, datetime, str, str], list[Any]] = {}
         self.user_sources: dict[tuple[str, datetime, str, str, str], list[Any]] = {}
+        self.stages: dict[str, Stage] = {}
 
     def add_record(self, fact: Fact, stage: Stage | None) -> None:
         """A newly stored call: every sum it belongs to."""
@@ -198,37 +215,61 @@ class Tally:
         row[1] += score
         if stage is not None and fact.in_stage(stage):
             assert fact.user_hash is not None
+            self.stages[fact.deployment] = stage
             user_key = (fact.deployment, stage.started_at, fact.version, fact.user_hash, source)
             user_row = self.user_sources.setdefault(user_key, [0, 0.0])
             user_row[0] += 1
             user_row[1] += score
 
     async def write(self, connection: AsyncConnection, dialect: Dialect) -> None:
-        """Add the tally to the tables: one statement per table, rows in key order (no deadlock between writers)."""
+        """Add the tally to the tables: one statement per table, rows in key order (no deadlock between writers).
+
+        The per-user sums come back as they now are, so the versions' sums of
+        squares over users change by exactly what these users' rows changed.
+        """
         tables: list[tuple[Any, tuple[str, ...], tuple[str, ...], Iterable[tuple[Any, Sequence[Any]]]]] = [
             (MinuteStatsRow, ("deployment", "version", "minute"), _MINUTE_FIELDS, self.minutes.items()),
             (MinuteSourceRow, ("deployment", "version", "minute", "source"), _SOURCE_FIELDS,
              self.minute_sources.items()),
             (MinuteLatencyRow, ("deployment", "version", "minute", "metric", "bucket"), ("calls",),
              ((key, (count,)) for key, count in self.latency.items())),
-            (StageUserSumsRow, ("deployment", "started_at", "version", "user_hash"), _USER_FIELDS,
-             self.users.items()),
-            (StageSourceSumsRow, ("deployment", "started_at", "version", "user_hash", "source"), _SOURCE_FIELDS,
-             self.user_sources.items()),
         ]
         for table, keys, fields, items in tables:
-            ordered = sorted(items, key=lambda item: item[0])
-            if not ordered:
-                continue
-            if dialect.postgresql:
-                # One statement over arrays: a round trip and a plan for the whole batch.
-                columns = tuple(list(column) for column in zip(*(key + tuple(values) for key, values in ordered),
-                                                                  strict=True))
-                await connection.exec_driver_sql(_adding_arrays(table, keys, fields), columns)
-            else:
-                rows = [{**dict(zip(keys, key, strict=True)), **dict(zip(fields, values, strict=True))}
-                        for key, values in ordered]
-                await connection.execute(_adding(dialect, table, keys, fields), rows)
+            await _add(connection, dialect, table, keys, fields, sorted(items, key=lambda item: item[0]))
+        if not self.users and not self.user_sources:
+            return
+        versions: dict[tuple[Any, ...], list[Any]] = {}
+        arrivals: dict[tuple[str, datetime], list[str]] = {}
+        changed = await _add_returning(connection, dialect, StageUserSumsRow, _USER_KEY, _USER_FIELDS,
+                                       sorted(self.users.items()))
+        for key, change, now in changed:
+            before = [value - delta for value, delta in zip(now, change, strict=True)]
+            row = versions.setdefault(key[:3], [0] * len(_VERSION_FIELDS))
+            row[0] += (now[0] > 0) - (before[0] > 0)
+            row[1] += change[0]
+            row[2] += change[8]
+            for index, (x, y) in enumerate(METRICS.values()):
+                _add_moments(row, 3 + 6 * index, now[x], now[y], before[x], before[y])
+            stage = self.stages[key[0]]
+            if before[0] == 0 and key[2] in (stage.stable, stage.canary):
+                arrivals.setdefault(key[:2], []).append(key[3])
+        version_sources: dict[tuple[Any, ...], list[Any]] = {}
+        changed = await _add_returning(connection, dialect, StageSourceSumsRow, _USER_SOURCE_KEY, _SOURCE_FIELDS,
+                                       sorted(self.user_sources.items()))
+        for key, change, now in changed:
+            row = version_sources.setdefault((*key[:3], key[4]), [0] * len(_VERSION_SOURCE_FIELDS))
+            _add_moments(row, 0, now[0], now[1], now[0] - change[0], now[1] - change[1])
+        for (deployment, started_at), users in sorted(arrivals.items()):
+            new = await _present(connection, dialect, deployment, started_at, sorted(set(users)))
+            if new:
+                await connection.execute(
+                    update(RolloutStageRow)
+                    .where(RolloutStageRow.deployment == deployment, RolloutStageRow.started_at == started_at)
+                    .values(users=RolloutStageRow.users + new))
+        await _add(connection, dialect, StageVersionSumsRow, ("deployment", "started_at", "version"), _VERSION_FIELDS,
+                   sorted(versions.items()))
+        await _add(connection, dialect, StageVersionSourcesRow, ("deployment", "started_at", "version", "source"),
+                   _VERSION_SOURCE_FIELDS, sorted(version_sources.items()))
 
     def _minute(self, fact: Fact, minute: datetime) -> list[Any]:
         key = (fact.deployment, fact.version, minute)
@@ -239,6 +280,7 @@ class Tally:
 
     def _user(self, fact: Fact, stage: Stage) -> list[Any]:
         assert fact.user_hash is not None
+        self.stages[fact.deployment] = stage
         key = (fact.deployment, stage.started_at, fact.version, fact.user_hash)
         row = self.users.get(key)
         if row is None:
@@ -248,6 +290,88 @@ class Tally:
     def _count_latency(self, fact: Fact, minute: datetime, metric: str, value: float) -> None:
         key = (fact.deployment, fact.version, minute, metric, bucket_of(value))
         self.latency[key] = self.latency.get(key, 0) + 1
+
+
+def _add_moments(row: list[Any], at: int, x: float, y: float, x_before: float, y_before: float) -> None:
+    """Into row[at:at + 6]: the change of (x > 0, x, y, x², y², x·y) when a user's (x, y) went from before to now."""
+    row[at] += (x > 0) - (x_before > 0)
+    row[at + 1] += x - x_before
+    row[at + 2] += y - y_before
+    row[at + 3] += x * x - x_before * x_before
+    row[at + 4] += y * y - y_before * y_before
+    row[at + 5] += x * y - x_before * y_before
+
+
+async def _add(connection: AsyncConnection, dialect: Dialect, table: Any, keys: tuple[str, ...],
+               fields: tuple[str, ...], ordered: Sequence[tuple[Any, Sequence[Any]]]) -> None:
+    """Add `ordered` (key, values) to `table`'s rows, creating those that do not exist."""
+    if not ordered:
+        return
+    if dialect.postgresql:
+        # One statement over arrays: a round trip and a plan for the whole batch.
+        await connection.exec_driver_sql(_adding_arrays(table, keys, fields), _arrays(ordered))
+    else:
+        await connection.execute(_adding(dialect, table, keys, fields), _dicts(keys, fields, ordered))
+
+
+async def _add_returning(connection: AsyncConnection, dialect: Dialect, table: Any, keys: tuple[str, ...],
+                         fields: tuple[str, ...], ordered: Sequence[tuple[Any, Sequence[Any]]]
+                         ) -> list[tuple[Any, Sequence[Any], Sequence[Any]]]:
+    """`_add`, and each row as it is afterwards: (key, what was added, the row's values now)."""
+    if not ordered:
+        return []
+    if dialect.postgresql:
+        returned = await connection.exec_driver_sql(
+            _adding_arrays(table, keys, fields) + f" RETURNING {', '.join((*keys, *fields))}", _arrays(ordered))
+        now = {tuple(row[: len(keys)]): row[len(keys):] for row in returned.all()}
+        return [(key, change, now[tuple(key)]) for key, change in ordered]
+    # SQLite: write transactions are serialized, so the rows read first are the rows the upsert adds to.
+    columns = table.__table__.c
+    before: dict[tuple[Any, ...], Sequence[Any]] = {}
+    groups: dict[tuple[Any, ...], set[str]] = {}
+    for key, _ in ordered:
+        groups.setdefault(tuple(key[:3]), set()).add(key[3])
+    for (deployment, started_at, version), users in groups.items():
+        chosen = sorted(users)
+        for start in range(0, len(chosen), 500):
+            rows = await connection.execute(
+                select(*(columns[name] for name in (*keys, *fields))).where(
+                    columns["deployment"] == deployment, columns["started_at"] == started_at,
+                    columns["version"] == version, columns["user_hash"].in_(chosen[start : start + 500])))
+            before.update({tuple(row[: len(keys)]): row[len(keys):] for row in rows})
+    await connection.execute(_adding(dialect, table, keys, fields), _dicts(keys, fields, ordered))
+    zeros = [0] * len(fields)
+    return [(key, change, [old + delta for old, delta in zip(before.get(tuple(key), zeros), change, strict=True)])
+            for key, change in ordered]
+
+
+async def _present(connection: AsyncConnection, dialect: Dialect, deployment: str, started_at: datetime,
+                   users: list[str]) -> int:
+    """Note `users` as present in the stage; returns how many were not yet (exactly, whatever writes alongside)."""
+    if dialect.postgresql:
+        return len((await connection.exec_driver_sql(
+            "INSERT INTO stage_presence (deployment, started_at, user_hash) SELECT $1, $2, unnest(CAST($3 AS text[])) "
+            "ON CONFLICT DO NOTHING RETURNING user_hash", (deployment, started_at, users))).all())
+    presence = StagePresenceRow
+    known: set[str] = set()
+    for start in range(0, len(users), 500):
+        known.update((await connection.scalars(select(presence.user_hash).where(
+            presence.deployment == deployment, presence.started_at == started_at,
+            presence.user_hash.in_(users[start : start + 500])))).all())
+    new = [user for user in users if user not in known]
+    if new:
+        await connection.execute(insert(presence), [{"deployment": deployment, "started_at": started_at,
+                                                     "user_hash": user} for user in new])
+    return len(new)
+
+
+def _arrays(ordered: Sequence[tuple[Any, Sequence[Any]]]) -> tuple[list[Any], ...]:
+    return tuple(list(column) for column in zip(*(tuple(key) + tuple(values) for key, values in ordered), strict=True))
+
+
+def _dicts(keys: tuple[str, ...], fields: tuple[str, ...],
+           ordered: Sequence[tuple[Any, Sequence[Any]]]) -> list[dict[str, Any]]:
+    return [{**dict(zip(keys, key, strict=True)), **dict(zip(fields, values, strict=True))} for key, values in ordered]
 
 
 def _adding(dialect: Dialect, table: Any, keys: tuple[str, ...], fields: tuple[str, ...]) -> Any:
@@ -294,7 +418,7 @@ async def lock_stages(connection: AsyncConnection, dialect: Dialect, deployments
                  "(SELECT k FROM unnest(CAST(:keys AS integer[])) AS k ORDER BY k) AS ordered"),
             {"namespace": STAGE_LOCK, "keys": keys})
     rows = await connection.execute(select(RolloutStageRow).where(RolloutStageRow.deployment.in_(names)))
-    return {row.deployment: Stage(row.started_at, row.reference_ms, row.gate_ms, row.rollback_ms) for row in rows}
+    return {row.deployment: _stage_of(row) for row in rows}
 
 
 async def lock_stage_exclusively(connection: AsyncConnection, dialect: Dialect, *deployments: str) -> None:
@@ -311,11 +435,16 @@ async def lock_stage_exclusively(connection: AsyncConnection, dialect: Dialect, 
 async def read_stage(connection: AsyncConnection, deployment: str) -> Stage | None:
     row = (await connection.execute(
         select(RolloutStageRow).where(RolloutStageRow.deployment == deployment))).first()
-    return Stage(row.started_at, row.reference_ms, row.gate_ms, row.rollback_ms) if row is not None else None
+    return _stage_of(row) if row is not None else None
+
+
+def _stage_of(row: Any) -> Stage:
+    return Stage(row.started_at, row.reference_ms, row.gate_ms, row.rollback_ms, row.stable, row.canary,
+                 int(row.users or 0))
 
 
 async def open_stage(connection: AsyncConnection, dialect: Dialect, *, deployment: str, started_at: datetime | None,
-                     stable: str, policy: RolloutPolicy) -> None:
+                     stable: str, canary: str | None, policy: RolloutPolicy) -> None:
     """Make `started_at` the judged stage of `deployment` (None: no stage is judged), inside a rollout change.
 
     Nothing happens when it already is. Otherwise, holding the stage lock
@@ -336,10 +465,10 @@ async def open_stage(connection: AsyncConnection, dialect: Dialect, *, deploymen
         return
     thresholds = await _baseline_thresholds(connection, deployment=deployment, stable=stable, since=started_at,
                                             policy=policy)
-    stage = Stage(started_at) if thresholds is None else Stage(
-        started_at, thresholds.reference_ms, thresholds.gate_ms, thresholds.rollback_ms)
+    stage = Stage(started_at, stable=stable, canary=canary) if thresholds is None else Stage(
+        started_at, thresholds.reference_ms, thresholds.gate_ms, thresholds.rollback_ms, stable, canary)
     values = {"started_at": stage.started_at, "reference_ms": stage.reference_ms, "gate_ms": stage.gate_ms,
-              "rollback_ms": stage.rollback_ms}
+              "rollback_ms": stage.rollback_ms, "stable": stable, "canary": canary, "users": 0}
     statement = dialect.insert(RolloutStageRow).values(deployment=deployment, **values)
     await connection.execute(statement.on_conflict_do_update(index_elements=["deployment"], set_=values))
     for step in rebuild_stage(deployment, stage):
@@ -358,10 +487,13 @@ async def fix_thresholds(connection: AsyncConnection, dialect: Dialect, *, deplo
         update(RolloutStageRow)
         .where(RolloutStageRow.deployment == deployment, RolloutStageRow.started_at == stage.started_at)
         .values(reference_ms=thresholds.reference_ms, gate_ms=thresholds.gate_ms, rollback_ms=thresholds.rollback_ms))
-    fixed = Stage(stage.started_at, thresholds.reference_ms, thresholds.gate_ms, thresholds.rollback_ms)
+    fixed = replace(stage, reference_ms=thresholds.reference_ms, gate_ms=thresholds.gate_ms,
+                    rollback_ms=thresholds.rollback_ms)
     for step in rebuild_stage(deployment, fixed):
         await connection.execute(step)
-    return fixed
+    rebuilt = await read_stage(connection, deployment)
+    assert rebuilt is not None
+    return rebuilt
 
 
 async def _baseline_thresholds(connection: AsyncConnection, *, deployment: str, stable: str, since: datetime,
@@ -415,13 +547,53 @@ def rebuild_stage(deployment: str, stage: Stage) -> list[Any]:
     )
     same_stage = {"deployment": deployment, "started_at": stage.started_at}
     return [
-        delete(StageUserSumsRow).filter_by(**same_stage),
-        delete(StageSourceSumsRow).filter_by(**same_stage),
+        *(delete(table).filter_by(**same_stage) for table in (StageUserSumsRow, StageSourceSumsRow,
+                                                              StageVersionSumsRow, StageVersionSourcesRow,
+                                                              StagePresenceRow)),
         insert(StageUserSumsRow).from_select(
             ["deployment", "started_at", "version", "user_hash", *_USER_FIELDS], users),
         insert(StageSourceSumsRow).from_select(
             ["deployment", "started_at", "version", "user_hash", "source", *_SOURCE_FIELDS], sources),
+        *version_sums(deployment, stage),
     ]
+
+
+def version_sums(deployment: str, stage: Stage) -> list[Any]:
+    """Statements that build a stage's version sums and user count from its per-user sums (already built)."""
+    user = StageUserSumsRow
+    same = [user.deployment == deployment, user.started_at == stage.started_at]
+    columns: list[Any] = [func.count(), func.sum(user.calls), cast(func.sum(user.actual_cost), Float)]
+    for x, y in METRICS.values():
+        columns.extend(_moment_sums(getattr(user, _USER_FIELDS[x]), getattr(user, _USER_FIELDS[y])))
+    source = StageSourceSumsRow
+    judged = [name for name in (stage.stable, stage.canary) if name is not None]
+    return [
+        insert(StageVersionSumsRow).from_select(
+            ["deployment", "started_at", "version", *_VERSION_FIELDS],
+            select(user.deployment, user.started_at, user.version, *columns).where(*same)
+            .group_by(user.deployment, user.started_at, user.version)),
+        insert(StageVersionSourcesRow).from_select(
+            ["deployment", "started_at", "version", "source", *_VERSION_SOURCE_FIELDS],
+            select(source.deployment, source.started_at, source.version, source.source,
+                   *_moment_sums(source.scores, source.score_sum))
+            .where(source.deployment == deployment, source.started_at == stage.started_at)
+            .group_by(source.deployment, source.started_at, source.version, source.source)),
+        insert(StagePresenceRow).from_select(
+            ["deployment", "started_at", "user_hash"],
+            select(user.deployment, user.started_at, user.user_hash).distinct()
+            .where(*same, user.version.in_(judged))),
+        update(RolloutStageRow).where(RolloutStageRow.deployment == deployment).values(
+            users=select(func.count()).select_from(StagePresenceRow)
+            .where(StagePresenceRow.deployment == deployment, StagePresenceRow.started_at == stage.started_at)
+            .scalar_subquery()),
+    ]
+
+
+def _moment_sums(x: Any, y: Any) -> list[Any]:
+    """Σ over users of (x > 0), x, y, x², y², x·y."""
+    fx, fy = cast(x, Float), cast(y, Float)
+    return [func.sum(case((x > 0, 1), else_=0)), func.sum(fx), func.sum(fy), func.sum(fx * fx), func.sum(fy * fy),
+            func.sum(fx * fy)]
 
 
 def backfill_minutes(postgresql: bool) -> list[Any]:

@@ -38,8 +38,8 @@ from gateway.tables import (
     MinuteStatsRow,
     QualityScoreRow,
     RequestRecordRow,
-    StageSourceSumsRow,
-    StageUserSumsRow,
+    StageVersionSourcesRow,
+    StageVersionSumsRow,
 )
 
 _COUNTED = RequestRecordRow.status != "client_cancelled"
@@ -120,8 +120,10 @@ class EvidenceStore(Database):
 
         The same numbers as `gateway.analysis.evidence_from_records` over the
         stage's records written so far (`until` is the check's time; a test
-        holds them equal on SQLite and PostgreSQL), read from the per-user
-        sums: one row per user and version. Anonymous and client-cancelled
+        holds them equal on SQLite and PostgreSQL), read from the stage's
+        version sums (the per-user sums summed over users as they change): a
+        row per version and one per version and quality source, and the
+        stage's count of users. Anonymous and client-cancelled
         calls are left out. The latency thresholds are the stage's (fixed
         when it started from stable's p95 before it); while they are unknown
         the evidence is computed from the raw records with stable's p95 over
@@ -195,28 +197,23 @@ class EvidenceStore(Database):
 
     async def _summed_evidence(self, connection: AsyncConnection, *, deployment: str, stable: str, canary: str,
                                stage: Stage, until: datetime) -> Evidence:
-        users = StageUserSumsRow
-        same = [users.deployment == deployment, users.started_at == stage.started_at,
-                users.version.in_((stable, canary))]
-        outer = [users.version, func.count().label("users"), func.sum(users.calls).label("calls"),
-                 func.sum(users.actual_cost).label("actual_cost")]
-        for name, (x, y) in _SUMMED_PAIRS.items():
-            outer.extend(_sums_columns(name, getattr(users, x), getattr(users, y)))
-        rows = {row.version: row._mapping
-                for row in await connection.execute(select(*outer).where(*same).group_by(users.version))}
-        sources = StageSourceSumsRow
+        """From the stage's version sums: a few rows, whatever the users and calls."""
+        versions = StageVersionSumsRow
+        rows = {row.version: row._mapping for row in await connection.execute(
+            select(versions).where(versions.deployment == deployment, versions.started_at == stage.started_at,
+                                   versions.version.in_((stable, canary))))}
+        sources = StageVersionSourcesRow
         by_source: dict[str, dict[str, Sums]] = {stable: {}, canary: {}}
         for row in await connection.execute(
-            select(sources.version, sources.source, *_sums_columns("s", sources.scores, sources.score_sum))
-            .where(sources.deployment == deployment, sources.started_at == stage.started_at,
-                   sources.version.in_((stable, canary)))
-            .group_by(sources.version, sources.source)
-        ):
+            select(sources).where(sources.deployment == deployment, sources.started_at == stage.started_at,
+                                  sources.version.in_((stable, canary)))):
             by_source[row.version][row.source] = _sums_of(row._mapping, "s")
-        movers = select(users.user_hash).where(*same).group_by(users.user_hash).having(func.count() == 2).subquery()
-        users_in_both = int(await connection.scalar(select(func.count()).select_from(movers)) or 0)
+        # Users of both = users of each, less the users of either (counted once each as they arrived).
+        both = sum(int(rows[version]["users"]) for version in (stable, canary) if version in rows) - stage.users
+        if (stage.stable, stage.canary) != (stable, canary):
+            both = 0  # the stage counts the users of other versions: no such figure for these
         return _evidence(rows, by_source, stable=stable, canary=canary, since=stage.started_at, until=until,
-                         thresholds=stage.thresholds, users_in_both=users_in_both)
+                         thresholds=stage.thresholds, users_in_both=max(both, 0))
 
     async def _raw_reference(self, connection: AsyncConnection, *, deployment: str, stable: str, since: datetime,
                              until: datetime, policy: RolloutPolicy) -> tuple[int, float | None]:
@@ -323,16 +320,7 @@ def _percentile(fraction: float, column: Any) -> Any:
     return func.percentile_cont(fraction).within_group(column.asc())
 
 
-# Ratio metrics of the evidence: name → (denominator, numerator) columns of stage_user_sums.
-_SUMMED_PAIRS = {
-    "errors": ("calls", "errors"),
-    "quality": ("scored", "quality"),
-    "slow": ("answered", "slow_gate"),
-    "slow_reference": ("answered", "slow_reference"),
-    "slow_rollback": ("answered", "slow_rollback"),
-    "cost": ("priced", "cost"),
-}
-# The same, as columns of the raw records' per-user subquery.
+# Ratio metrics of the evidence: name → (denominator, numerator) columns of the raw records' per-user subquery.
 _PAIRS = {
     "errors": ("n", "e"),
     "quality": ("m", "q"),

@@ -78,7 +78,8 @@ class RetentionStore(PartitionStore):
             judged = dict((await connection.execute(
                 select(RolloutStageRow.deployment, RolloutStageRow.started_at))).all())
             names = (await connection.scalars(select(DeploymentRow.name))).all()
-        for table in ("stage_source_sums", "stage_user_sums"):
+        for table in ("stage_source_sums", "stage_user_sums", "stage_version_sources", "stage_version_sums",
+                      "stage_presence"):
             for name in names:
                 started = judged.get(name)
                 where, values = ("deployment = :deployment AND started_at < :started",

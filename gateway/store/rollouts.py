@@ -84,7 +84,7 @@ class RolloutStore(Database):
                     await connection.execute(insert(RolloutEventRow).values(**_event_values(created_events[name], now)))
                     if state.canary:
                         await open_stage(connection, self.dialect, deployment=name, started_at=now,
-                                         stable=state.stable, policy=deployment.policy)
+                                         stable=state.stable, canary=state.canary, policy=deployment.policy)
                 for version in deployment.versions.values():
                     await connection.execute(
                         insert_ignoring(VersionRow)
@@ -236,7 +236,7 @@ async def apply_rollout_on(connection: AsyncConnection, *, expected_revision: in
     judged = state.status == "canary" and state.canary is not None
     await open_stage(connection, dialect, deployment=event.deployment,
                      started_at=state.stage_started_at if judged else None, stable=state.stable,
-                     policy=RolloutPolicy.model_validate(changed.policy or {}))
+                     canary=state.canary, policy=RolloutPolicy.model_validate(changed.policy or {}))
     return replace(state, revision=expected_revision + 1)
 
 

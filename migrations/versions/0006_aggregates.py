@@ -2,8 +2,8 @@
 
 Builds the minute sums from every stored record and score, and for each
 running canary its stage row (latency thresholds left for the first check to
-fix) and per-user sums. PostgreSQL gets `canary_latency_bucket`, the SQL twin
-of `gateway.analysis.histogram.bucket_of`.
+fix); its per-user sums are built by migration 0008. PostgreSQL gets
+`canary_latency_bucket`, the SQL twin of `gateway.analysis.histogram.bucket_of`.
 
 Revision ID: 0006
 Revises: 0005
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from gateway.store.aggregates import Stage, backfill_minutes, rebuild_stage
+from gateway.store.aggregates import backfill_minutes
 from gateway.tables import UTCDateTime
 
 revision = "0006"
@@ -95,8 +95,6 @@ def upgrade() -> None:
     stages = sa.table("rollout_stages", sa.column("deployment", sa.String()), sa.column("started_at", UTCDateTime()))
     for name, started_at in running:
         op.execute(stages.insert().values(deployment=name, started_at=started_at))
-        for statement in rebuild_stage(name, Stage(started_at)):
-            op.execute(statement)
 
 
 def downgrade() -> None:
