@@ -34,7 +34,7 @@ from gateway.config import PassthroughSettings
 from gateway.errors import GatewayError, ShuttingDown, UpstreamError, UpstreamRefused, UpstreamStatusError
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.models import RecordStatus, RequestRecord, Usage
+from gateway.models import RecordStatus, Usage
 from gateway.providers import UpstreamRequest
 from gateway.recorder import Recorder
 from gateway.relay import CLIENT_CLOSED, Relay, loop_deadline, shutdown_error
@@ -249,32 +249,15 @@ class PassThrough:
         self._relay.untrack(call)
         latency = time.perf_counter() - call.received
         provider = self._client.provider.name
-        price = self._relay.price(call.model) if call.model and usage.prompt_tokens is not None else None
-        self._recorder.submit(RequestRecord(
-            id=call.request_id,
-            created_at=call.created_at,
-            deployment="",
-            version=call.route,
-            user_hash=None,
-            provider=provider,
-            upstream_model=call.model,
-            stream=call.stream,
-            status=status,
-            http_status=http_status,
-            error_kind=error_kind,
-            latency_ms=round(latency * 1000, 3),
-            ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost_usd=price.cost(usage) if price is not None else None,
-            uncached_cost_usd=price.uncached_cost(usage) if price is not None else None,
-            api="passthrough",
-        ))
+        self._relay.record(
+            request_id=call.request_id, created_at=call.created_at, deployment="", version=call.route,
+            user_hash=None, provider=provider, model=call.model, stream=call.stream, api="passthrough",
+            status=status, http_status=http_status, error_kind=error_kind, usage=usage, latency=latency, ttft=ttft,
+            price=self._relay.price(call.model) if call.model and usage.prompt_tokens is not None else None,
+        )
         series = self._metrics.series("", call.route, "passthrough")
         series.requests(status).inc()
         series.duration().observe(latency)
-        if error_kind is not None and error_kind not in ("client_cancelled", ShuttingDown.kind):
-            self._metrics.upstream_errors.labels(provider, error_kind).inc()
         if self._access_log:
             access_log.write("proxied call", {
                 "request_id": call.request_id, "api": "passthrough", "route": call.route, "status": status,

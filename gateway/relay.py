@@ -45,7 +45,7 @@ from gateway.evaluators import Sample, wants_json
 from gateway.inbound import InboundRequest
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.models import Deployment, Price, RecordStatus, RequestRecord, Usage, Version
+from gateway.models import Api, Deployment, Price, RecordStatus, RequestRecord, Usage, Version
 from gateway.pivot import chat_view, upstream_body
 from gateway.pricing import PriceTable
 from gateway.providers import Answer, StreamTranslator, UpstreamRequest
@@ -363,29 +363,11 @@ class Relay:
         self.untrack(call)
         latency = time.perf_counter() - call.received
         version = call.version
-        price = self.price(version.model)
-        cost = price.cost(usage) if price is not None else None
-        self._recorder.submit(
-            RequestRecord(
-                id=call.request_id,
-                created_at=call.created_at,
-                deployment=call.deployment.name,
-                version=version.name,
-                user_hash=call.user_hash,
-                provider=version.provider,
-                upstream_model=version.model,
-                stream=call.chat.stream,
-                status=status,
-                http_status=http_status,
-                error_kind=error_kind,
-                latency_ms=round(latency * 1000, 3),
-                ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=cost,
-                api=call.chat.api,
-                uncached_cost_usd=price.uncached_cost(usage) if price is not None else None,
-            )
+        cost = self.record(
+            request_id=call.request_id, created_at=call.created_at, deployment=call.deployment.name,
+            version=version.name, user_hash=call.user_hash, provider=version.provider, model=version.model,
+            stream=call.chat.stream, api=call.chat.api, status=status, http_status=http_status,
+            error_kind=error_kind, usage=usage, latency=latency, ttft=ttft, price=self.price(version.model),
         )
         series = self._metrics.series(call.deployment.name, version.name, call.chat.api)
         series.requests(status).inc()
@@ -398,8 +380,6 @@ class Relay:
             series.tokens("completion").inc(usage.completion_tokens)
         if cost:
             series.cost().inc(cost)
-        if error_kind is not None and error_kind not in _NOT_THE_PROVIDERS:
-            self._metrics.upstream_errors.labels(version.provider, error_kind).inc()
         if not self._access_log:
             return
         access_log.write("proxied call", {
@@ -413,6 +393,59 @@ class Relay:
             "error_kind": error_kind,
             "latency_ms": round(latency * 1000, 2),
         })
+
+    def record(
+        self,
+        *,
+        request_id: str,
+        created_at: datetime,
+        deployment: str,
+        version: str,
+        user_hash: str | None,
+        provider: str,
+        model: str,
+        stream: bool,
+        api: Api,
+        status: RecordStatus,
+        http_status: int,
+        error_kind: str | None,
+        usage: Usage,
+        latency: float,
+        ttft: float | None,
+        price: Price | None,
+    ) -> float | None:
+        """Hand the one `RequestRecord` of a finished call to the recorder; every surface's calls end here.
+
+        `latency` and `ttft` are seconds (stored as milliseconds); `price` is `model`'s (see `price`),
+        None when unpriced; the cost (USD) is returned for the call's metrics. An error that is the
+        provider's counts in `canary_upstream_errors_total`.
+        """
+        cost = price.cost(usage) if price is not None else None
+        self._recorder.submit(
+            RequestRecord(
+                id=request_id,
+                created_at=created_at,
+                deployment=deployment,
+                version=version,
+                user_hash=user_hash,
+                provider=provider,
+                upstream_model=model,
+                stream=stream,
+                status=status,
+                http_status=http_status,
+                error_kind=error_kind,
+                latency_ms=round(latency * 1000, 3),
+                ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost,
+                api=api,
+                uncached_cost_usd=price.uncached_cost(usage) if price is not None else None,
+            )
+        )
+        if error_kind is not None and error_kind not in _NOT_THE_PROVIDERS:
+            self._metrics.upstream_errors.labels(provider, error_kind).inc()
+        return cost
 
     def _sample(self, call: Call, choices: list[dict[str, Any]]) -> None:
         """Hand an answered call to the quality checks (off the hot path).
