@@ -404,13 +404,20 @@ def test_models_health_and_readiness(gateway: Gateway) -> None:
     assert ready["status"] == "ready" and ready["deployments"] == 1
 
 
-def test_client_going_away_mid_stream_cancels_the_upstream(gateway: Gateway, fake: FakeUpstream) -> None:
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"messages": MESSAGES, "user": "u"}),
+    ("/v1/responses", {"input": "hello", "user": "u"}),
+    ("/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "hello"}],
+                      "metadata": {"user_id": "u"}}),
+])
+def test_client_going_away_mid_stream_cancels_the_upstream(gateway: Gateway, fake: FakeUpstream, path: str,
+                                                           body: dict[str, Any]) -> None:
     fake.behaviour.chunks = 30
     fake.behaviour.chunk_delay = 0.2
-    with gateway.client() as http, http.stream("POST", "/v1/chat/completions", json={
-        "model": "support-bot", "messages": MESSAGES, "stream": True, "user": "u"}) as answer:
+    with gateway.client() as http, http.stream("POST", path, json={
+        "model": "support-bot", **body, "stream": True}) as answer:
         first = next(answer.iter_raw())
-    assert first.startswith(b"data: ")
+    assert first.startswith((b"data: ", b"event: "))
     [row] = gateway.records(1, timeout=3)
     assert row["status"] == "client_cancelled" and row["http_status"] == 499
     wait_for(lambda: fake.streams_cut, timeout=5, what="the upstream to see its stream cut")

@@ -9,15 +9,21 @@ every route, and FastAPI's request handler with its dependency solving. The
 routes stay declared on the app, so the OpenAPI schema, 404 listings and
 other methods (405) are unchanged. A `GatewayError` a handler lets through
 gets the same answer the app's handler would give it.
+
+Their streams go out through `EventStream`: Starlette's `StreamingResponse`
+watches for the client going away with an anyio task group per stream (two
+tasks, cancel scopes, a task's repr built on every cancel), a sixth of a
+streamed call's CPU on the gateway's side; one plain task does the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gateway.api.errors import error_response
 from gateway.errors import GatewayError
@@ -48,3 +54,45 @@ class FastPath:
         except GatewayError as exc:
             response = error_response(exc)
         await response(scope, receive, send)
+
+
+class EventStream(StreamingResponse):
+    """A `StreamingResponse` that stops when the client goes away, watched by one plain task.
+
+    When `http.disconnect` arrives while the body is being sent, the task
+    sending it is cancelled (the body iterator sees the cancellation where it
+    waits) and the response ends without an error, as Starlette's does. An
+    async generator body is closed at the end however it ended, so its
+    `finally` runs at once rather than when it is collected.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        sending = True
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if sending:
+                gone = True
+                task.cancel("the client went away")
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sending = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+        finally:
+            sending = False
+            watcher.cancel()
+            if isinstance(self.body_iterator, AsyncGenerator):
+                await self.body_iterator.aclose()

@@ -18,10 +18,11 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway.api.deps import Services, check_client, read_body, request_id_of
 from gateway.api.errors import anthropic_error_response
+from gateway.api.fastpath import EventStream
 from gateway.errors import ClientError, Overloaded, UpstreamBadResponse, UpstreamError
 from gateway.messages import parse_count_tokens_request, parse_messages_request
 from gateway.translators.messages_chat import MessagesEventStream, to_message
@@ -60,7 +61,7 @@ async def create_message(request: Request) -> Response:
         return anthropic_error_response(exc, headers=headers)
     relayed = call.client.provider.relayed_headers(upstream.headers)
     events = services.relay.stream(call, upstream)
-    return StreamingResponse(
+    return EventStream(
         events if call.native else _events(events),
         media_type="text/event-stream",
         headers={**relayed, **headers, **_STREAM_HEADERS},

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway.api import passthrough
 from gateway.api.deps import Services, ServicesDep, check_client, is_request_id, read_body, request_id_of
 from gateway.api.errors import error_response
+from gateway.api.fastpath import EventStream
 from gateway.chat import parse_chat_request
 from gateway.errors import ClientError, InvalidRequest, NotFound, Overloaded, StoreUnavailable, UpstreamError
 from gateway.models import QualityScore
@@ -53,7 +54,7 @@ async def chat_completions(request: Request) -> Response:
     except UpstreamError as exc:
         return error_response(exc, headers=headers)
     relayed = call.client.provider.relayed_headers(upstream.headers)
-    return StreamingResponse(
+    return EventStream(
         services.relay.stream(call, upstream),
         media_type="text/event-stream",
         headers={**relayed, **headers, **_STREAM_HEADERS},

@@ -17,10 +17,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from gateway.api.deps import Services, check_client, read_body, request_id_of
 from gateway.api.errors import error_response
+from gateway.api.fastpath import EventStream
 from gateway.errors import ClientError, Overloaded, UpstreamBadResponse, UpstreamError
 from gateway.responses import parse_responses_request
 from gateway.translators.responses_chat import ResponsesEvents, echoed, to_response
@@ -59,7 +60,7 @@ async def create_response(request: Request) -> Response:
         return error_response(exc, headers=headers)
     relayed = call.client.provider.relayed_headers(upstream.headers)
     events = services.relay.stream(call, upstream)
-    return StreamingResponse(
+    return EventStream(
         events if call.native else _rendered_stream(events, echoed(inbound.body, call.body)),
         media_type="text/event-stream",
         headers={**relayed, **headers, **_STREAM_HEADERS},
