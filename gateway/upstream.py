@@ -29,6 +29,10 @@ deadline of its own, and a read timeout would bound every socket read alike):
 
 A long answer (a reasoning model thinking for a minute) is therefore bounded
 by the deadline only, never by the idle timeout.
+
+Why one module over 400 lines: the time limits above, the retries and the
+stream relay share one clock and one error translation; apart, a limit could
+be applied twice or not at all.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ A provider speaks one wire API (`Provider.wire`: `chat_completions`,
 
 It also maps the upstream's error answers. It does no I/O: sending,
 deadlines and retries belong to `gateway.upstream`.
+
+Why one module over 400 lines: it is the provider contract (both paths' abstract
+methods with their wire-format sources) and the helpers every provider shares
+to honour it (error bodies, usage readers, SSE framing); split, each provider
+would import from several places to implement one interface.
 """
 
 from __future__ import annotations

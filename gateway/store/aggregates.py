@@ -26,6 +26,10 @@ deployment (namespace STAGE_LOCK) from before it reads the stage until it
 commits; a stage change takes it exclusively and rebuilds the new stage's
 sums from the records stored by then, so each record is counted by exactly
 one of the two. SQLite serializes write transactions (`BEGIN IMMEDIATE`).
+
+Why one module over 400 lines: the aggregates' definition, their update in
+the writer's transaction and their rebuild from stored records must compute
+the same sums; kept together, one reading shows they agree.
 """
 
 from __future__ import annotations

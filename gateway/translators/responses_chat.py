@@ -20,6 +20,10 @@
 
 The pivot answers for the app's request: a `Response` echoes the app's own
 `instructions`, tools and settings, never the version's prompt.
+
+Why one module over 400 lines: one translator per pair (Responses ⇄ chat),
+request, answer and event stream together, so that a field's mapping and its
+way back are read and tested side by side.
 """
 
 from __future__ import annotations
