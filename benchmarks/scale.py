@@ -19,7 +19,8 @@ unless --keep), migrated to the newest schema (partitioned tables), it:
    loads it with COPY: the records, the scores, and the aggregates as the
    record writer would have kept them (minute sums and latency histograms,
    the stage's per-user sums), computed with numpy, and the stage's version
-   sums built from its per-user sums in SQL; then VACUUM ANALYZE;
+   sums built from its per-user sums and the hourly histograms from the
+   minute ones in SQL; then VACUUM ANALYZE;
 4. times, warm (--runs times, one pooled connection: min / median) and cold
    (a new connection after every relation of the database was pushed out of
    shared_buffers with pg_prewarm of a filler table and out of the OS page
@@ -59,6 +60,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 from prometheus_client import CollectorRegistry
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -72,7 +74,7 @@ from gateway.migrate import upgrade
 from gateway.models import Deployment, RequestRecord, RolloutEvent, RolloutState, Version
 from gateway.policy import RolloutPolicy
 from gateway.store import Store, create_engine
-from gateway.store.aggregates import Stage, version_sums
+from gateway.store.aggregates import Stage, backfill_hours, version_sums
 
 DEPLOYMENT = "support-bot"
 RECORD_COLUMNS = ("id", "created_at", "deployment", "version", "user_hash", "provider", "upstream_model", "stream",
@@ -276,10 +278,13 @@ async def load(url: str, store: Store, args: argparse.Namespace, now: datetime) 
                                                           *USER_FIELDS))
         await copy(connection, "stage_source_sums", user_sources,
                    ("deployment", "started_at", "version", "user_hash", "source", "scores", "score_sum"))
-        # The version sums and the stage's users, from the per-user sums (what the writer's changes add up to).
+        # The version sums and the stage's users, from the per-user sums (what the writer's changes add up to);
+        # the hourly histograms from the minute ones.
         async with store.engine.begin() as transaction:
             for statement in version_sums(DEPLOYMENT, Stage(row["started_at"], stable="v1", canary="v2")):
                 await transaction.execute(statement)
+            await transaction.execute(text("TRUNCATE hour_latency"))
+            await transaction.execute(backfill_hours(postgresql=True))
         await connection.execute("VACUUM ANALYZE")
     finally:
         await connection.close()

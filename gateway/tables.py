@@ -361,3 +361,16 @@ class MinuteLatencyRow(Base):
     metric: Mapped[str] = mapped_column(String(8), primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     calls: Mapped[int] = mapped_column(BigInteger)
+
+
+class HourLatencyRow(Base):
+    """minute_latency summed per hour (UTC): what a window of many hours reads for its whole hours."""
+
+    __tablename__ = "hour_latency"
+
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)

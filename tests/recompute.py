@@ -126,9 +126,17 @@ def expected(url: str) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
         "minute_stats": {key: tuple(value) for key, value in minutes.items()},
         "minute_sources": {key: tuple(value) for key, value in minute_sources.items()},
         "minute_latency": {key: (value,) for key, value in latency.items()},
+        "hour_latency": hours(latency),
         "stage_user_sums": {key: tuple(value) for key, value in users.items()},
         "stage_source_sums": {key: tuple(value) for key, value in user_sources.items()},
     }
+
+
+def hours(latency: dict[tuple[Any, ...], int]) -> dict[tuple[Any, ...], tuple[int]]:
+    summed: dict[tuple[Any, ...], int] = defaultdict(int)
+    for (deployment, version, minute, metric, bucket), count in latency.items():
+        summed[(deployment, version, minute.replace(minute=0), metric, bucket)] += count
+    return {key: (count,) for key, count in summed.items()}
 
 
 def add_moments(row: list[Any], at: int, x: float, y: float) -> None:
@@ -153,6 +161,7 @@ _KEYS = {
     "minute_stats": (("deployment", "version", "minute"), MINUTE_FIELDS),
     "minute_sources": (("deployment", "version", "minute", "source"), ("scores", "score_sum")),
     "minute_latency": (("deployment", "version", "minute", "metric", "bucket"), ("calls",)),
+    "hour_latency": (("deployment", "version", "hour", "metric", "bucket"), ("calls",)),
     "stage_user_sums": (("deployment", "started_at", "version", "user_hash"), USER_FIELDS),
     "stage_source_sums": (("deployment", "started_at", "version", "user_hash", "source"), ("scores", "score_sum")),
 }
@@ -165,7 +174,7 @@ def stored(url: str) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
     for table, (keys, fields) in _KEYS.items():
         rows = {}
         for row in query(url, f"SELECT * FROM {table}"):
-            key = tuple(moment(row[name]) if name in ("minute", "started_at") else row[name] for name in keys)
+            key = tuple(moment(row[name]) if name in ("minute", "hour", "started_at") else row[name] for name in keys)
             if table.startswith("stage_") and key[:2] not in judged:
                 continue
             if table == "stage_version_sums" and not row["users"]:

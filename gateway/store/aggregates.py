@@ -3,8 +3,9 @@
 Two families of sums (tables in `gateway.tables`), each a batch adds to:
 
 - per deployment, version and minute (`minute_stats`, `minute_sources`,
-  `minute_latency`): what `compare`, the time series and the dashboard read;
-  latency as a mergeable histogram (`gateway.analysis.histogram`);
+  `minute_latency`, and `hour_latency` per hour): what `compare`, the time
+  series and the dashboard read; latency as a mergeable histogram
+  (`gateway.analysis.histogram`);
 - per user of the stage a rollout check judges (`stage_user_sums`,
   `stage_source_sums`, keyed by the stage's start in `rollout_stages`): the
   per-user sums of `gateway.analysis.evidence`, so a check reads one row per
@@ -50,6 +51,7 @@ from gateway.models import RecordStatus
 from gateway.policy import RolloutPolicy
 from gateway.store.engine import Dialect
 from gateway.tables import (
+    HourLatencyRow,
     MinuteLatencyRow,
     MinuteSourceRow,
     MinuteStatsRow,
@@ -237,6 +239,8 @@ class Tally:
              self.minute_sources.items()),
             (MinuteLatencyRow, ("deployment", "version", "minute", "metric", "bucket"), ("calls",),
              ((key, (count,)) for key, count in self.latency.items())),
+            (HourLatencyRow, ("deployment", "version", "hour", "metric", "bucket"), ("calls",),
+             ((key, (count,)) for key, count in self._hours().items())),
         ]
         for table, keys, fields, items in tables:
             await _add(connection, dialect, table, keys, fields, sorted(items, key=lambda item: item[0]))
@@ -274,6 +278,13 @@ class Tally:
                    sorted(versions.items()))
         await _add(connection, dialect, StageVersionSourcesRow, ("deployment", "started_at", "version", "source"),
                    _VERSION_SOURCE_FIELDS, sorted(version_sources.items()))
+
+    def _hours(self) -> dict[tuple[str, str, datetime, str, int], int]:
+        hours: dict[tuple[str, str, datetime, str, int], int] = {}
+        for (deployment, version, minute, metric, bucket), count in self.latency.items():
+            key = (deployment, version, minute.replace(minute=0), metric, bucket)
+            hours[key] = hours.get(key, 0) + count
+        return hours
 
     def _minute(self, fact: Fact, minute: datetime) -> list[Any]:
         key = (fact.deployment, fact.version, minute)
@@ -653,3 +664,16 @@ def backfill_minutes(postgresql: bool) -> list[Any]:
         statements.append(insert(MinuteLatencyRow).from_select(
             ["deployment", "version", "minute", "metric", "bucket", "calls"], histogram))
     return statements
+
+
+def backfill_hours(postgresql: bool) -> Any:
+    """The statement that builds hour_latency from minute_latency (for a migration; assumes it empty)."""
+    minute = MinuteLatencyRow
+    if postgresql:
+        hour: Any = func.timezone("UTC", func.date_trunc("hour", func.timezone("UTC", minute.minute)))
+    else:
+        hour = func.substr(minute.minute, 1, 13).concat(":00:00.000000")
+    return insert(HourLatencyRow).from_select(
+        ["deployment", "version", "hour", "metric", "bucket", "calls"],
+        select(minute.deployment, minute.version, hour.label("hour"), minute.metric, minute.bucket,
+               func.sum(minute.calls)).group_by(minute.deployment, minute.version, hour, minute.metric, minute.bucket))

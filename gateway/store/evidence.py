@@ -33,6 +33,7 @@ from gateway.policy import RolloutPolicy
 from gateway.store.aggregates import Stage, fix_thresholds, minute_of, read_stage
 from gateway.store.engine import Database, translated_errors
 from gateway.tables import (
+    HourLatencyRow,
     MinuteLatencyRow,
     MinuteSourceRow,
     MinuteStatsRow,
@@ -65,12 +66,22 @@ class EvidenceStore(Database):
             row = (await connection.execute(
                 select(*(func.sum(getattr(minutes, name)) for name in names)).where(*window))).one()
             histograms: dict[str, dict[int, int]] = {"latency": {}, "ttft": {}}
-            for metric, bucket, calls in await connection.execute(
-                select(latency.metric, latency.bucket, func.sum(latency.calls))
-                .where(latency.deployment == deployment, latency.version == version,
-                       latency.minute >= minute_of(since))
-                .group_by(latency.metric, latency.bucket)):
-                histograms[metric][int(bucket)] = int(calls)
+            # The minutes before the first whole hour, then the hours: a day is ~24 rows per bucket, not 1,440.
+            first, hour = minute_of(since), _hour_after(since)
+            hours = HourLatencyRow
+            parts = (
+                select(latency.metric, latency.bucket, latency.calls)
+                .where(latency.deployment == deployment, latency.version == version, latency.minute >= first,
+                       latency.minute < hour),
+                select(hours.metric, hours.bucket, hours.calls)
+                .where(hours.deployment == deployment, hours.version == version, hours.hour >= hour),
+            )
+            for part in (query.subquery() for query in parts):
+                for metric, bucket, calls in await connection.execute(
+                        select(part.c.metric, part.c.bucket, func.sum(part.c.calls)).group_by(
+                            part.c.metric, part.c.bucket)):
+                    merged = histograms[metric]
+                    merged[int(bucket)] = merged.get(int(bucket), 0) + int(calls)
             by_source = {
                 source: (float(total) / int(count), int(count))
                 for source, total, count in await connection.execute(
@@ -264,6 +275,13 @@ class EvidenceStore(Database):
         users_in_both = int(await connection.scalar(select(func.count()).select_from(movers)) or 0)
         return _evidence(rows, sources, stable=stable, canary=canary, since=since, until=until,
                          thresholds=thresholds, users_in_both=users_in_both)
+
+
+def _hour_after(moment: datetime) -> datetime:
+    """The first whole hour (UTC) at or after the minute of `moment`."""
+    minute = minute_of(moment)
+    hour = minute.replace(minute=0)
+    return hour if hour == minute else hour + timedelta(hours=1)
 
 
 def _evidence(rows: Mapping[str, Any], sources: Mapping[str, Mapping[str, Sums]], *, stable: str, canary: str,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select, text
@@ -65,11 +65,14 @@ class RetentionStore(PartitionStore):
         if table == "request_records":
             async with translated_errors(), self.engine.connect() as connection:
                 pairs = (await connection.execute(text("SELECT DISTINCT deployment, version FROM minute_stats"))).all()
-            for minutes in ("minute_latency", "minute_sources", "minute_stats"):
+            for minutes, column in (("minute_latency", "minute"), ("hour_latency", "hour"),
+                                    ("minute_sources", "minute"), ("minute_stats", "minute")):
                 for deployment, version in pairs:
                     expired.count(minutes, rows=await self._delete(
-                        minutes, "deployment = :deployment AND version = :version AND minute < :before",
-                        {"deployment": deployment, "version": version, "before": before}, batch,
+                        minutes, f"deployment = :deployment AND version = :version AND {column} < :before",
+                        {"deployment": deployment, "version": version,
+                         # An hour goes once all of it is older than the cutoff.
+                         "before": before if column == "minute" else before - timedelta(hours=1)}, batch,
                         step="retention:minutes"))
 
     async def drop_finished_stages(self, *, batch: int, expired: Expired) -> None:
