@@ -13,7 +13,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 from fastapi import FastAPI, Request
@@ -39,7 +39,7 @@ from gateway.limits import KeyedLimiter
 from gateway.maintenance import Maintenance
 from gateway.metrics import Metrics, forget_process
 from gateway.migrate import ensure_schema
-from gateway.models import Deployment, Price
+from gateway.models import Deployment, Price, RolloutMode
 from gateway.passthrough import PassThrough
 from gateway.pricing import PriceTable
 from gateway.probe import DatabaseProbe
@@ -48,6 +48,7 @@ from gateway.quality import QualityMonitor
 from gateway.recorder import Recorder
 from gateway.relay import Relay
 from gateway.scheduler import CheckScheduler, RolloutChecker
+from gateway.shadowing import ShadowDispatcher
 from gateway.snapshot import Snapshot
 from gateway.store import Store, create_engine
 from gateway.tokens import TokenCounter
@@ -100,6 +101,8 @@ def create_app(
                 metrics.canary_percent.labels(deployment=name).set(
                     deployment.rollout.canary_percent if deployment.rollout.canary else 0.0
                 )
+                for mode in get_args(RolloutMode):
+                    metrics.rollout_mode.labels(deployment=name, mode=mode).set(deployment.rollout.mode == mode)
 
         async def first_contact() -> None:
             """Once the database answers: its schema, the declared deployments, the shared user-id salt."""
@@ -123,6 +126,16 @@ def create_app(
             metrics=metrics,
             settings=settings.evaluation,
         )
+        shadow = ShadowDispatcher(
+            {name: deployment.quality for name, deployment in settings.deployments.items()},
+            clients=clients,
+            prices=prices,
+            recorder=recorder,
+            metrics=metrics,
+            settings=settings.shadowing,
+            http_status=http_status,
+            share=1.0 / settings.server.workers,
+        )
         relay = Relay(
             snapshot=snapshot,
             clients=clients,
@@ -133,6 +146,7 @@ def create_app(
             user_id_salt=configured_salt or secrets.token_bytes(32),
             max_concurrency=settings.server.max_concurrency,
             quality=quality,
+            shadow=shadow,
             access_log=settings.logging.access_log,
             http_status=http_status,
         )
@@ -184,6 +198,7 @@ def create_app(
             await snapshot.start()
             recorder.start()
             quality.start()
+            shadow.start()
             alerts.start()
             scheduler.start(snapshot.deployments)
             drain.install()
@@ -194,6 +209,7 @@ def create_app(
             drain.draining = True
             scheduler.stop()
             await quality.stop()
+            await shadow.stop()
             await alerts.stop()
             await snapshot.stop()
             await probe.close()

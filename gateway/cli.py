@@ -216,6 +216,8 @@ def _serve(args: argparse.Namespace) -> int:
             # shares its metrics through prometheus-client's multiprocess mode.
             if path:
                 os.environ["GATEWAY_CONFIG"] = str(Path(path).resolve())
+            # Each worker takes its share of per-process budgets (the shadow stage's).
+            os.environ["GATEWAY_WORKERS"] = str(workers)
             if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 metrics_dir = tempfile.mkdtemp(prefix="canary-gateway-metrics-")
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -278,10 +280,10 @@ def _status(args: argparse.Namespace) -> int:
         deployments = [_admin(args, "GET", f"/admin/deployments/{args.deployment}")]
     else:
         deployments = _admin(args, "GET", "/admin/deployments")["deployments"]
-    rows = [["Deployment", "Stable", "Canary", "Percent", "Stage", "Status", "Paused", "Revision"]]
+    rows = [["Deployment", "Stable", "Canary", "Percent", "Stage", "Status", "Mode", "Paused", "Revision"]]
     for d in deployments:
         rows.append([d["name"], d["stable"], d["canary"] or "-", f"{d['canary_percent']:.2f}", str(d["stage"]),
-                     d["status"], "yes" if d["paused"] else "no", str(d["revision"])])
+                     d["status"], d.get("mode") or "-", "yes" if d["paused"] else "no", str(d["revision"])])
     print(_table(rows))
     if args.deployment:
         print()
@@ -294,9 +296,50 @@ def _status(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     result = _admin(args, "GET", f"/admin/deployments/{args.deployment}/compare?hours={args.hours:g}")
     decision = _admin(args, "GET", f"/admin/deployments/{args.deployment}/decision")
-    result["stage"] = decision if decision.get("decision") else None
+    report = decision.get("report") if decision.get("decision") == "report" else None
+    result["stage"] = decision if decision.get("decision") and report is None else None
     print("\n".join(compare_table(result, f"last {args.hours:g} h")))
+    if report is not None:
+        print()
+        print("\n".join(ab_table(report)))
     return 0
+
+
+def ab_table(report: dict[str, Any]) -> list[str]:
+    """An A/B test's report as plain lines, from the `report` of `GET .../ab` (or `GET .../decision`):
+    per metric each version's value, the difference with its anytime-valid interval, whether it is
+    significant and the traffic an undecided one still needs; then the sample ratio check."""
+    stable, candidate = report["stable"], report["candidate"]
+    lines = [f"A/B test: {stable} (stable) vs {candidate} at {report['split']:g} % of users, "
+             f"{_duration(report['elapsed_s'])} so far; intervals at alpha {report['alpha']:g}, valid at any look",
+             f"{'Metric':<20}{stable:>11}{candidate:>11}{'Difference':>13}{'Interval':>26}  {'Significant':<12}Needs",
+             "-" * 100]
+    for metric in report["metrics"]:
+        interval = "-" if metric["lower"] is None else f"[{metric['lower']:+.4g}, {metric['upper']:+.4g}]"
+        difference = "-" if metric["difference"] is None else f"{metric['difference']:+.4g}"
+        if metric["significant"] or metric["needs_calls"] is None:
+            needs = "-"
+        else:
+            needs = f"~{metric['needs_calls']:,} more calls"
+            if metric["needs_seconds"] is not None:
+                needs += f" (~{_duration(metric['needs_seconds'])})"
+        lines.append(f"{metric['metric'][:19]:<20}{_cell(metric['stable'], '{:.4g}'):>11}"
+                     f"{_cell(metric['candidate'], '{:.4g}'):>11}{difference:>13}{interval:>26}  "
+                     f"{'yes' if metric['significant'] else 'no':<12}{needs}")
+    srm = report["srm"]
+    if srm is not None:
+        lines.append(f"Sample ratio: {candidate} has {srm['observed_candidate_share']:.2%} of users, expected "
+                     f"{srm['expected_candidate_share']:.2%} (p = {srm['p_value']:.3g}): "
+                     + ("MISMATCH, do not conclude" if srm["mismatch"] else "no mismatch"))
+    lines.append(f"Summary: {report['summary']}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def compare_table(result: dict[str, Any], period: str) -> list[str]:

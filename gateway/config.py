@@ -383,6 +383,9 @@ class JudgeSettings(_Frozen):
     max_concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(30.0, gt=0)
     rubric: str | None = None  # None: the shipped default rubric
+    # The shadow stage's pairwise comparison of two answers; None: the shipped default
+    # (gateway.evaluators.DEFAULT_PAIRWISE_RUBRIC). It must ask for {"winner": "A" | "B" | "tie"}.
+    pairwise_rubric: str | None = None
     params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0})
 
 
@@ -404,6 +407,15 @@ class QualitySettings(_Frozen):
 class EvaluationSettings(_Frozen):
     queue_size: int = Field(1000, ge=1)  # samples waiting; beyond it they are skipped and counted
     workers: int = Field(2, ge=1, le=64)
+
+
+class ShadowingSettings(_Frozen):
+    """The shadow stage's background dispatcher (per worker process)."""
+
+    # Copies waiting to be sent to the canary; beyond it they are dropped and counted.
+    queue_size: int = Field(1000, ge=1)
+    # Copies sent (and evaluated, and judged) at once.
+    workers: int = Field(4, ge=1, le=64)
 
 
 class DeploymentSettings(_Frozen):
@@ -560,6 +572,7 @@ class Settings(_Frozen):
     pricing: dict[str, PriceSettings] = Field(default_factory=dict)
     alerts: AlertSettings = AlertSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    shadowing: ShadowingSettings = ShadowingSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=dict)
     passthrough: PassthroughSettings = PassthroughSettings()
 
@@ -737,11 +750,16 @@ def declared_deployments(settings: Settings) -> dict[str, Deployment]:
         versions = {
             version_name: version.to_version(version_name) for version_name, version in declared.versions.items()
         }
+        policy = declared.policy
+        ab_test = policy.mode == "ab_test"
+        start = policy.ab.split if ab_test else 0.0 if policy.shadow_stage else policy.stages[0]
         rollout = RolloutState(
             stable=declared.stable,
             canary=declared.canary,
-            canary_percent=declared.policy.stages[0] if declared.canary else 0.0,
+            canary_percent=start if declared.canary else 0.0,
             status="canary" if declared.canary else "stable",
+            kind="ab_test" if ab_test and declared.canary else "canary",
+            shadow=bool(declared.canary) and policy.shadow_stage and not ab_test,
         )
         deployments[name] = Deployment(name=name, versions=versions, rollout=rollout, anonymous=declared.anonymous,
                                        policy=declared.policy)

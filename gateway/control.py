@@ -14,11 +14,13 @@ canary starts a rollout.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
 from gateway import rollout
+from gateway.analysis.ab import ab_report
 from gateway.config import ProviderSettings, params_refusal
 from gateway.errors import ConfigError, Conflict, InvalidRequest, NotFound
 from gateway.models import Clock, Deployment, RolloutEvent, RolloutState, Version, WindowStats, utc_now
@@ -83,14 +85,13 @@ class ControlPlane:
 
     async def start_canary(self, *, deployment: str, version: str, percent: float | None, actor: str,
                            reason: str | None, revision: int | None = None) -> Deployment:
-        """Start a canary rollout of `version` at `percent` (the policy's first stage when None).
-
-        A rollout change (see the class).
+        """Start a rollout of `version` as the policy says (`rollout.start_rollout`): under `mode: ab_test`
+        an A/B test at `percent` (default `ab.split`); else a canary at `percent`, or, when None, in the
+        shadow stage if the stages begin with it, else at the first stage. A rollout change (see the class).
         """
 
         def start(current: Deployment) -> RolloutState:
-            stages = current.policy.stages
-            return rollout.start_canary(current, version=version, percent=percent, stages=stages, now=self._clock())
+            return rollout.start_rollout(current, version=version, percent=percent, now=self._clock())
 
         return await self._change(deployment, "canary_started", actor, reason, start, revision)
 
@@ -132,12 +133,57 @@ class ControlPlane:
         """Let automatic decisions apply again after `pause`. A rollout change (see the class)."""
         return await self._change(deployment, "resumed", actor, reason, rollout.resume, revision)
 
+    async def ab_report(self, *, deployment: str) -> dict[str, Any]:
+        """The running A/B test's report since it started (`gateway.analysis.ab`), changing nothing.
+
+        `{"deployment", "state", "since", "report": ABReport.public(), "evidence"}`. Raises NotFound,
+        or Conflict when the deployment runs no A/B test.
+        """
+        current = await self.deployment(deployment)
+        state = current.rollout
+        if state.mode != "ab_test" or state.canary is None:
+            raise Conflict(f"deployment '{deployment}' runs no A/B test (status: {state.status}, "
+                           f"mode: {state.mode or 'none'})")
+        now = self._clock()
+        since = state.stage_started_at or now
+        evidence = await self._store.stage_evidence(deployment=deployment, stable=state.stable, canary=state.canary,
+                                                    since=since, until=now, policy=current.policy)
+        report = ab_report(evidence, split=state.canary_percent, alpha=current.policy.ab.alpha,
+                           tuning=current.policy.sequential_tuning,
+                           elapsed_s=max((now - since).total_seconds(), 0.0))
+        return {"deployment": deployment, "state": state.public(), "since": since.isoformat(),
+                "report": report.public(), "evidence": evidence.public()}
+
+    async def conclude_ab(self, *, deployment: str, winner: str, start_canary: bool, actor: str,
+                          reason: str | None, revision: int | None = None) -> Deployment:
+        """End the running A/B test with `winner` (`rollout.conclude_ab`), audited as `ab_concluded` with the
+        report at that moment in the event's snapshot: stable winning ends the test; the candidate becomes
+        stable now, or with `start_canary` starts a canary rollout of its own (from the shadow stage when the
+        stages begin with it). A rollout change (see the class); InvalidRequest (param `winner`) when
+        `winner` is neither version of the test.
+        """
+        report: dict[str, Any] | None = None
+        with contextlib.suppress(Conflict):
+            report = await self.ab_report(deployment=deployment)
+
+        def conclude(current: Deployment) -> RolloutState:
+            policy = current.policy
+            return rollout.conclude_ab(current, winner=winner, start_canary=start_canary, stages=policy.stages,
+                                       shadow=policy.shadow_stage, now=self._clock())
+
+        snapshot = None if report is None else {"winner": winner, "as": "canary" if start_canary else "stable",
+                                                "report": report["report"]}
+        return await self._change(deployment, "ab_concluded", actor, reason, conclude, revision, snapshot)
+
     async def compare(self, *, deployment: str, hours: float) -> dict[str, Any]:
         """Stable's and the canary's numbers over the last `hours`, side by side (SPEC's compare answer).
 
         `{"deployment", "hours", "stable": WindowStats.public(), "canary": ... or
         None, "diff_pct": {metric: percent or None}}` for the metrics of
-        COMPARED; `avg_cost` is USD per call. Raises NotFound.
+        COMPARED; `avg_cost` is USD per call. The canary's numbers are those of
+        the calls it served to users; its shadow copies' numbers (the shadow
+        stage) are apart, under `shadow` (None without any), with the rollout's
+        `mode`. Raises NotFound.
         """
         current = await self.deployment(deployment)
         since = self._clock() - timedelta(hours=hours)
@@ -145,11 +191,17 @@ class ControlPlane:
         canary: WindowStats | None = None
         if current.rollout.canary is not None:
             canary = await self._store.window_stats(deployment=deployment, version=current.rollout.canary, since=since)
+        shadow: WindowStats | None = None
+        if current.rollout.canary is not None:
+            shadow = await self._store.shadow_window_stats(deployment=deployment, version=current.rollout.canary,
+                                                           since=since)
         return {
             "deployment": deployment,
             "hours": hours,
+            "mode": current.rollout.mode,
             "stable": stable.public(),
             "canary": canary.public() if canary is not None else None,
+            "shadow": shadow.public() if shadow is not None and shadow.requests else None,
             "diff_pct": {key: diff_pct(stable.public()[key], canary.public()[key] if canary else None)
                          for key in COMPARED},
         }
@@ -177,6 +229,7 @@ class ControlPlane:
         reason: str | None,
         transition: Callable[[Deployment], RolloutState],
         revision: int | None,
+        snapshot: Mapping[str, Any] | None = None,
     ) -> Deployment:
         current = await self.deployment(name)
         if revision is not None and revision != current.rollout.revision:
@@ -193,6 +246,7 @@ class ControlPlane:
             before=current.rollout.public(),
             after=after.public(),
             reason=reason,
+            snapshot=snapshot,
             at=self._clock(),
         )
         stored = await self._store.apply_rollout(expected_revision=current.rollout.revision, state=after, event=event)
@@ -230,7 +284,7 @@ async def sync_declared(
     stored one of the same name raises ConfigError naming the key, and
     nothing is written. The file's policy and `anonymous` flag replace the
     stored ones. A declared canary the database has not seen yet starts a
-    new rollout at the first stage (replacing a running canary).
+    new rollout as its policy says (replacing a running canary).
     `policies[name]` is the JSON form of the deployment's policy.
     """
     stored = await store.version_hashes(deployments=deployments.keys())
@@ -256,11 +310,12 @@ async def sync_declared(
     await store.insert_declared(deployments=deployments, policies=policies, created_events=created, now=clock())
     for name, deployment in deployments.items():
         if deployment.rollout.canary is not None:
-            await _start_declared_canary(store, name, deployment.rollout.canary, policies[name]["stages"], clock)
+            await _start_declared_canary(store, name, deployment.rollout.canary, clock)
 
 
-async def _start_declared_canary(store: Store, name: str, canary: str, stages: Sequence[float], clock: Clock) -> None:
-    """A declared canary the database has not seen yet starts a new rollout at the first stage.
+async def _start_declared_canary(store: Store, name: str, canary: str, clock: Clock) -> None:
+    """A declared canary the database has not seen yet starts a new rollout as its policy says
+    (`rollout.start_rollout`: an A/B test, the shadow stage or the first stage).
 
     Several replicas may try at once: the compare-and-set lets one win, and
     the others find the rollout already started when they look again.
@@ -271,9 +326,7 @@ async def _start_declared_canary(store: Store, name: str, canary: str, stages: S
         state = stored.rollout
         if canary in (state.canary, state.stable):
             return
-        after = rollout.start_canary(
-            stored, version=canary, percent=None, stages=stages, now=clock(), replace_running=True
-        )
+        after = rollout.start_rollout(stored, version=canary, percent=None, now=clock(), replace_running=True)
         event = RolloutEvent(
             deployment=name,
             action="canary_started",

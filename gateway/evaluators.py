@@ -18,6 +18,7 @@ position, not the answers), 0 lost both, 0.75 / 0.25 a win or a loss and a tie.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -170,6 +171,12 @@ class Pattern:
         if self.must_not_match is not None and self.must_not_match.search(answer):
             return 0.0
         return 1.0
+
+
+def score_id(request_id: str, source: str) -> str:
+    """The id of an evaluator's score of one call (SHA-256 hex of both): evaluators are deterministic, so a
+    call evaluated twice (sampled for quality and copied to a shadow canary) is stored once (ids are unique)."""
+    return hashlib.sha256(f"{request_id}\x00{source}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def build_evaluators(settings: Sequence[EvaluatorSettings]) -> list[Evaluator]:

@@ -1,8 +1,9 @@
 """Prometheus collectors, built around an injected registry.
 
 Label values come only from the configuration (deployment, version, provider)
-or from fixed sets (status, kind, and `api`: chat, responses, messages,
-passthrough); never from what a client sent.
+or from fixed sets (status, kind, `api`: chat, responses, messages,
+passthrough, and `mode`: live or shadow for calls, canary, shadow or ab_test
+for rollouts); never from what a client sent.
 
 Several uvicorn workers: `canary-gateway serve --workers N` points
 PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers start, so
@@ -26,8 +27,9 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "canary_requests",
-            "Proxied calls by the version that served them, outcome and the API they came through.",
-            ["deployment", "version", "status", "api"],
+            "Proxied calls by the version that served them, outcome, the API they came through and mode "
+            "(live: served to a user; shadow: a copy sent to a canary in the shadow stage, answered to no one).",
+            ["deployment", "version", "status", "api", "mode"],
             registry=r,
         )
         self.refused = Counter(
@@ -51,8 +53,8 @@ class Metrics:
         )
         self.duration = Histogram(
             "canary_request_duration_seconds",
-            "Time from the gateway receiving a call to its last byte sent.",
-            ["deployment", "version", "api"],
+            "Time from the gateway receiving a call to its last byte sent (a shadow copy: its upstream call).",
+            ["deployment", "version", "api", "mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -71,8 +73,8 @@ class Metrics:
         )
         self.cost = Counter(
             "canary_cost_usd",
-            "Cost of answered calls from the pricing table, in US dollars.",
-            ["deployment", "version"],
+            "Cost of answered calls from the pricing table, in US dollars, by mode (live or shadow).",
+            ["deployment", "version", "mode"],
             registry=r,
         )
         self.upstream_errors = Counter(
@@ -85,6 +87,19 @@ class Metrics:
             "canary_percent",
             "Share of users routed to the canary version, in percent.",
             ["deployment"],
+            registry=r,
+        )
+        self.rollout_mode = Gauge(
+            "canary_rollout_mode",
+            "1 for what the deployment's running rollout does now (mode: canary, shadow or ab_test); 0 otherwise.",
+            ["deployment", "mode"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "canary_shadow_skipped",
+            "Sampled calls not copied to the shadow canary, by reason (budget: the per-minute budget; spend_cap: "
+            "today's spend cap; queue_full).",
+            ["deployment", "reason"],
             registry=r,
         )
         self.quality = Histogram(
@@ -168,14 +183,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self._series: dict[tuple[str, str, str], CallSeries] = {}
+        self._series: dict[tuple[str, str, str, str], CallSeries] = {}
 
-    def series(self, deployment: str, version: str, api: str) -> CallSeries:
-        """The series of calls served by `version` of `deployment` through `api`, prepared once."""
-        key = (deployment, version, api)
+    def series(self, deployment: str, version: str, api: str, mode: str = "live") -> CallSeries:
+        """The series of calls served by `version` of `deployment` through `api`, prepared once; `mode`:
+        `live` for calls served to users, `shadow` for the shadow stage's copies."""
+        key = (deployment, version, api, mode)
         found = self._series.get(key)
         if found is None:
-            found = self._series[key] = CallSeries(self, deployment, version, api)
+            found = self._series[key] = CallSeries(self, deployment, version, api, mode)
         return found
 
     def forget_series(self) -> None:
@@ -184,7 +200,7 @@ class Metrics:
 
 
 class CallSeries:
-    """The series one (deployment, version, api) counts its calls in, each looked up once.
+    """The series one (deployment, version, api, mode) counts its calls in, each looked up once.
 
     `labels()` validates and hashes the label values under a lock on every
     call; a proxied call updates five to six series, so their children are
@@ -197,17 +213,19 @@ class CallSeries:
         "_deployment",
         "_duration",
         "_metrics",
+        "_mode",
         "_requests",
         "_tokens",
         "_ttft",
         "_version",
     )
 
-    def __init__(self, metrics: Metrics, deployment: str, version: str, api: str) -> None:
+    def __init__(self, metrics: Metrics, deployment: str, version: str, api: str, mode: str = "live") -> None:
         self._metrics = metrics
         self._deployment = deployment
         self._version = version
         self._api = api
+        self._mode = mode
         self._requests: dict[str, Counter] = {}
         self._duration: Histogram | None = None
         self._ttft: Histogram | None = None
@@ -218,12 +236,12 @@ class CallSeries:
         child = self._requests.get(status)
         if child is None:
             child = self._requests[status] = self._metrics.requests.labels(
-                self._deployment, self._version, status, self._api)
+                self._deployment, self._version, status, self._api, self._mode)
         return child
 
     def duration(self) -> Histogram:
         if self._duration is None:
-            self._duration = self._metrics.duration.labels(self._deployment, self._version, self._api)
+            self._duration = self._metrics.duration.labels(self._deployment, self._version, self._api, self._mode)
         return self._duration
 
     def ttft(self) -> Histogram:
@@ -239,7 +257,7 @@ class CallSeries:
 
     def cost(self) -> Counter:
         if self._cost is None:
-            self._cost = self._metrics.cost.labels(self._deployment, self._version)
+            self._cost = self._metrics.cost.labels(self._deployment, self._version, self._mode)
         return self._cost
 
 

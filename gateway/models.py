@@ -15,7 +15,13 @@ PromptMode = Literal["replace", "prepend", "append"]
 RolloutStatus = Literal["stable", "canary", "promoted", "rolled_back"]
 # What a running rollout is: a canary judged and moved by the checks, or an A/B test that is only reported on.
 RolloutKind = Literal["canary", "ab_test"]
+# What a running rollout is doing now: a canary serving users, a canary in the shadow stage (serving
+# no one, answering copies of stable's calls), or an A/B test.
+RolloutMode = Literal["canary", "shadow", "ab_test"]
 RecordStatus = Literal["ok", "error", "client_cancelled"]
+# How a recorded call was made: served to its user (`live`), or a copy of a user's call sent to
+# the canary in the shadow stage and answered to no one (`shadow`).
+RecordMode = Literal["live", "shadow"]
 # The API a call came through: OpenAI chat completions, OpenAI Responses, Anthropic Messages, or pass-through.
 Api = Literal["chat", "responses", "messages", "passthrough"]
 # The API a provider speaks on the wire: OpenAI chat completions, OpenAI Responses or Anthropic Messages.
@@ -82,9 +88,17 @@ class RolloutState:
     # stable's calls are sent to it off the hot path and judged against stable's answers.
     shadow: bool = False
 
+    @property
+    def mode(self) -> RolloutMode | None:
+        """What the running rollout is doing now; None when none runs."""
+        if self.status != "canary" or self.canary is None:
+            return None
+        return "ab_test" if self.kind == "ab_test" else "shadow" if self.shadow else "canary"
+
     def public(self) -> dict[str, Any]:
         """The state as audit events and the admin API show it."""
         return {
+            "mode": self.mode,
             "stable": self.stable,
             "canary": self.canary,
             "canary_percent": self.canary_percent,
@@ -199,6 +213,9 @@ class RequestRecord:
     api: Api = "chat"
     # The cost with every input token priced as uncached (see Price.uncached_cost).
     uncached_cost_usd: float | None = None
+    mode: RecordMode = "live"
+    # A shadow copy: the id of the user's call it copies (stable's record).
+    shadow_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

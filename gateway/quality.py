@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from gateway.config import EvaluationSettings, JudgeSettings, QualitySettings
 from gateway.errors import UpstreamError
-from gateway.evaluators import Evaluator, Sample, build_evaluators, judge_body, parse_verdict
+from gateway.evaluators import Evaluator, Sample, build_evaluators, judge_body, parse_verdict, score_id
 from gateway.limits import TokenBucket
 from gateway.metrics import Metrics
 from gateway.models import QualityScore
@@ -128,7 +128,7 @@ class QualityMonitor:
         for evaluator in plan.evaluators:
             value = evaluator.score(sample)
             if value is not None:
-                self._record(sample, evaluator.source, value)
+                self._record(sample, evaluator.source, value, identifier=score_id(sample.request_id, evaluator.source))
 
     async def _ask_judge(self, sample: Sample, plan: _Plan) -> None:
         judge, limiter, gate = plan.judge, plan.limiter, plan.gate
@@ -165,9 +165,10 @@ class QualityMonitor:
         self._metrics.judge_calls.labels(deployment=sample.deployment, outcome="scored").inc()
         self._record(sample, "judge", verdict, cost=cost)
 
-    def _record(self, sample: Sample, source: str, value: float, *, cost: float | None = None) -> None:
+    def _record(self, sample: Sample, source: str, value: float, *, cost: float | None = None,
+                identifier: str | None = None) -> None:
         self._recorder.submit_score(QualityScore(
-            id=uuid.uuid4().hex, request_id=sample.request_id, source=source, score=value,
+            id=identifier or uuid.uuid4().hex, request_id=sample.request_id, source=source, score=value,
             created_at=datetime.now(UTC), cost_usd=cost,
         ))
         self._metrics.quality.labels(sample.deployment, sample.version, source).observe(value)

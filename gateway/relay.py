@@ -53,6 +53,7 @@ from gateway.providers.assembly import completion_choices, reply_text
 from gateway.quality import QualityMonitor, Wanted
 from gateway.recorder import Recorder
 from gateway.routing import choose_version
+from gateway.shadowing import ShadowDispatcher
 from gateway.snapshot import Snapshot
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
@@ -90,6 +91,9 @@ class Call:
     created_at: datetime
     # Whether quality checks look at this call's answer.
     wanted: Wanted | None = None
+    # Whether a copy goes to the canary in the shadow stage, and the answer (first choice's message) it compares.
+    shadowed: bool = False
+    reply: dict[str, Any] | None = None
     # The task waiting on the upstream for this call, and whether a shutdown ended it.
     task: asyncio.Task[Any] | None = None
     ended: bool = False
@@ -115,6 +119,7 @@ class Relay:
         max_concurrency: int,
         http_status: Callable[[GatewayError], int],
         quality: QualityMonitor | None = None,
+        shadow: ShadowDispatcher | None = None,
         access_log: bool = True,
     ) -> None:
         self._snapshot = snapshot
@@ -127,6 +132,7 @@ class Relay:
         self._max_concurrency = max_concurrency
         self._access_log = access_log
         self._quality = quality
+        self._shadow = shadow
         self._unpriced_warned: set[str] = set()
         self._closing: set[asyncio.Future[None]] = set()
         self._calls: set[Endable] = set()
@@ -198,6 +204,7 @@ class Relay:
             else None,
             created_at=datetime.now(UTC),
             wanted=self._quality.draw(deployment.name) if self._quality is not None else None,
+            shadowed=self._shadow is not None and self._shadow.draw(deployment, version.name),
         )
         self.track(call)
         return call
@@ -255,9 +262,9 @@ class Relay:
             relayed = provider.relayed_headers(response.headers)
             if relayed:
                 answer = replace(answer, headers=relayed)
-        self._finish(call, status="ok", http_status=200, usage=answer.usage)
-        if call.wanted is not None:
+        if call.wanted is not None or call.shadowed:
             self._sample(call, answer.choices if answer.choices is not None else completion_choices(answer.content))
+        self._finish(call, status="ok", http_status=200, usage=answer.usage)
         return answer
 
     async def open_stream(self, call: Call) -> UpstreamResponse:
@@ -293,10 +300,10 @@ class Relay:
         translator: StreamTranslator
         if call.native:
             translator = provider.native_stream_relay(wants_usage=call.chat.wants_usage,
-                                                      collect=call.wanted is not None)
+                                                      collect=call.wanted is not None or call.shadowed)
         else:
             translator = provider.stream_translator(wants_usage=call.chat.wants_usage,
-                                                    collect=call.wanted is not None)
+                                                    collect=call.wanted is not None or call.shadowed)
         status: RecordStatus = "client_cancelled"
         error_kind: str | None = "client_cancelled"
         http_status = CLIENT_CLOSED
@@ -326,7 +333,7 @@ class Relay:
                 tail = translator.error_event(exc.message, exc.kind)
                 error_kind = exc.kind
             status, http_status = ("error" if error_kind else "ok"), 200
-            if status == "ok" and call.wanted is not None:
+            if status == "ok" and (call.wanted is not None or call.shadowed):
                 self._sample(call, translator.choices or [])
             if tail:
                 yield tail
@@ -369,6 +376,9 @@ class Relay:
             stream=call.chat.stream, api=call.chat.api, status=status, http_status=http_status,
             error_kind=error_kind, usage=usage, latency=latency, ttft=ttft, price=self.price(version.model),
         )
+        if call.shadowed and self._shadow is not None:
+            self._shadow.submit(call.deployment, call.chat, request_id=call.request_id, version=version.name,
+                                user_hash=call.user_hash, status=status, error_kind=error_kind, reply=call.reply)
         series = self._metrics.series(call.deployment.name, version.name, call.chat.api)
         series.requests(status).inc()
         series.duration().observe(latency)
@@ -448,17 +458,18 @@ class Relay:
         return cost
 
     def _sample(self, call: Call, choices: list[dict[str, Any]]) -> None:
-        """Hand an answered call to the quality checks (off the hot path).
+        """Hand an answered call to the quality checks (off the hot path), and keep its answer for its shadow copy.
 
         `choices` are the answer's choices as the client got them (reassembled
         from a stream); the first one is judged.
         """
-        assert self._quality is not None and call.wanted is not None
-        asked = chat_view(call.chat.api, call.body, native=call.native)
-        json_asked, schema = wants_json(asked)
         first = next((choice for choice in choices if choice.get("index", 0) == 0), None)
         message = first.get("message") if first is not None else None
-        message = message if isinstance(message, dict) else None
+        message = call.reply = message if isinstance(message, dict) else None
+        if self._quality is None or call.wanted is None:
+            return
+        asked = chat_view(call.chat.api, call.body, native=call.native)
+        json_asked, schema = wants_json(asked)
         self._quality.submit(
             Sample(
                 request_id=call.request_id,

@@ -79,6 +79,24 @@ def start_canary(
     )
 
 
+def start_rollout(
+    deployment: Deployment,
+    *,
+    version: str,
+    percent: float | None,
+    now: datetime,
+    replace_running: bool = False,
+) -> RolloutState:
+    """`start_canary` as the deployment's policy says: an A/B test at `ab.split` (or `percent`) under
+    `mode: ab_test`, else a canary rollout from the shadow stage when the stages begin with it."""
+    policy = deployment.policy
+    if policy.mode == "ab_test":
+        return start_canary(deployment, version=version, percent=policy.ab.split if percent is None else percent,
+                            stages=policy.stages, now=now, replace_running=replace_running, kind="ab_test")
+    return start_canary(deployment, version=version, percent=percent, stages=policy.stages, now=now,
+                        replace_running=replace_running, shadow=policy.shadow_stage)
+
+
 def set_percent(deployment: Deployment, *, percent: float, stages: Sequence[float], now: datetime) -> RolloutState:
     """A new canary percentage, starting a new stage; a percentage above 0 ends the shadow stage."""
     state = _running(deployment)

@@ -10,6 +10,12 @@ admin change makes the write fail instead of applying twice, and a replica
 that lost its database session cannot apply anything. Webhooks, metrics and
 the routing refresh follow only a committed decision.
 
+A rollout in the shadow stage is judged on its pairs (`analysis.shadow`):
+passing advances it to the first percentage stage, failing rolls it back
+with the failed test as the event's reason. An A/B test (`mode: ab_test`) is
+never changed by a check: the check computes its report (`analysis.ab`) and
+records it as an `ab_report` event whenever what it says changes.
+
 A store error holds: the check is skipped and tried again at the next
 interval, never turned into a rollback. With `policy.mode: dry_run` the
 decision is recorded as a `dry_run` event and nothing else happens.
@@ -28,10 +34,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from gateway import rollout
 from gateway.alerts import Alerts, alert_text
 from gateway.analysis import Decision, Evidence, decide
+from gateway.analysis.ab import ABReport, ab_report
+from gateway.analysis.shadow import ShadowEvidence, decide_shadow
 from gateway.errors import Conflict, NotFound, StoreUnavailable
 from gateway.maintenance import Maintenance
 from gateway.metrics import Metrics
 from gateway.models import Clock, Deployment, RolloutEvent, RolloutState, utc_now
+from gateway.policy import RolloutPolicy
 from gateway.snapshot import Snapshot
 from gateway.store import DecisionSession, Store
 
@@ -141,14 +150,26 @@ class RolloutChecker:
         if deployment is None:
             raise NotFound(f"deployment '{name}' does not exist")
         state = deployment.rollout
-        answer: dict[str, Any] = {"deployment": name, "mode": deployment.policy.mode, "changes_nothing": True,
-                                  "state": state.public()}
+        answer: dict[str, Any] = {"deployment": name, "mode": deployment.policy.mode,
+                                  "rollout_mode": state.mode, "changes_nothing": True, "state": state.public()}
         if state.status != "canary" or state.canary is None:
             return {**answer, "running": False, "decision": None,
                     "message": f"no canary is running (status: {state.status}): nothing to decide"}
         now = self._clock()
+        since = state.stage_started_at or now
+        if state.kind == "ab_test":
+            evidence = await self._store.stage_evidence(deployment=name, stable=state.stable, canary=state.canary,
+                                                        since=since, until=now, policy=deployment.policy)
+            report = _ab_report(evidence, deployment.policy, state, now)
+            return {**answer, "running": True, "decision": "report", "summary": report.summary,
+                    "report": report.public(), "evidence": evidence.public()}
+        if state.shadow:
+            shadow = await self._store.shadow_evidence(deployment=name, stable=state.stable, canary=state.canary,
+                                                       since=since, until=now, policy=deployment.policy)
+            decision = decide_shadow(shadow, deployment.policy, state, now)
+            return {**answer, "running": True, **decision.public(), "evidence": shadow.public()}
         evidence = await self._store.stage_evidence(
-            deployment=name, stable=state.stable, canary=state.canary, since=state.stage_started_at or now,
+            deployment=name, stable=state.stable, canary=state.canary, since=since,
             until=now, policy=deployment.policy)
         decision = decide(evidence, deployment.policy, state, now)
         return {**answer, "running": True, **decision.public(), "evidence": evidence.public()}
@@ -167,13 +188,22 @@ class RolloutChecker:
         assert state.canary is not None
         policy = deployment.policy
         now = self._clock()
+        since = state.stage_started_at or now
+        if state.kind == "ab_test":
+            return await self._report(session, deployment, now)
+        evidence: Evidence | ShadowEvidence
         try:
-            evidence = await session.evidence(stable=state.stable, canary=state.canary,
-                                              since=state.stage_started_at or now, until=now, policy=policy)
+            if state.shadow:
+                evidence = await session.shadow_evidence(stable=state.stable, canary=state.canary, since=since,
+                                                         until=now, policy=policy)
+            else:
+                evidence = await session.evidence(stable=state.stable, canary=state.canary, since=since, until=now,
+                                                  policy=policy)
         except Conflict:
             reason = "the rollout changed while it was being checked: nothing decided"
             return _Outcome(CheckResult(deployment.name, "hold", (reason,), False, summary=reason), state)
-        decision = decide(evidence, policy, state, now)
+        decision = (decide_shadow(evidence, policy, state, now) if isinstance(evidence, ShadowEvidence)
+                    else decide(evidence, policy, state, now))
         self._metrics.decisions.labels(deployment=deployment.name, outcome=decision.outcome).inc()
         dry_run = policy.mode == "dry_run"
         snapshot = _snapshot(state, decision, evidence, dry_run)
@@ -202,6 +232,42 @@ class RolloutChecker:
         except Conflict:
             return _Outcome(result(False, ("the rollout changed meanwhile: decision not applied",)), state)
         return _Outcome(result(True), state, after, action, snapshot)
+
+    async def _report(self, session: DecisionSession, deployment: Deployment, now: datetime) -> _Outcome:
+        """An A/B test's check: the report, recorded as an `ab_report` event when what it says changed
+        (which metrics are significant, a sample ratio mismatch); never a change to the rollout."""
+        state = deployment.rollout
+        assert state.canary is not None
+        try:
+            evidence = await session.evidence(stable=state.stable, canary=state.canary,
+                                              since=state.stage_started_at or now, until=now,
+                                              policy=deployment.policy)
+        except Conflict:
+            reason = "the test changed while it was being checked: nothing reported"
+            return _Outcome(CheckResult(deployment.name, "report", (reason,), False, summary=reason), state)
+        report = _ab_report(evidence, deployment.policy, state, now)
+        self._metrics.decisions.labels(deployment=deployment.name, outcome="report").inc()
+        significant = sorted(metric.metric for metric in report.metrics if metric.significant)
+        mismatch = report.srm is not None and report.srm.mismatch
+        snapshot = {"revision": state.revision, "canary_percent": state.canary_percent, "mode": "ab_test",
+                    "significant": significant, "srm_mismatch": mismatch, "report": report.public(),
+                    "evidence": evidence.public()}
+        log.info("A/B report", extra={"deployment": deployment.name, "summary": report.summary})
+        for event in await session.recent_events(_RECENT):
+            seen = event.snapshot or {}
+            if event.action == "ab_report" and seen.get("revision") == state.revision:
+                if [seen.get("significant"), seen.get("srm_mismatch")] != [significant, mismatch]:
+                    break
+                return _Outcome(self._report_result(deployment.name, report), state)
+        await session.record(RolloutEvent(deployment=deployment.name, action="ab_report", actor=ACTOR,
+                                          before=state.public(), after=state.public(), reason=report.summary,
+                                          snapshot=snapshot, at=now))
+        return _Outcome(self._report_result(deployment.name, report), state)
+
+    @staticmethod
+    def _report_result(name: str, report: ABReport) -> CheckResult:
+        return CheckResult(name, "report", tuple(metric.line for metric in report.metrics), False, report.summary,
+                           metrics=tuple(metric.public() for metric in report.metrics))
 
     def _after_commit(self, deployment: Deployment, outcome: _Outcome) -> None:
         name = deployment.name
@@ -251,11 +317,19 @@ def _next_state(deployment: Deployment, decision: Decision, now: datetime) -> Ro
     return rollout.set_percent(deployment, percent=decision.next_percent, stages=deployment.policy.stages, now=now)
 
 
-def _snapshot(state: RolloutState, decision: Decision, evidence: Evidence, dry_run: bool) -> dict[str, Any]:
+def _ab_report(evidence: Evidence, policy: RolloutPolicy, state: RolloutState, now: datetime) -> ABReport:
+    elapsed = (now - state.stage_started_at).total_seconds() if state.stage_started_at else 0.0
+    return ab_report(evidence, split=state.canary_percent, alpha=policy.ab.alpha, tuning=policy.sequential_tuning,
+                     elapsed_s=max(elapsed, 0.0))
+
+
+def _snapshot(state: RolloutState, decision: Decision, evidence: Evidence | ShadowEvidence,
+              dry_run: bool) -> dict[str, Any]:
     """What an event keeps of a check: the decision explained per metric, and the evidence behind it."""
     return {
         "revision": state.revision,
         "canary_percent": state.canary_percent,
+        "mode": state.mode,
         "dry_run": dry_run,
         **decision.public(),
         "evidence": evidence.public(),

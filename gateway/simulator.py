@@ -28,7 +28,9 @@ What it does, per upstream model (`simulation.models`, `SimulatedModel`):
   a partial one, an unsure one, or a refusal (which the `refusal` evaluator
   recognises); a model with `judge: true` answers instead with the verdict
   `{"score", "reason"}` a judge gives the `<answer>` it is shown, reading the
-  simulated answers' quality back from their wording;
+  simulated answers' quality back from their wording, or, shown two answers
+  (`<answer_a>`, `<answer_b>`: the shadow stage's pairwise comparison), the
+  preference `{"winner": "A" | "B" | "tie", "reason"}` those qualities give;
 - answers tool calls when tools are offered and one is required, and JSON
   (an instance of the requested schema) when JSON output is asked for;
 - counts tokens as about four characters each, and honours `max_tokens`
@@ -102,6 +104,8 @@ _STEPS = (
 )
 _QUALITY_NOISE = 0.12
 _JUDGE_NOISE = 0.04
+# A pairwise judge calls answers whose read qualities differ by less than this a tie.
+_TIE_MARGIN = 0.05
 
 
 class SimulatedTransport(httpx.AsyncBaseTransport):
@@ -228,10 +232,21 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
         return text
 
     def _verdict(self, judged: str) -> str:
+        if "<answer_a>" in judged:
+            return self._preference(judged)
         answer = judged.split("<answer>", 1)[-1].split("</answer>", 1)[0].strip()
         score, reason = judge_score(answer)
         noisy = min(1.0, max(0.0, score + self._rng.gauss(0.0, _JUDGE_NOISE)))
         return json.dumps({"score": round(noisy, 2), "reason": reason})
+
+
+    def _preference(self, judged: str) -> str:
+        first = judged.split("<answer_a>", 1)[-1].split("</answer_a>", 1)[0].strip()
+        second = judged.split("<answer_b>", 1)[-1].split("</answer_b>", 1)[0].strip()
+        a = judge_score(first)[0] + self._rng.gauss(0.0, _JUDGE_NOISE)
+        b = judge_score(second)[0] + self._rng.gauss(0.0, _JUDGE_NOISE)
+        winner = "tie" if abs(a - b) < _TIE_MARGIN else "A" if a > b else "B"
+        return json.dumps({"winner": winner, "reason": f"Simulated preference: A reads as {a:.2f}, B as {b:.2f}."})
 
 
 def judge_score(answer: str) -> tuple[float, str]:

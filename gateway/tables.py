@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -70,6 +71,10 @@ class DeploymentRow(Base):
     policy: Mapped[dict[str, Any]] = mapped_column(JSON)
     stage_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # canary (a rollout the checks move) or ab_test (a fixed split, only reported on).
+    kind: Mapped[str] = mapped_column(String(16), default="canary", server_default="canary")
+    # In the shadow stage: the canary serves no user and answers copies of stable's calls.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class VersionRow(Base):
@@ -126,6 +131,10 @@ class RequestRecordRow(Base):
     # The cost with every input token priced as uncached: what rollouts compare (a new
     # prompt starts with a cold provider cache).
     uncached_cost_usd: Mapped[float | None] = mapped_column(Float)
+    # live (served to a user) or shadow (a copy of a user's call sent to the canary, answered to no one).
+    mode: Mapped[str] = mapped_column(String(16), default="live", server_default="live")
+    # A shadow copy: the id of the user's call it copies (stable's record).
+    shadow_of: Mapped[str | None] = mapped_column(String(128))
 
 
 class RolloutEventRow(Base):

@@ -142,25 +142,29 @@ class UpstreamClient:
         await self._stack.aclose()
 
     async def open(
-        self, body: dict[str, Any], *, stream: bool, deadline: float, first_byte_by: float | None = None
+        self, body: dict[str, Any], *, stream: bool, deadline: float, first_byte_by: float | None = None,
+        retries: int | None = None,
     ) -> UpstreamResponse:
         """Send the call, retrying connection failures and 5xx before any byte is relayed.
 
         `deadline` and `first_byte_by` are times on the event loop's clock
-        (`loop.time()`). For a non-streaming call the body is read before
-        returning. The caller owns the returned response and must close it.
-        Raises UpstreamError: UpstreamTimeout when a limit passes,
-        UpstreamConnectError, UpstreamStatusError, UpstreamBadResponse.
+        (`loop.time()`); `retries` caps the retries (default: the provider's
+        `retries`; 0 never sends the call twice). For a non-streaming call the
+        body is read before returning. The caller owns the returned response
+        and must close it. Raises UpstreamError: UpstreamTimeout when a limit
+        passes, UpstreamConnectError, UpstreamStatusError, UpstreamBadResponse.
         """
         return await self.send(
             self.provider.build_request(body, stream=stream), stream=stream, deadline=deadline,
-            first_byte_by=first_byte_by,
+            first_byte_by=first_byte_by, retries=retries,
         )
 
     async def send(
-        self, upstream: UpstreamRequest, *, stream: bool, deadline: float, first_byte_by: float | None = None
+        self, upstream: UpstreamRequest, *, stream: bool, deadline: float, first_byte_by: float | None = None,
+        retries: int | None = None,
     ) -> UpstreamResponse:
         """Send a request already in the upstream's wire format; retries, limits and errors as `open`."""
+        allowed = self.settings.retries if retries is None else retries
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
@@ -171,7 +175,7 @@ class UpstreamClient:
                     isinstance(exc, UpstreamStatusError) and exc.retryable
                 )
                 pause = backoff_s(_BACKOFF_BASE_S, attempt, self._rng)
-                if not retryable or attempt >= self.settings.retries or loop.time() + pause >= deadline:
+                if not retryable or attempt >= allowed or loop.time() + pause >= deadline:
                     raise
                 attempt += 1
                 await asyncio.sleep(pause)

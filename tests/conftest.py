@@ -487,3 +487,66 @@ def seed(url: str, rows: list[dict[str, Any]]) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, run()).result()
+
+
+def reference_variance(x: Any, y: Any) -> float:
+    """Var(Σy/Σx) by the delta method written out from per-user moments (numpy arrays; users with x > 0)."""
+    import numpy as np
+
+    keep = x > 0
+    x, y = x[keep], y[keep]
+    mx, my = x.mean(), y.mean()
+    cov = np.cov(np.vstack([x, y]), ddof=1)
+    gradient = np.array([-my / mx**2, 1 / mx])
+    # max: when y is proportional to x the variance is 0, which rounding may put just below.
+    return max(float(gradient @ cov @ gradient) / len(x), 0.0)
+
+
+def reference_multiplier(units: int, alpha: float, tuning: float) -> float:
+    """The two-sided normal-mixture boundary at `units` over √units, found with SciPy:
+    ∫ exp(λb − λ²t/2) dN(0, ρ²)(λ) = 1/α, ρ tuned for `tuning` users (Waudby-Smith et al. 2024)."""
+    import math
+
+    from scipy import integrate, optimize
+
+    log_term = -2 * math.log(alpha)
+    rho = math.sqrt((log_term + math.log(log_term + 1)) / tuning)
+
+    def excess(boundary: float) -> float:
+        # The integrand is a bell around λ* = b / (t + 1/ρ²): integrate where it lives, both signs of λ.
+        peak, width = boundary / (units + rho**-2), (units + rho**-2) ** -0.5
+        reach = abs(peak) + 40 * width
+        density = 1 / (rho * math.sqrt(2 * math.pi))  # N(0, ρ²), written out: scipy's pdf is slow per point
+        value, _ = integrate.quad(
+            lambda lam: math.exp(lam * boundary - lam * lam * units / 2 - lam * lam / (2 * rho * rho)) * density,
+            -reach, reach, points=[peak], limit=200)
+        return value - 1 / alpha
+
+    boundary = optimize.brentq(excess, math.sqrt(units), 10 * math.sqrt(units))
+    return float(boundary / math.sqrt(units))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def dashboard(gateway: Gateway) -> Iterator[Any]:
+    """A headless Chromium page on the gateway's dashboard, signed in with the admin token (playwright)."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian package `chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page.goto(f"{gateway.url}/dashboard")
+            page.fill("#token", ADMIN_TOKEN)
+            page.click("#sign-in button[type=submit]")
+            page.wait_for_selector("#deployments button[data-deployment='support-bot']")
+            yield page
+        finally:
+            browser.close()

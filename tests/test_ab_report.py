@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from scipy import integrate, optimize, stats
+from scipy import stats
 
 from gateway.analysis import ArmEvidence, Evidence, LatencyThresholds, Sums
 from gateway.analysis.ab import ab_report, units_needed
 from gateway.analysis.sequential import two_sided_multiplier
 from gateway.policy import RolloutPolicy
+from tests.conftest import reference_multiplier, reference_variance
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 TUNING = 5000.0
@@ -50,36 +51,6 @@ def evidence(stable: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) ->
                     until=NOW, latency=LatencyThresholds.of(1800.0, RolloutPolicy()))
 
 
-def reference_variance(x: np.ndarray, y: np.ndarray) -> float:
-    """Var(Σy/Σx) by the delta method written out from the per-user moments (users with x > 0)."""
-    keep = x > 0
-    x, y = x[keep], y[keep]
-    n = len(x)
-    mx, my = x.mean(), y.mean()
-    cov = np.cov(np.vstack([x, y]), ddof=1)
-    gradient = np.array([-my / mx**2, 1 / mx])
-    return float(gradient @ cov @ gradient) / n
-
-
-def reference_multiplier(units: int, alpha: float) -> float:
-    """The two-sided normal-mixture boundary at `units`, found with SciPy: ∫ exp(λb − λ²t/2) dN(0, ρ²) = 1/α."""
-    log_term = -2 * math.log(alpha)
-    rho = math.sqrt((log_term + math.log(log_term + 1)) / TUNING)
-
-    def excess(boundary: float) -> float:
-        # The integrand is a bell around λ* = b / (t + 1/ρ²): integrate where it lives, both signs of λ.
-        peak, width = boundary / (units + rho**-2), (units + rho**-2) ** -0.5
-        reach = abs(peak) + 40 * width
-        density = 1 / (rho * math.sqrt(2 * math.pi))  # N(0, ρ²), written out: scipy's pdf is slow per point
-        value, _ = integrate.quad(
-            lambda lam: math.exp(lam * boundary - lam * lam * units / 2 - lam * lam / (2 * rho * rho)) * density,
-            -reach, reach, points=[peak], limit=200)
-        return value - 1 / alpha
-
-    boundary = optimize.brentq(excess, math.sqrt(units), 10 * math.sqrt(units))
-    return float(boundary / math.sqrt(units))
-
-
 @pytest.mark.parametrize(("seed", "alpha"), [(1, 0.05), (2, 0.01), (3, 0.1)])
 def test_every_interval_matches_the_scipy_reference(seed: int, alpha: float) -> None:
     stable = users(seed, 1500, error=0.02, quality=0.8, cost=0.002)
@@ -96,7 +67,7 @@ def test_every_interval_matches_the_scipy_reference(seed: int, alpha: float) -> 
         difference = candidate_value - stable_value
         se = math.sqrt(reference_variance(stable[x], stable[y]) + reference_variance(candidate[x], candidate[y]))
         # The unit is the user: those with a denominator for this metric, both versions.
-        multiplier = reference_multiplier(int((stable[x] > 0).sum() + (candidate[x] > 0).sum()), alpha)
+        multiplier = reference_multiplier(int((stable[x] > 0).sum() + (candidate[x] > 0).sum()), alpha, TUNING)
         assert metric.stable == pytest.approx(stable_value, rel=1e-12)
         assert metric.candidate == pytest.approx(candidate_value, rel=1e-12)
         assert metric.difference == pytest.approx(difference, rel=1e-9)

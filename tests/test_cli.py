@@ -102,8 +102,9 @@ def test_admin_commands_against_a_running_gateway(gateway: Any) -> None:
     status = admin_cli(gateway, "status")
     assert status.returncode == 0, status.stderr
     header, row = status.stdout.splitlines()
-    assert header.split() == ["Deployment", "Stable", "Canary", "Percent", "Stage", "Status", "Paused", "Revision"]
-    assert row.split()[:6] == ["support-bot", "v1", "v2", "5.00", "0", "canary"]
+    assert header.split() == ["Deployment", "Stable", "Canary", "Percent", "Stage", "Status", "Mode", "Paused",
+                              "Revision"]
+    assert row.split()[:7] == ["support-bot", "v1", "v2", "5.00", "0", "canary", "canary"]
 
     moved = admin_cli(gateway, "set-percent", "support-bot", "25", "--reason", "ramp up")
     assert moved.returncode == 0 and "25.00 %" in moved.stdout

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.alerts import Alerts
 from gateway.analysis import LatencyThresholds, evidence_from_records, latency_reference
+from gateway.analysis.shadow import ShadowPair, shadow_evidence_from_pairs
 from gateway.config import DatabaseSettings, settings_from_dict
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
@@ -21,7 +22,7 @@ from gateway.snapshot import Snapshot
 from gateway.store import Store, create_engine
 from tests.conftest import Gateway, query
 from tests.fakes import FakeUpstream
-from tests.recompute import POLICY, declare, start_canary
+from tests.recompute import POLICY, assert_aggregates_match, declare, start_canary
 
 DB = DatabaseSettings(pool_timeout=2.0, statement_timeout=10.0)
 STAGE = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -171,3 +172,71 @@ async def test_a_check_whose_lock_session_is_killed_applies_nothing(
 
 async def _nothing() -> None:
     return None
+
+
+async def test_shadow_copies_are_read_as_pairs_and_never_as_the_canarys_traffic(database_url: str) -> None:
+    rng = random.Random(5)
+    made, scores = records(rng)
+    pairs: list[ShadowPair] = []
+    copies: list[RequestRecord] = []
+    for user_call in [r for r in made if r.version == "v1" and r.status != "client_cancelled"][:400]:
+        status = "error" if rng.random() < 0.05 else "ok"
+        copy = RequestRecord(
+            id=f"shadow-{user_call.id}", created_at=user_call.created_at + timedelta(seconds=2), deployment="bot",
+            version="v2", user_hash=user_call.user_hash, provider="p", upstream_model="m", stream=False,
+            status=status, http_status=200 if status == "ok" else 502,  # type: ignore[arg-type]
+            error_kind=None if status == "ok" else "status", latency_ms=rng.lognormvariate(6.6, 0.6), ttft_ms=None,
+            prompt_tokens=10, completion_tokens=5, cost_usd=rng.uniform(0.001, 0.01) if status == "ok" else None,
+            mode="shadow", shadow_of=user_call.id)
+        copies.append(copy)
+        stable_scores: dict[str, float] = {}
+        canary_scores: dict[str, float] = {}
+        win = None
+        if user_call.status == "ok" and status == "ok":
+            stable_scores["evaluator:refusal"] = float(rng.random() < 0.8)
+            canary_scores["evaluator:refusal"] = float(rng.random() < 0.7)
+            # The quality sampler scored this call too: the same id, stored once.
+            for _ in range(2):
+                scores.append(QualityScore(id=f"e-{user_call.id}", request_id=user_call.id, source="evaluator:refusal",
+                                           score=stable_scores["evaluator:refusal"], created_at=copy.created_at))
+            scores.append(QualityScore(id=f"e-{copy.id}", request_id=copy.id, source="evaluator:refusal",
+                                       score=canary_scores["evaluator:refusal"], created_at=copy.created_at))
+            win = rng.choice((0.0, 0.25, 0.5, 0.75, 1.0))
+            scores.append(QualityScore(id=f"w-{copy.id}", request_id=copy.id, source="pairwise", score=win,
+                                       created_at=copy.created_at, cost_usd=0.0004))
+        pairs.append(ShadowPair(user_call, copy, stable_scores, canary_scores, win))
+    policy = POLICY
+    until = STAGE + timedelta(hours=2)
+    store = Store(create_engine(database_url, DB))
+    try:
+        await start_canary(store, await declare(store, now=STAGE - timedelta(hours=2)), at=STAGE)
+        await store.insert_batch(records=made + copies, scores=scores)
+        live = await store.stage_evidence(deployment="bot", stable="v1", canary="v2", since=STAGE, until=until,
+                                          policy=policy)
+        shadow = await store.shadow_evidence(deployment="bot", stable="v1", canary="v2", since=STAGE, until=until,
+                                             policy=policy)
+        window = await store.window_stats(deployment="bot", version="v2", since=STAGE - timedelta(hours=1))
+        copied = await store.shadow_window_stats(deployment="bot", version="v2", since=STAGE - timedelta(hours=1))
+    finally:
+        await store.close()
+    # The canary's production evidence and numbers are its live calls only.
+    canary_live = [r for r in made if r.version == "v2" and r.user_hash is not None and r.status != "client_cancelled"
+                   and STAGE <= r.created_at < until]
+    assert live.canary.calls == len(canary_live)
+    assert window.requests == sum(1 for r in made if r.version == "v2" and r.status != "client_cancelled")
+    assert copied.requests == len(copies) and copied.errors == sum(r.status == "error" for r in copies)
+    assert copied.total_cost_usd == pytest.approx(sum(r.cost_usd or 0.0 for r in copies))
+    # No aggregate (minute sums, the stage's per-user sums) holds a shadow copy.
+    assert_aggregates_match(database_url)
+    expected = shadow_evidence_from_pairs(pairs, since=STAGE, until=until, policy=policy)
+    assert (shadow.pairs, shadow.users) == (expected.pairs, expected.users) and shadow.pairs > 100
+    assert tuple(shadow.win) == pytest.approx(tuple(expected.win)) and shadow.win.x > 50
+    assert set(shadow.sources) == {"evaluator:refusal"}
+    assert shadow.sources["evaluator:refusal"].pairs == expected.sources["evaluator:refusal"].pairs
+    assert tuple(shadow.sources["evaluator:refusal"].sums) == pytest.approx(
+        tuple(expected.sources["evaluator:refusal"].sums))
+    assert tuple(shadow.cost.sums) == pytest.approx(tuple(expected.cost.sums))
+    assert shadow.latency == pytest.approx(expected.latency)
+    for side, wanted in ((shadow.stable, expected.stable), (shadow.canary, expected.canary)):
+        for name in ("errors", "slow", "cost"):
+            assert tuple(getattr(side, name)) == pytest.approx(tuple(getattr(wanted, name))), name

@@ -78,7 +78,7 @@ def test_label_values_never_carry_what_a_client_sent(gateway: Gateway) -> None:
               for key, value in sample.labels.items() if key not in ("le", "quantile")}
     allowed = {"support-bot", "v1", "v2", "fake", "ok", "error", "client_cancelled", "prompt", "completion",
                "invalid_request", "model_not_found", "not_found", "invalid_api_key",
-               "chat", "responses", "messages", "passthrough"}
+               "chat", "responses", "messages", "passthrough", "live", "shadow", "canary", "ab_test"}
     assert labels <= allowed, labels - allowed
     for secret in ("alice", "passwd", "fake_metric", "💥", "OR 1=1", "trace-1", PROVIDER_KEY, "SECRET-CONTENT"):
         assert secret not in text

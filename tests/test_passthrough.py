@@ -160,7 +160,8 @@ def test_embeddings_are_relayed_byte_for_byte_with_the_gateways_key(gateway: Gat
     assert row["id"] == answer.headers["x-request-id"]
     with gateway.client() as http:
         metrics = http.get("/metrics").text
-    assert 'canary_requests_total{api="passthrough",deployment="",status="ok",version="/v1/embeddings"} 1.0' in metrics
+    assert ('canary_requests_total{api="passthrough",deployment="",mode="live",status="ok",'
+            'version="/v1/embeddings"} 1.0') in metrics
 
 
 def test_the_openai_sdk_embeds_and_retrieves_models_through_the_gateway(gateway: Gateway, rest: OpenAIRest) -> None:

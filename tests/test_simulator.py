@@ -286,6 +286,23 @@ async def test_the_simulated_judge_reads_the_quality_of_the_simulated_answers() 
     assert judge_score("")[0] == 0.0 and judge_score("I'm sorry, but I can't help with that.")[0] < 0.2
 
 
+async def test_the_simulated_judge_prefers_the_better_of_two_simulated_answers_in_either_order() -> None:
+    good, bad, judge = transport(quality=0.9), transport(quality=0.4), transport(judge=True)
+    wins = []
+    for index in range(100):
+        texts = [(await call(model, {"model": "m", "messages": QUESTION})).json()["choices"][0]["message"]["content"]
+                 for model in (good, bad)]
+        first, second = texts if index % 2 else texts[::-1]
+        verdict = await call(judge, {"model": "m", "messages": [
+            {"role": "system", "content": "Compare."},
+            {"role": "user", "content": f"<conversation>q</conversation>\n\n<answer_a>\n{first}\n</answer_a>\n\n"
+                                        f"<answer_b>\n{second}\n</answer_b>"}]})
+        winner = json.loads(verdict.json()["choices"][0]["message"]["content"])["winner"]
+        good_label = "A" if index % 2 else "B"
+        wins.append(1.0 if winner == good_label else 0.5 if winner == "tie" else 0.0)
+    assert statistics.fmean(wins) > 0.8
+
+
 @pytest.mark.parametrize(("provider", "message"), [
     ({"kind": "simulated", "base_url": "http://x"}, "providers.p.base_url: a simulated provider has no base_url"),
     ({"kind": "openai", "base_url": "http://x", "simulation": {}},

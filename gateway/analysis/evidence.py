@@ -24,8 +24,8 @@ so a handful of events cannot make an interval spuriously narrow, and an
 empty count is read as half an event (the Haldane–Anscombe correction) so the
 logarithm exists.
 
-Anonymous calls (no user id: pinned to stable) and calls the client
-abandoned are left out.
+Anonymous calls (no user id: pinned to stable), calls the client
+abandoned and shadow copies (answered to no one) are left out.
 """
 
 from __future__ import annotations
@@ -268,7 +268,8 @@ def evidence_from_records(
     """The evidence from raw request records and quality scores, as the store computes it in SQL.
 
     Counts calls of `stable` and `canary` with since <= created_at < until, a
-    user id, and a status other than client_cancelled. A call's cost is its
+    user id, and a status other than client_cancelled, served to users (shadow
+    copies are never a version's production traffic). A call's cost is its
     cache-neutral cost (`uncached_cost_usd`, else `cost_usd` for records
     written before it existed); `quality` is the call's derived quality.
     """
@@ -276,7 +277,7 @@ def evidence_from_records(
     owner: dict[str, _User] = {}
     for record in records:
         if (record.version not in users or record.user_hash is None or record.status == "client_cancelled"
-                or not since <= record.created_at < until):
+                or record.mode != "live" or not since <= record.created_at < until):
             continue
         user = users[record.version].setdefault(record.user_hash, _User())
         owner[record.id] = user

@@ -1,10 +1,10 @@
 """The shadow stage's verdict: stable's and the canary's answers to the same calls → pass, fail or wait.
 
 In the shadow stage no user is served by the canary: a sampled share of
-stable's calls is copied to it off the hot path (`gateway.shadow`), and each
+stable's calls is copied to it off the hot path (`gateway.shadowing`), and each
 copy is recorded as a *pair*, the user's call (stable's record) and its
 shadow (the canary's record), with the evaluators' scores of both answers
-and the pairwise judge's verdict. This module turns pairs into evidence and
+and the pairwise judge's verdict (the copy's `PAIRWISE_SOURCE` score). This module turns pairs into evidence and
 evidence into a `Decision` of the same shape as `gateway.analysis.decide`'s.
 
 The unit of analysis is the user, as in the canary stages (a call without a
@@ -65,6 +65,9 @@ from gateway.analysis.evidence import ArmEvidence, LatencyThresholds, Sums, log_
 from gateway.analysis.sequential import radius_multiplier
 from gateway.models import RequestRecord, RolloutState
 from gateway.policy import RolloutPolicy, next_stage
+
+# The quality source under which a shadow copy's pairwise win score is recorded.
+PAIRWISE_SOURCE = "pairwise"
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,15 @@ class PercentIn(Reason):
     _round = field_validator("percent")(_two_decimals)
 
 
+class ConcludeIn(Reason):
+    winner: str = Field(min_length=1, max_length=64, description="the version that won the A/B test")
+    # Python's `as` is a keyword: the field is `as` on the wire.
+    as_: Literal["stable", "canary"] = Field(
+        "stable", alias="as",
+        description="stable: the winner becomes (or stays) stable now; canary: a winning candidate starts a "
+                    "canary rollout of its own")
+
+
 # Deployment names as the configuration allows them (config.check_name): anything else cannot exist.
 Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
@@ -208,6 +217,36 @@ async def change(
               "resume": control.resume}[action]
     deployment = await method(
         deployment=name, actor=actor, reason=body.reason if body else None, revision=body.revision if body else None
+    )
+    return JSONResponse(deployment_view(deployment))
+
+
+@router.get("/deployments/{name}/ab", responses=_CHANGE)
+async def ab_report(name: Name, services: ServicesDep, _actor: Actor) -> JSONResponse:
+    """The running A/B test's report, changing nothing; 409 when no A/B test runs.
+
+    `{"deployment", "state", "since", "report": {"stable", "candidate", "split", "alpha", "elapsed_s",
+    "users", "calls", "srm": {"p_value", "expected_candidate_share", "observed_candidate_share",
+    "mismatch"}, "summary", "metrics": [{"metric", "label", "stable", "candidate", "stable_n",
+    "candidate_n", "difference", "relative_pct", "lower", "upper", "significant", "needs_calls",
+    "needs_seconds", "line"}]}, "evidence"}`: per metric, each version's value, the difference
+    candidate − stable with its two-sided anytime-valid interval at `ab.alpha`, whether it is significant,
+    and the calls (and time at the traffic so far) an undecided difference still needs.
+    """
+    return JSONResponse(await services.control.ab_report(deployment=name))
+
+
+@router.post("/deployments/{name}/ab/conclude", responses=_CHANGE)
+async def conclude_ab(name: Name, body: ConcludeIn, services: ServicesDep, actor: Actor) -> JSONResponse:
+    """End the running A/B test with `winner`, audited as `ab_concluded` (with the report at that moment).
+
+    `as: stable` (the default): the winner becomes stable now (stable winning simply ends the test);
+    `as: canary`: a winning candidate starts a canary rollout of its own, from the shadow stage when the
+    policy's stages begin with it. 400 when `winner` is neither version; 409 when no A/B test runs.
+    """
+    deployment = await services.control.conclude_ab(
+        deployment=name, winner=body.winner, start_canary=body.as_ == "canary", actor=actor, reason=body.reason,
+        revision=body.revision,
     )
     return JSONResponse(deployment_view(deployment))
 

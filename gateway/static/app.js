@@ -80,6 +80,7 @@ function renderDeployments(deployments) {
       element("strong", {}, d.name), element("br"),
       `${d.stable}${d.canary ? ` → ${d.canary} at ${d.canary_percent}%` : ""} `,
       element("span", { class: `badge ${d.status}` }, d.status),
+      d.mode && d.mode !== "canary" ? element("span", { class: `badge ${d.mode}` }, d.mode) : "",
       d.paused ? element("span", { class: "badge paused" }, "paused") : "");
     button.addEventListener("click", () => { state.selected = d.name; refresh(); });
     return button;
@@ -95,14 +96,16 @@ async function renderDetail(deployment) {
   $("#deployment-name").textContent = deployment.name;
   const fields = [["Stable", deployment.stable], ["Canary", deployment.canary || "–"],
     ["Percent", `${deployment.canary_percent}%`], ["Stage", deployment.stage], ["Status", deployment.status],
-    ["Paused", deployment.paused ? "yes" : "no"]];
+    ["Mode", deployment.mode || "–"], ["Paused", deployment.paused ? "yes" : "no"]];
   $("#state").replaceChildren(...fields.flatMap(([label]) => [element("dt", {}, label)]),
     ...fields.map(([, value]) => element("dd", {}, value)));
   const running = deployment.status === "canary";
+  const abTest = deployment.mode === "ab_test";
   for (const button of document.querySelectorAll("#actions button")) {
     const action = button.dataset.action;
     button.disabled = !running || (action === "pause" && deployment.paused) ||
       (action === "resume" && !deployment.paused);
+    if (action === "conclude") button.hidden = !abTest;
   }
   const hours = Number($("#window").value);
   const step = Math.max(60, Math.ceil((hours * 3600) / 120 / 60) * 60);
@@ -115,7 +118,11 @@ async function renderDetail(deployment) {
   ]);
   renderCharts(series, deployment, hours);
   renderCompare(compare);
-  renderIntervals(decision.decision ? decision : null);
+  renderShadow(deployment, compare, decision);
+  const report = decision.decision === "report" ? decision.report : null;
+  $("#stage").hidden = report !== null;
+  renderIntervals(decision.decision && !report ? decision : null, deployment.mode);
+  renderReport(report);
   renderEvents(events.events);
 }
 
@@ -192,7 +199,49 @@ function renderCompare(result) {
       element("td", {}, diff === null || diff === undefined ? "–" : `${diff > 0 ? "+" : ""}${diff.toFixed(1)}%`))));
 }
 
-function renderIntervals(stage) {
+function renderShadow(deployment, compare, decision) {
+  const shadow = deployment.mode === "shadow";
+  $("#shadow").hidden = !shadow;
+  if (!shadow) return;
+  const evidence = decision.evidence || {};
+  const needed = deployment.policy.shadow.min_pairs;
+  const winRate = evidence.win_rate === null || evidence.win_rate === undefined ? "–" : format(evidence.win_rate, 3);
+  $("#shadow-progress").textContent = `${evidence.pairs || 0} pairs of ${needed} needed before a verdict ` +
+    `(${evidence.judged_pairs || 0} judged pairwise, canary win rate ${winRate}); ` +
+    `sampling ${deployment.policy.shadow.sample_rate * 100}% of stable's calls. Verdict now: ${decision.summary || "–"}`;
+  const copies = compare.shadow || {};
+  const rows = [["copies", copies.requests, 0], ["error_rate", copies.error_rate, 3],
+    ["p95_latency_ms", copies.p95_latency_ms, 1], ["avg_cost", copies.avg_cost, 6], ["total_cost", copies.total_cost, 6]];
+  $("#shadow-sides").replaceChildren(
+    element("tr", {}, element("th", {}, "Canary on the shadow copies"), element("th", {}, `${deployment.canary}`)),
+    ...rows.map(([name, value, digits]) => element("tr", { "data-metric": name },
+      element("td", {}, name), element("td", {}, format(value, digits)))));
+}
+
+function renderReport(report) {
+  $("#ab").hidden = report === null;
+  if (!report) return;
+  $("#ab-summary").textContent = `${report.candidate} vs ${report.stable} (stable) at ${report.split}% of users, ` +
+    `alpha ${report.alpha}, valid at any look: ${report.summary}`;
+  $("#ab-report").replaceChildren(
+    element("tr", {}, ...["Metric", report.stable, report.candidate, "Difference", "Interval", "Significant", "Needs"]
+      .map((h) => element("th", {}, h))),
+    ...report.metrics.map((metric) => element("tr", { "data-metric": metric.metric, title: metric.line },
+      element("td", {}, metric.label), element("td", {}, format(metric.stable, 4)),
+      element("td", {}, format(metric.candidate, 4)), element("td", {}, format(metric.difference, 5)),
+      element("td", {}, metric.lower === null ? "–" : `[${format(metric.lower, 5)}, ${format(metric.upper, 5)}]`),
+      element("td", { class: metric.significant ? "verdict-rollback" : "" }, metric.significant ? "yes" : "no"),
+      element("td", {}, metric.needs_calls === null ? "–" : `~${metric.needs_calls} more calls`))));
+  const srm = report.srm;
+  $("#ab-srm").textContent = srm ? `Sample ratio: ${report.candidate} has ${(srm.observed_candidate_share * 100)
+    .toFixed(2)}% of users, expected ${(srm.expected_candidate_share * 100).toFixed(2)}% (p = ${srm.p_value
+    .toPrecision(3)}): ${srm.mismatch ? "MISMATCH, do not conclude" : "no mismatch"}` : "";
+}
+
+function renderIntervals(stage, mode) {
+  $("#stage-title").textContent = mode === "shadow"
+    ? "Shadow stage: canary vs stable on the same calls, anytime-valid intervals"
+    : "This stage: canary / stable, anytime-valid intervals";
   $("#stage-summary").textContent = stage ? `Decision now: ${stage.summary}` : "No canary is running.";
   const rows = stage ? stage.metrics : [];
   $("#intervals").replaceChildren(
@@ -215,7 +264,14 @@ async function act(action) {
   const name = state.selected;
   const base = `/admin/deployments/${encodeURIComponent(name)}`;
   try {
-    if (action === "percent") {
+    if (action === "conclude") {
+      const deployment = (await api("GET", base));
+      const winner = prompt(`Winner of the A/B test of ${name} (${deployment.stable} or ${deployment.canary}):`);
+      if (!winner) return;
+      const as = winner === deployment.canary && confirm(`Start ${winner} as a canary rollout (OK), ` +
+        "or make it stable now (Cancel)?") ? "canary" : "stable";
+      await api("POST", `${base}/ab/conclude`, { winner, as, reason: "concluded from the dashboard" });
+    } else if (action === "percent") {
       const value = prompt(`New canary percentage for ${name} (0-100):`);
       if (value === null) return;
       await api("PUT", `${base}/canary-percent`, { percent: Number(value), reason: "set from the dashboard" });

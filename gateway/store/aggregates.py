@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.analysis.evidence import LatencyThresholds
 from gateway.analysis.histogram import bucket_of, merge, percentile
-from gateway.models import RecordStatus
+from gateway.models import RecordMode, RecordStatus
 from gateway.policy import RolloutPolicy
 from gateway.store.engine import Dialect
 from gateway.tables import (
@@ -120,10 +120,16 @@ class Fact:
     cost_usd: float | None
     uncached_cost_usd: float | None
     quality: float | None
+    mode: RecordMode = "live"
 
     @property
     def counted(self) -> bool:
         return self.status != "client_cancelled"
+
+    @property
+    def live(self) -> bool:
+        """Served to a user: a shadow copy (answered to no one) is in no aggregate."""
+        return self.mode == "live"
 
     def minute(self) -> datetime:
         return minute_of(self.created_at)
@@ -155,7 +161,9 @@ class Tally:
         self.stages: dict[str, Stage] = {}
 
     def add_record(self, fact: Fact, stage: Stage | None) -> None:
-        """A newly stored call: every sum it belongs to."""
+        """A newly stored call: every sum it belongs to (none for a shadow copy)."""
+        if not fact.live:
+            return
         minute = fact.minute()
         row = self._minute(fact, minute)
         if fact.counted:
@@ -199,7 +207,7 @@ class Tally:
 
     def change_quality(self, fact: Fact, before: float | None, after: float | None, stage: Stage | None) -> None:
         """A stored call whose quality went from `before` to `after` (`fact` may hold either)."""
-        if not fact.counted or before == after:
+        if not fact.counted or not fact.live or before == after:
             return
         scored = (after is not None) - (before is not None)
         change = (after or 0.0) - (before or 0.0)
@@ -213,7 +221,7 @@ class Tally:
 
     def add_score(self, fact: Fact, source: str, score: float, stage: Stage | None) -> None:
         """A score of a stored call, counted once: when the score or the call is stored, whichever is later."""
-        if not fact.counted:
+        if not fact.counted or not fact.live:
             return
         key = (fact.deployment, fact.version, fact.minute(), source)
         row = self.minute_sources.setdefault(key, [0, 0.0])
@@ -527,11 +535,17 @@ async def _baseline_thresholds(connection: AsyncConnection, *, deployment: str, 
     return LatencyThresholds.of(reference, policy) if reference is not None else None
 
 
-def rebuild_stage(deployment: str, stage: Stage) -> list[Any]:
-    """Statements that recompute a stage's per-user sums from the stored records and scores (SQL twin of Tally)."""
+def rebuild_stage(deployment: str, stage: Stage, *, live_only: bool = True) -> list[Any]:
+    """Statements that recompute a stage's per-user sums from the stored records and scores (SQL twin of Tally).
+
+    `live_only` leaves shadow copies out; False only for a migration older
+    than the `mode` column (0010), when no copy can exist yet.
+    """
     record = RequestRecordRow
     in_stage = [record.deployment == deployment, record.created_at >= stage.started_at,
                 record.user_hash.is_not(None), record.status != "client_cancelled"]
+    if live_only:
+        in_stage.append(record.mode == "live")
 
     def count_if(condition: Any) -> Any:
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)

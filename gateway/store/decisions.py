@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.analysis.evidence import Evidence
+from gateway.analysis.shadow import ShadowEvidence
 from gateway.models import Deployment, RolloutEvent, RolloutState
 from gateway.policy import RolloutPolicy
 from gateway.store.engine import translated_errors
@@ -63,6 +64,13 @@ class DecisionSession:
                                                        stable=stable, canary=canary, since=since, until=until,
                                                        policy=policy, fix=True)
 
+    async def shadow_evidence(self, *, stable: str, canary: str, since: datetime, until: datetime,
+                              policy: RolloutPolicy) -> ShadowEvidence:
+        async with translated_errors():
+            return await self._store.shadow_evidence_on(self._connection, deployment=self.deployment_name,
+                                                        stable=stable, canary=canary, since=since, until=until,
+                                                        policy=policy)
+
     async def recent_events(self, limit: int) -> list[RolloutEvent]:
         async with translated_errors():
             return await list_events_on(self._connection, deployment=self.deployment_name, limit=limit)
@@ -101,6 +109,13 @@ class DecisionStore(RolloutStore, EvidenceStore):
         async with translated_errors(), self.check_engine.connect() as connection:
             return await self.stage_evidence_on(connection, deployment=deployment, stable=stable, canary=canary,
                                                 since=since, until=until, policy=policy)
+
+    async def shadow_evidence(self, *, deployment: str, stable: str, canary: str, since: datetime, until: datetime,
+                              policy: RolloutPolicy) -> ShadowEvidence:
+        """As `EvidenceStore.shadow_evidence_on`, on the checks' engine."""
+        async with translated_errors(), self.check_engine.connect() as connection:
+            return await self.shadow_evidence_on(connection, deployment=deployment, stable=stable, canary=canary,
+                                                 since=since, until=until, policy=policy)
 
     @contextlib.asynccontextmanager
     async def decision_session(self, deployment: str) -> AsyncIterator[DecisionSession | None]:

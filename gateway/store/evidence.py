@@ -1,5 +1,11 @@
 """Read-only analytics: a version's window numbers, time series, and a stage's per-user evidence.
 
+Shadow copies (`mode = shadow`, the shadow stage's calls answered to no one)
+are never a version's production traffic: the aggregates leave them out, and
+they are read only as pairs (`shadow_evidence_on`) and as the copies' own
+window numbers (`shadow_window_stats`), from the raw records (bounded by
+`shadow.max_per_minute`).
+
 Everything is read from the aggregates the record writer keeps
 (`gateway.store.aggregates`), so the cost of a query follows the minutes in
 its window (compare, time series) or the users in the stage (a check), not
@@ -19,16 +25,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Float, Integer, and_, case, cast, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import aliased
 
 from gateway.analysis.evidence import ArmEvidence, Evidence, LatencyThresholds, Sums, percentile_cont
 from gateway.analysis.histogram import percentile
+from gateway.analysis.shadow import PAIRWISE_SOURCE, ShadowEvidence, ShadowPair, shadow_evidence_from_pairs
 from gateway.errors import Conflict
-from gateway.models import WindowStats
+from gateway.models import RequestRecord, WindowStats
 from gateway.policy import RolloutPolicy
 from gateway.store.aggregates import Stage, fix_thresholds, minute_of, read_stage
 from gateway.store.engine import Database, translated_errors
@@ -45,6 +54,9 @@ from gateway.tables import (
 
 _COUNTED = RequestRecordRow.status != "client_cancelled"
 _ANSWERED = RequestRecordRow.status == "ok"
+# Calls served to users: shadow copies (answered to no one) are never a version's production traffic.
+_LIVE = RequestRecordRow.mode == "live"
+_RECORD_FIELDS = tuple(field.name for field in fields(RequestRecord))
 
 
 class EvidenceStore(Database):
@@ -160,6 +172,79 @@ class EvidenceStore(Database):
         return await self._summed_evidence(connection, deployment=deployment, stable=stable, canary=canary,
                                            stage=stage, until=until)
 
+    async def shadow_window_stats(self, *, deployment: str, version: str, since: datetime) -> WindowStats:
+        """The numbers of `version`'s shadow copies since `since`, from their raw records (scores aside)."""
+        window = [RequestRecordRow.deployment == deployment, RequestRecordRow.version == version,
+                  RequestRecordRow.created_at >= since, RequestRecordRow.mode == "shadow"]
+        async with translated_errors(), self.engine.connect() as connection:
+            row = (await connection.execute(select(
+                func.count().filter(_COUNTED), func.count().filter(RequestRecordRow.status == "error"),
+                func.count(RequestRecordRow.cost_usd).filter(_COUNTED),
+                func.sum(RequestRecordRow.cost_usd).filter(_COUNTED),
+                func.avg(RequestRecordRow.prompt_tokens).filter(_COUNTED),
+                func.avg(RequestRecordRow.completion_tokens).filter(_COUNTED),
+            ).where(*window))).one()
+            latencies = (await connection.scalars(
+                select(RequestRecordRow.latency_ms).where(*window, _ANSWERED)
+                .order_by(RequestRecordRow.latency_ms))).all()
+        requests, errors, priced, spent, prompt, completion = row
+        return WindowStats(
+            version=version, requests=int(requests), errors=int(errors), scored=0, avg_quality=None,
+            p50_latency_ms=percentile_cont(latencies, 0.5), p95_latency_ms=percentile_cont(latencies, 0.95),
+            p50_ttft_ms=None, p95_ttft_ms=None,
+            avg_cost_usd=float(spent) / int(priced) if priced else None,
+            total_cost_usd=float(spent) if priced else None,
+            avg_prompt_tokens=float(prompt) if prompt is not None else None,
+            avg_completion_tokens=float(completion) if completion is not None else None,
+        )
+
+    async def shadow_evidence_on(self, connection: AsyncConnection, *, deployment: str, stable: str, canary: str,
+                                 since: datetime, until: datetime, policy: RolloutPolicy) -> ShadowEvidence:
+        """What a shadow-stage check judges: the pairs whose user's call (on `stable`) was made in [since, until).
+
+        A pair is a shadow copy (`mode = shadow`, on `canary`) and the stable
+        record it copies (`shadow_of`); each side's scores are averaged per
+        source, and the copy's `pairwise` score is the judge's win score. The
+        pairs are read row by row and summed by
+        `gateway.analysis.shadow.shadow_evidence_from_pairs` (the function the
+        tests use): shadow copies are bounded by `shadow.max_per_minute`, so a
+        stage holds at most tens of thousands. Runs on `connection`.
+        """
+        copy, served = aliased(RequestRecordRow), aliased(RequestRecordRow)
+        # A copy is made after its user's call began: with the deployment, that tells a client-chosen
+        # request id used again at another time apart.
+        pairs_where = [copy.deployment == deployment, copy.version == canary, copy.mode == "shadow",
+                       copy.created_at >= since, served.deployment == deployment, served.version == stable,
+                       served.created_at >= since, served.created_at < until,
+                       served.created_at <= copy.created_at]
+        columns = [getattr(served, name).label(f"s_{name}") for name in _RECORD_FIELDS]
+        columns += [getattr(copy, name).label(f"c_{name}") for name in _RECORD_FIELDS]
+        rows = (await connection.execute(
+            select(*columns).select_from(copy).join(served, served.id == copy.shadow_of).where(*pairs_where)
+        )).all()
+
+        async def scores(side: Any) -> dict[str, dict[str, float]]:
+            ids = select(side.id).select_from(copy).join(served, served.id == copy.shadow_of).where(*pairs_where)
+            found: dict[str, dict[str, float]] = {}
+            for request_id, source, score in await connection.execute(
+                select(QualityScoreRow.request_id, QualityScoreRow.source, func.avg(QualityScoreRow.score))
+                .where(QualityScoreRow.request_id.in_(ids))
+                .group_by(QualityScoreRow.request_id, QualityScoreRow.source)
+            ):
+                found.setdefault(request_id, {})[source] = float(score)
+            return found
+
+        stable_scores, canary_scores = await scores(served), await scores(copy)
+        pairs = []
+        for row in rows:
+            values = row._mapping
+            pair_stable = RequestRecord(**{name: values[f"s_{name}"] for name in _RECORD_FIELDS})
+            pair_canary = RequestRecord(**{name: values[f"c_{name}"] for name in _RECORD_FIELDS})
+            judged = dict(canary_scores.get(pair_canary.id, {}))
+            win = judged.pop(PAIRWISE_SOURCE, None)
+            pairs.append(ShadowPair(pair_stable, pair_canary, stable_scores.get(pair_stable.id, {}), judged, win))
+        return shadow_evidence_from_pairs(pairs, since=since, until=until, policy=policy)
+
     async def timeseries(
         self, *, deployment: str, since: datetime, step_s: int
     ) -> dict[str, list[dict[str, Any]]]:
@@ -229,7 +314,8 @@ class EvidenceStore(Database):
     async def _raw_reference(self, connection: AsyncConnection, *, deployment: str, stable: str, since: datetime,
                              until: datetime, policy: RolloutPolicy) -> tuple[int, float | None]:
         """Stable's answered calls behind its p95 latency, and that p95: over the baseline, else the stage so far."""
-        answered_stable = [RequestRecordRow.deployment == deployment, RequestRecordRow.version == stable, _ANSWERED]
+        answered_stable = [RequestRecordRow.deployment == deployment, RequestRecordRow.version == stable, _ANSWERED,
+                           _LIVE]
         baseline_since = since - timedelta(seconds=policy.latency_baseline)
         count, p95 = await self._sql.p95(connection, [*answered_stable, RequestRecordRow.created_at >= baseline_since,
                                                       RequestRecordRow.created_at < since])
@@ -243,7 +329,7 @@ class EvidenceStore(Database):
         """The evidence summed per user in SQL from the stage's raw records (a stage without thresholds yet)."""
         stage = [RequestRecordRow.deployment == deployment, RequestRecordRow.version.in_((stable, canary)),
                  RequestRecordRow.created_at >= since, RequestRecordRow.created_at < until,
-                 RequestRecordRow.user_hash.is_not(None), _COUNTED]
+                 RequestRecordRow.user_hash.is_not(None), _COUNTED, _LIVE]
         per_user = select(RequestRecordRow.version, RequestRecordRow.user_hash,
                           *_per_user_columns(thresholds)).where(*stage).group_by(
             RequestRecordRow.version, RequestRecordRow.user_hash).subquery()

@@ -188,7 +188,7 @@ def _row(record: RequestRecord, *, text_time: bool = False) -> tuple[Any, ...]:
 def _fact(record: RequestRecord, quality: float | None) -> Fact:
     return Fact(record.deployment, record.version, record.user_hash, record.created_at, record.status,
                 record.latency_ms, record.ttft_ms, record.prompt_tokens, record.completion_tokens, record.cost_usd,
-                record.uncached_cost_usd, quality)
+                record.uncached_cost_usd, quality, record.mode)
 
 
 def _values(item: Any, names: tuple[str, ...]) -> dict[str, Any]:

@@ -77,6 +77,8 @@ class RolloutStore(Database):
                         policy=policies[name],
                         stage_started_at=now if state.canary else None,
                         updated_at=now,
+                        kind=state.kind,
+                        shadow=state.shadow,
                     )
                     .on_conflict_do_nothing(index_elements=["name"])
                 )
@@ -225,6 +227,8 @@ async def apply_rollout_on(connection: AsyncConnection, *, expected_revision: in
             stage_started_at=state.stage_started_at,
             revision=expected_revision + 1,
             updated_at=now,
+            kind=state.kind,
+            shadow=state.shadow,
         )
         .returning(DeploymentRow.policy)
     )).first()
@@ -299,6 +303,8 @@ def _deployment_of(row: Any, versions: dict[str, Version]) -> Deployment:
             paused=row.paused,
             revision=row.revision,
             stage_started_at=row.stage_started_at,
+            kind=row.kind,
+            shadow=row.shadow,
         ),
         anonymous=row.anonymous,
         policy=RolloutPolicy.model_validate(row.policy or {}),

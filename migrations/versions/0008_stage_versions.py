@@ -66,7 +66,9 @@ def upgrade() -> None:
     for name, started_at, reference, gate, rollback, stable, canary in judged:
         op.execute(stages_table.update().where(stages_table.c.deployment == name)
                    .values(stable=stable, canary=canary))
-        for statement in rebuild_stage(name, Stage(started_at, reference, gate, rollback, stable, canary)):
+        # No shadow copy exists before 0010, which adds the `mode` column the default filter reads.
+        for statement in rebuild_stage(name, Stage(started_at, reference, gate, rollback, stable, canary),
+                                       live_only=False):
             op.execute(statement)
 
 

@@ -32,7 +32,8 @@ OpenAI's error shape `{"error": {"message", "type", "param", "code"}}`:
 Answers have the SDK models' shapes (`ChatCompletion`, `ChatCompletionChunk`,
 `Response` with the `ResponseStreamEvent` sequence, `CreateEmbeddingResponse`,
 `Model`): text "answer to [<system prompt>]" (the first system/developer
-message, or `instructions`), a call to every offered function tool (only the
+message, or `instructions`), or a judge's verdict (`Behaviour.judge_scores`,
+`judge_text`; pairwise: `Behaviour.prefer`), a call to every offered function tool (only the
 first with `parallel_tool_calls: false`) whose arguments are a sample of its
 parameters' schema, and JSON matching a requested `json_schema` format.
 """
@@ -406,6 +407,9 @@ class Behaviour:
     # Judge mode: the answer is a verdict; the first key found in the judged text picks the score.
     judge_scores: dict[str, float] | None = None
     judge_text: str | None = None  # a verdict to send verbatim instead
+    # Pairwise judge mode (a prompt with <answer_a> and <answer_b>): {"winner": ...} prefers the answer
+    # containing this text ("tie" when both or neither do).
+    prefer: str | None = None
     # Headers added to error answers (rate-limit headers: retry-after-ms, x-ratelimit-*).
     error_headers: dict[str, str] = field(default_factory=dict)
     # An OpenAI-compatible upstream that refuses `stream_options` (400), as some do.
@@ -523,6 +527,8 @@ class FakeUpstream:
             answer["choices"][0]["message"]["content"] = ""
         if self.behaviour.judge_scores is not None or self.behaviour.judge_text is not None:
             answer["choices"][0]["message"]["content"] = self._verdict(body)
+        elif self.behaviour.prefer is not None:
+            answer["choices"][0]["message"]["content"] = self._preference(body)
         if self.behaviour.gzip:
             return web.Response(body=gzip.compress(json.dumps(answer).encode()),
                                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
@@ -535,6 +541,14 @@ class FakeUpstream:
         judged = body["messages"][-1]["content"]
         score = next((value for key, value in (b.judge_scores or {}).items() if key in judged), 0.0)
         return json.dumps({"score": score, "reason": "fake verdict"})
+
+    def _preference(self, body: dict[str, Any]) -> str:
+        prompt = str(body["messages"][-1]["content"])
+        first = prompt.partition("<answer_a>")[2].partition("</answer_a>")[0]
+        second = prompt.partition("<answer_b>")[2].partition("</answer_b>")[0]
+        wanted = self.behaviour.prefer or ""
+        winner = "tie" if (wanted in first) == (wanted in second) else "A" if wanted in first else "B"
+        return json.dumps({"winner": winner, "reason": "fake pairwise verdict"})
 
     def _usage(self) -> Any:
         mode = self.behaviour.mode
