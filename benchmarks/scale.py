@@ -48,6 +48,7 @@ import argparse
 import asyncio
 import math
 import os
+import signal
 import statistics
 import sys
 import time
@@ -533,6 +534,8 @@ def main() -> None:
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     url = f"{base}/{name}"
+    # Stopped by a signal, the database (tens of GB at full size) is still dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
     try:
         upgrade(url.replace("postgresql://", "postgresql+asyncpg://", 1))
         asyncio.run(run(args, url))
