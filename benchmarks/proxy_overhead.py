@@ -445,12 +445,20 @@ def upstream_main(args: argparse.Namespace) -> int:
 
 def floor_main(args: argparse.Namespace) -> int:
     """Serve the bare relay on `args.port` until SIGTERM."""
-    import aiohttp
     import uvicorn
+
+    uvicorn.run(floor_app(args.upstream_port), host="127.0.0.1", port=args.port, workers=1, log_config=None,
+                access_log=False, server_header=False)
+    return 0
+
+
+def floor_app(upstream_port: int) -> Any:
+    """The bare relay's FastAPI app, relaying to the fake upstream on `upstream_port`."""
+    import aiohttp
     from fastapi import FastAPI, Request
     from fastapi.responses import Response, StreamingResponse
 
-    base = f"http://127.0.0.1:{args.upstream_port}"
+    base = f"http://127.0.0.1:{upstream_port}"
     # deployment → (upstream URL, upstream model, upstream headers)
     routes: dict[str, tuple[str, str, dict[str, str]]] = {}
     for surface in SURFACES.values():
@@ -503,9 +511,7 @@ def floor_main(args: argparse.Namespace) -> int:
     relay.__annotations__["request"] = Request  # the annotation is a string here (postponed evaluation)
     for surface in SURFACES.values():
         app.add_api_route(surface.path, relay, methods=["POST"])
-    uvicorn.run(app, host="127.0.0.1", port=args.port, workers=1, log_config=None, access_log=False,
-                server_header=False)
-    return 0
+    return app
 
 
 def _usage_of(data: Any) -> tuple[int, int] | None:

@@ -159,6 +159,12 @@ def data_of(event: bytes) -> bytes | None:
     """The joined `data:` lines of an SSE event, or None if it has none."""
     if event.startswith(b"data: ") and b"\ndata:" not in event and b"\rdata:" not in event:
         return event[6:].rstrip(b"\r\n")
+    # `event: <type>` then one data line, as the Responses and Messages APIs write every event.
+    start = event.find(b"\ndata:")
+    if (start > 0 and event.startswith(b"data: ", start + 1) and not event.startswith(b"data:")
+            and b"\r" not in event and event.find(b"data:", start + 7) < 0):
+        end = event.find(b"\n", start + 7)
+        return event[start + 7 : end] if end >= 0 else event[start + 7 :]
     lines = [line for line in _LINE_END.split(event) if line.startswith(b"data:")]
     if not lines:
         return None
