@@ -24,8 +24,12 @@ and stopped with SIGTERM (which writes the rest), and the database is read.
 Printed: calls sent, answered by status, records expected and found (lost,
 unexpected), feedback accepted and stored, gateway-caused 5xx (a 5xx where
 the upstream's behaviour called for another answer), client errors, admin
-answers, and RSS over time. Nothing is asserted; the targets are 0 lost,
-0 gateway-caused 5xx, memory flat.
+answers, RSS over time, and whether the aggregates the writer kept through the
+outages and spool replays equal their recomputation from the raw records
+(`gateway.store.recount`: the number of rows compared, or the rows that
+differ). Nothing is asserted; the targets are 0 lost, 0 gateway-caused 5xx,
+aggregates equal, memory flat (the exit code is 1 when one of the first three
+is missed).
 
     python benchmarks/soak.py                                  # 10 min, 3 outages of 30 s, max_buffer 2000
     python benchmarks/soak.py --minutes 2 --outages 1 --rate 100
@@ -57,8 +61,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
+from sqlalchemy.ext.asyncio import create_async_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import free_port
+from gateway.store.recount import Audit, audit_aggregates
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ADMIN_TOKEN = "soak-admin-token-0123456789"
@@ -396,6 +404,14 @@ async def stored(cluster: Cluster) -> tuple[list[str], list[str]]:
         await connection.close()
 
 
+async def audit(cluster: Cluster) -> Audit:
+    engine = create_async_engine(cluster.url)
+    try:
+        return await audit_aggregates(engine)
+    finally:
+        await engine.dispose()
+
+
 def run(args: argparse.Namespace) -> int:
     if not (PG_BIN / "initdb").exists():
         print(f"soak: needs the PostgreSQL 15 server binaries in {PG_BIN}", file=sys.stderr)
@@ -445,8 +461,10 @@ def run(args: argparse.Namespace) -> int:
         log.close()
         records, scored = asyncio.run(stored(cluster))
         report(tally, records, scored, settle_s, gateway.returncode, work / "gateway.log")
+        aggregates = asyncio.run(audit(cluster))
+        report_aggregates(aggregates)
         lost = len(tally.expected_ids - set(records)) + len(tally.feedback_ids - set(scored))
-        return 1 if lost or tally.gateway_5xx else 0
+        return 1 if lost or tally.gateway_5xx or aggregates.differences else 0
     finally:
         for process in processes:
             if process.poll() is None:
@@ -504,6 +522,16 @@ def report(tally: Tally, records: list[str], scored: list[str], settle_s: float,
     spool_peak = max((sample["spool_kb"] for sample in tally.samples), default=0.0)
     held_peak = max((sample["held"] or 0 for sample in tally.samples), default=0)
     print(f"  peak held in memory   {held_peak:,} records; peak spool {spool_peak:,.0f} KB")
+
+
+def report_aggregates(audit: Audit) -> None:
+    if not audit.differences:
+        print(f"  aggregates vs raw records: equal ({audit.compared:,} rows compared)")
+        return
+    print(f"  aggregates vs raw records: {len(audit.differences):,} of {audit.compared:,} rows differ")
+    for difference in audit.differences[:20]:
+        print(f"    {difference.table} {difference.key}: stored {difference.stored}, "
+              f"recomputed {difference.recounted}")
 
 
 def main(argv: list[str] | None = None) -> int:

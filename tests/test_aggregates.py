@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.models import QualityScore, RequestRecord, RolloutEvent
 from gateway.recorder import Recorder, Spool
 from gateway.store import Store, create_engine
+from gateway.store.recount import audit_aggregates
 from tests.conftest import query
 from tests.recompute import POLICY, assert_aggregates_match, declare, moment, start_canary
 
@@ -243,3 +244,30 @@ async def test_a_new_stage_counts_only_its_own_calls_and_a_replayed_spool_file_c
     calls = sum(values[0] for values in wanted["stage_user_sums"].values())
     older = sum(values[0] for values in wanted["minute_stats"].values())
     assert 0 < calls < older  # the calls of the first stage are in the minute sums, not in this stage's
+
+
+async def test_an_aggregate_that_drifts_from_its_records_is_named_by_the_recount(database_url: str) -> None:
+    rng = random.Random(9)
+    store = Store(create_engine(database_url, DB))
+    try:
+        deployment = await declare(store, now=STAGE - timedelta(hours=2))
+        await start_canary(store, deployment, at=STAGE)
+        made = [make_record(rng, index, STAGE + timedelta(seconds=7 * index), version=("v1", "v2")[index % 2])
+                for index in range(200)]
+        await store.insert_batch(records=made, scores=[make_score(rng, made[3], "feedback", 3)])
+        audit = await audit_aggregates(store.engine)
+        assert audit.differences == [] and audit.compared > 200 / 60 * 2
+        query(database_url, "UPDATE minute_stats SET requests = requests + 1 WHERE version = 'v2' "
+                            "AND minute = (SELECT min(minute) FROM minute_stats WHERE version = 'v2')")
+        user = next(r.user_hash for r in made if r.user_hash is not None and r.status != "client_cancelled")
+        query(database_url, "DELETE FROM stage_presence WHERE user_hash = :user", user=user)
+        audit = await audit_aggregates(store.engine)
+    finally:
+        await store.close()
+    drifted = {(difference.table, difference.key[0]): difference for difference in audit.differences}
+    assert set(drifted) == {("minute_stats", "bot"), ("stage_presence", "bot")}
+    minute = drifted["minute_stats", "bot"]
+    assert minute.key == ("bot", "v2", STAGE)
+    assert minute.stored is not None and minute.recounted is not None
+    assert minute.stored[0] == minute.recounted[0] + 1 and minute.stored[1:] == minute.recounted[1:]
+    assert drifted["stage_presence", "bot"].stored is None and drifted["stage_presence", "bot"].recounted == ()

@@ -7,6 +7,7 @@
     evidence.py  read-only analytics from the aggregates: a stage's evidence, a version's window numbers, time series
     decisions.py the rollout check's session: its lock, reads and write on one connection
     partitions.py PostgreSQL's daily partitions of records and scores, made ahead of their day
+    recount.py   the aggregates recomputed from the raw records and compared with the stored ones
     retention.py rows older than their retention period removed: partitions dropped, batches deleted
 
 `Store` is all of them over one engine: what the services are given. Every
