@@ -329,7 +329,8 @@ async def _prepare(
     settings: Settings, store: Store, declared: Mapping[str, Deployment], policies: Mapping[str, Any]
 ) -> None:
     """What the snapshot does once the database answers: its schema first, then the declared deployments."""
-    await ensure_schema(settings.database_url, store.engine, apply=settings.database.migrate)
+    await ensure_schema(settings.database_url, store.engine, apply=settings.database.migrate,
+                        pooler=settings.database.pooler)
     await sync_declared(store, deployments=declared, policies=policies)
 
 

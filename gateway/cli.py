@@ -177,7 +177,7 @@ def _apply_migrations(settings: Settings) -> bool:
     from gateway.migrate import upgrade
 
     try:
-        upgrade(settings.database_url)
+        upgrade(settings.database_url, pooler=settings.database.pooler)
     except (OperationalError, DBAPIError, OSError) as exc:
         log.warning("database unavailable, migrations not applied (%s)", type(exc).__name__)
         return False

@@ -488,6 +488,12 @@ class DatabaseSettings(_Frozen):
     # Apply pending migrations at start and when the database becomes reachable; false: only
     # `canary-gateway migrate` does (e.g. a migration job), and a schema behind is logged.
     migrate: bool = True
+    # PostgreSQL: what stands between the gateway and the server. `none`: the server itself, or a
+    # pooler in session mode. `transaction`: a pooler in transaction mode (PgBouncer's
+    # `pool_mode = transaction`), which hands the server connection to another client after each
+    # transaction: no named prepared statements are kept, and the statement timeouts are set in
+    # each transaction (`SET LOCAL`) instead of at connect. Ignored on SQLite.
+    pooler: Literal["none", "transaction"] = "none"
 
 
 class RetentionSettings(_Frozen):

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.errors import MigrationsNotFound, StoreUnavailable
+from gateway.store.engine import pooler_connect_args
 
 log = logging.getLogger("gateway.migrate")
 
@@ -47,8 +50,10 @@ def migrations_dir() -> Path:
     )
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "head", *, pooler: str = "none") -> None:
     """Bring the schema to `revision`; creates the SQLite file's directory if needed.
+
+    `pooler`: what stands between the gateway and PostgreSQL (`database.pooler`).
 
     Synchronous (it runs its own event loop): call it from a thread when a loop
     is running. Raises MigrationsNotFound, and SQLAlchemy's errors when the
@@ -60,7 +65,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         path = database_url.split(":///", 1)[1]
         if path and path != ":memory:":
             Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    if revision == "head" and asyncio.run(current_revision(database_url)) == head:
+    if revision == "head" and asyncio.run(current_revision(database_url, pooler=pooler)) == head:
         return
     from alembic import command
     from alembic.config import Config
@@ -68,6 +73,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(directory))
     config.attributes["database_url"] = database_url
+    config.attributes["pooler"] = pooler
     command.upgrade(config, revision)
 
 
@@ -95,9 +101,9 @@ def head_revision(directory: Path | None = None) -> str:
     return heads.pop()
 
 
-async def current_revision(database_url: str) -> str | None:
+async def current_revision(database_url: str, *, pooler: str = "none") -> str | None:
     """The schema's revision; None for a database that has none yet (or cannot say)."""
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(database_url, **migration_engine_options(database_url, pooler))
     try:
         async with engine.connect() as connection:
             current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
@@ -108,7 +114,14 @@ async def current_revision(database_url: str) -> str | None:
         await engine.dispose()
 
 
-async def ensure_schema(database_url: str, engine: AsyncEngine, *, apply: bool) -> None:
+def migration_engine_options(database_url: str, pooler: str) -> dict[str, Any]:
+    """`create_async_engine` keyword arguments for the migrations' engine: PostgreSQL behind `pooler` needs some."""
+    if database_url.startswith("sqlite"):
+        return {}
+    return {"connect_args": pooler_connect_args(pooler)}
+
+
+async def ensure_schema(database_url: str, engine: AsyncEngine, *, apply: bool, pooler: str = "none") -> None:
     """Bring a reachable database's schema to the head revision, or say why not.
 
     `engine` is the gateway's own (for the check); the migration itself runs
@@ -135,7 +148,7 @@ async def ensure_schema(database_url: str, engine: AsyncEngine, *, apply: bool) 
         raise StoreUnavailable(f"the database schema is {found}, not at revision {head}")
     log.warning("the database is reachable and its schema is %s: migrating to revision %s", found, head)
     try:
-        await asyncio.to_thread(upgrade, database_url)
+        await asyncio.to_thread(functools.partial(upgrade, database_url, pooler=pooler))
     except (DBAPIError, OSError) as exc:
         # Unreachable again, or another replica migrating at the same moment: the next refresh looks again.
         raise StoreUnavailable(f"migrating the database failed ({type(exc).__name__})") from exc

@@ -10,6 +10,7 @@ from sqlalchemy import event, pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.migrate import migration_engine_options
 from gateway.store.engine import register_sqlite_functions
 from gateway.tables import Base
 
@@ -46,7 +47,9 @@ def _run(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    url = _url()
+    pooler = str(config.attributes.get("pooler", "none"))
+    engine = create_async_engine(url, poolclass=pool.NullPool, **migration_engine_options(url, pooler))
     if engine.dialect.name == "sqlite":
         # The migrations' SQL uses canary_latency_bucket, which PostgreSQL gets as a SQL function.
         event.listen(engine.sync_engine, "connect", register_sqlite_functions)

@@ -13,6 +13,7 @@ its fields, never on the engine's name.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,10 @@ def create_engine(url: str, settings: DatabaseSettings, *, checks: bool = False)
     Every statement is bounded by `settings.statement_timeout` (seconds); on
     PostgreSQL the pool is sized and timed out by `settings`. `checks`: the
     rollout checks' PostgreSQL engine instead, one connection or two, each
-    statement bounded by `settings.check_timeout`.
+    statement bounded by `settings.check_timeout`. Behind a transaction-mode
+    pooler (`settings.pooler`) the timeout is set in each transaction
+    (`SET LOCAL`), since such a pooler refuses it as a startup parameter and
+    shares each server connection between clients.
     """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": settings.statement_timeout})
@@ -43,7 +47,10 @@ def create_engine(url: str, settings: DatabaseSettings, *, checks: bool = False)
         return engine
     timeout = settings.check_timeout if checks else settings.statement_timeout
     timeout_ms = str(int(timeout * 1000))
-    return create_async_engine(
+    server_settings = {"application_name": "canary-gateway"}
+    if settings.pooler == "none":
+        server_settings["statement_timeout"] = timeout_ms
+    engine = create_async_engine(
         url,
         pool_size=1 if checks else settings.pool_size,
         max_overflow=1 if checks else settings.max_overflow,
@@ -53,9 +60,37 @@ def create_engine(url: str, settings: DatabaseSettings, *, checks: bool = False)
         connect_args={
             "timeout": settings.pool_timeout,
             "command_timeout": timeout + 1,
-            "server_settings": {"statement_timeout": timeout_ms, "application_name": "canary-gateway"},
+            "server_settings": server_settings,
+            **pooler_connect_args(settings.pooler),
         },
     )
+    if settings.pooler == "transaction":
+        event.listen(engine.sync_engine, "begin", functools.partial(_set_local_timeout, timeout_ms))
+    return engine
+
+
+def pooler_connect_args(pooler: str) -> dict[str, Any]:
+    """asyncpg connect arguments (through SQLAlchemy's asyncpg dialect) for PostgreSQL behind `pooler`.
+
+    `transaction` (a pooler in transaction mode): no prepared statement is
+    cached, by asyncpg or by SQLAlchemy, and every statement is prepared
+    unnamed, so nothing is left on a server connection that the pooler then
+    hands to another client (a named statement would collide with another
+    client's, or pile up: SQLAlchemy's asyncpg dialect documentation,
+    "Prepared Statement Name with PGBouncer"). `none`: nothing to add.
+    """
+    if pooler != "transaction":
+        return {}
+    return {"statement_cache_size": 0, "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": _unnamed_statement}
+
+
+def _unnamed_statement() -> str:
+    return ""  # PostgreSQL's unnamed statement: replaced by the next one, never left behind
+
+
+def _set_local_timeout(timeout_ms: str, connection: Any) -> None:
+    connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
