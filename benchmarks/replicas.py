@@ -1,6 +1,7 @@
 """Several replicas writing to one PostgreSQL: rows per second, write latency, connections, lock waits.
 
     python benchmarks/replicas.py                  # 1, then 2 writer processes, 30 s each
+    python benchmarks/replicas.py --pgbouncer      # each also through PgBouncer in transaction mode
     python benchmarks/replicas.py --smoke          # seconds
 
 A replica's record writer is `Store.insert_batch` in a loop: batches of
@@ -13,6 +14,12 @@ takes it: the highest rate the machine sustains. Meanwhile the parent
 samples `pg_stat_activity` every 100 ms: the gateway's connections, and how
 many of them wait for a lock (and which). Runs in a database of its own on
 the server of --url, dropped at the end.
+
+`--pgbouncer` measures each writer count twice: straight to the server, and
+through a pgbouncer process started here on a free port in front of it
+(`pool_mode = transaction`, the writers with `database.pooler:
+transaction`). Connections are then the server's (pgbouncer's to
+PostgreSQL). Needs the `pgbouncer` binary (Debian's package).
 """
 
 from __future__ import annotations
@@ -20,21 +27,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import print_table
+from common import free_port, print_table
 from gateway import rollout
 from gateway.config import DatabaseSettings
 from gateway.migrate import upgrade
@@ -68,13 +81,51 @@ async def prepare(url: str) -> None:
         await store.close()
 
 
-def writer(url: str, seconds: float, batch: int, users: int, seed: int, results: Any) -> None:
+class PgBouncer:
+    """pgbouncer in transaction mode on a free port of 127.0.0.1, in front of the server at `host`:`port`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="replicas-pgbouncer-"))
+        (self.directory / "users.txt").write_text('"postgres" ""\n')
+        (self.directory / "pgbouncer.ini").write_text("\n".join([
+            "[databases]", f"* = host={host} port={port}", "[pgbouncer]",
+            "listen_addr = 127.0.0.1", f"listen_port = {self.port}", "unix_socket_dir =",
+            "auth_type = trust", f"auth_file = {self.directory / 'users.txt'}",
+            "pool_mode = transaction", "default_pool_size = 20", "max_client_conn = 1000",
+            f"logfile = {self.directory / 'pgbouncer.log'}", ""]))
+        command = ["pgbouncer", str(self.directory / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # pgbouncer will not run as root
+            shutil.chown(self.directory, "postgres")
+            command[1:1] = ["-u", "postgres"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise SystemExit("pgbouncer did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def writer(url: str, pooler: str, seconds: float, batch: int, users: int, seed: int, results: Any) -> None:
     """One replica's writer: batches until `seconds` passed; puts (rows, [batch latency ms]) on `results`."""
-    results.put(asyncio.run(_write(url, seconds, batch, users, seed)))
+    results.put(asyncio.run(_write(url, pooler, seconds, batch, users, seed)))
 
 
-async def _write(url: str, seconds: float, batch: int, users: int, seed: int) -> tuple[int, list[float]]:
-    store = Store(create_engine(url, DatabaseSettings(statement_timeout=60, pool_timeout=30)))
+async def _write(url: str, pooler: str, seconds: float, batch: int, users: int,
+                 seed: int) -> tuple[int, list[float]]:
+    settings = DatabaseSettings(statement_timeout=60, pool_timeout=30, pooler=pooler)
+    store = Store(create_engine(url, settings))
     rng = np.random.default_rng(seed)
     latencies: list[float] = []
     rows = 0
@@ -108,7 +159,7 @@ async def sample(url: str, stop: asyncio.Event) -> tuple[int, int, int, Counter[
         while not stop.is_set():
             rows = await connection.fetch(
                 "SELECT wait_event_type, wait_event FROM pg_stat_activity "
-                "WHERE application_name = 'canary-gateway' AND datname = current_database()")
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")
             samples += 1
             most = max(most, len(rows))
             locks = [row["wait_event"] for row in rows if row["wait_event_type"] == "Lock"]
@@ -121,10 +172,13 @@ async def sample(url: str, stop: asyncio.Event) -> tuple[int, int, int, Counter[
     return samples, most, waiting, events
 
 
-async def measure(url: str, processes: int, args: argparse.Namespace) -> list[str]:
+async def measure(url: str, processes: int, args: argparse.Namespace, *, through: str | None = None) -> list[str]:
+    """One row of the table: `processes` writers on `url`, or on `through` (the same database via pgbouncer)."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    workers = [context.Process(target=writer, args=(url, args.seconds, args.batch, args.users, index, results))
+    pooler = "none" if through is None else "transaction"
+    workers = [context.Process(target=writer, args=(through or url, pooler, args.seconds, args.batch, args.users,
+                                                    index, results))
                for index in range(processes)]
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample(url.replace("postgresql+asyncpg://", "postgresql://", 1), stop))
@@ -140,7 +194,8 @@ async def measure(url: str, processes: int, args: argparse.Namespace) -> list[st
     rows = sum(count for count, _ in outcomes)
     latencies = sorted(latency for _, values in outcomes for latency in values)
     busy = max(sum(values) / 1000 for _, values in outcomes)
-    return [str(processes), f"{rows / busy:,.0f}", f"{statistics.median(latencies):,.0f}",
+    path = "direct" if through is None else "pgbouncer (transaction)"
+    return [str(processes), path, f"{rows / busy:,.0f}", f"{statistics.median(latencies):,.0f}",
             f"{latencies[int(0.95 * (len(latencies) - 1))]:,.0f}", f"{latencies[-1]:,.0f}", str(most),
             f"{waiting / max(samples, 1):.0%}", ", ".join(f"{name} ×{count}" for name, count in events.most_common(3))
             or "none", f"{elapsed:,.0f}"]
@@ -154,8 +209,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--pgbouncer", action="store_true",
+                        help="each writer count also through a pgbouncer in transaction mode started here")
     parser.add_argument("--smoke", action="store_true", help="seconds: 1 and 2 writers for 2 s each")
     args = parser.parse_args()
+    if args.pgbouncer and shutil.which("pgbouncer") is None:
+        raise SystemExit("--pgbouncer needs the pgbouncer binary (apt-get install pgbouncer)")
     if args.smoke:
         args.seconds, args.users = 2.0, 1000
     name = f"replicas_bench_{uuid.uuid4().hex[:8]}"
@@ -170,16 +229,27 @@ def main() -> None:
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     url = f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
+    bouncer = None
     try:
         upgrade(url)
         asyncio.run(prepare(url))
-        rows = [asyncio.run(measure(url, processes, args)) for processes in args.processes]
+        if args.pgbouncer:
+            server = urlsplit(args.url)
+            bouncer = PgBouncer(server.hostname or "127.0.0.1", server.port or 5432)
+        rows = []
+        for processes in args.processes:
+            rows.append(asyncio.run(measure(url, processes, args)))
+            if bouncer is not None:
+                through = f"postgresql+asyncpg://postgres@127.0.0.1:{bouncer.port}/{name}"
+                rows.append(asyncio.run(measure(url, processes, args, through=through)))
     finally:
+        if bouncer is not None:
+            bouncer.stop()
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     print(f"writers: Store.insert_batch of {args.batch} calls with their aggregates, as fast as the database "
           f"takes them, {args.seconds:g} s each\n")
-    print_table(("writers", "rows/s", "batch p50 ms", "p95 ms", "max ms", "connections", "samples with a lock wait",
-                 "lock waits", "s"), rows, "rrrrrrrlr")
+    print_table(("writers", "path", "rows/s", "batch p50 ms", "p95 ms", "max ms", "server connections",
+                 "samples with a lock wait", "lock waits", "s"), rows, "rlrrrrrrlr")
 
 
 if __name__ == "__main__":
