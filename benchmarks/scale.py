@@ -533,6 +533,7 @@ def main() -> None:
             await connection.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    print(f"database {name} (dropped at the end unless --keep)", flush=True)
     url = f"{base}/{name}"
     # Stopped by a signal, the database (tens of GB at full size) is still dropped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
