@@ -14,8 +14,11 @@ in-memory buffer. Two tasks work on it:
 
 Nothing is dropped while the spool has room. Only two things lose records,
 each counted in `canary_records_dropped_total` and logged once: a full spool
-(`spool_full`), and a buffer at twice `max_buffer` because the disk cannot
-take the spills fast enough (`buffer_full`).
+(`spool_full`), and a buffer at its ceiling because the disk cannot take the
+spills fast enough (`buffer_full`). The ceiling is twice `max_buffer`, and at
+least `max_buffer` + `SPILL_HEADROOM`: a spill waits for an fsync, which a
+busy disk can hold for a second or more, and a small `max_buffer` would
+otherwise lose records during one slow spill although the spool has room.
 
 A batch the database rejects is retried item by item so one bad record
 cannot sink the others. Ids are unique and inserts skip existing ids, so a
@@ -51,6 +54,10 @@ log = logging.getLogger("gateway.recorder")
 # A spool drain writes this many batches (of `batch_size`) per transaction.
 SPOOL_BATCHES = 10
 
+# Items a buffer may hold beyond `max_buffer` while a spill is on its way to disk (~10 s at 1,000
+# calls/s, ~10-20 MB of records): the ceiling is max(2 × max_buffer, max_buffer + SPILL_HEADROOM).
+SPILL_HEADROOM = 10_000
+
 Item = RequestRecord | QualityScore
 
 
@@ -65,7 +72,9 @@ class Recorder:
         self._writing = 0
         self._wake = asyncio.Event()
         self._overflow = asyncio.Event()
+        self._ceiling = max(2 * settings.max_buffer, settings.max_buffer + SPILL_HEADROOM)
         self._tasks: list[asyncio.Task[None]] = []
+        self._spilling: set[asyncio.Future[None]] = set()
         self._spool = Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes)
         # Whether the spool may hold files (checked on disk only when it may).
         self._spooled = self._spool.has_files()
@@ -109,7 +118,7 @@ class Recorder:
 
     def _accept(self, item: Item) -> bool:
         held = len(self._buffer)
-        if held >= 2 * self._settings.max_buffer:
+        if held >= self._ceiling:
             # The spiller cannot even write to disk fast enough: memory stays bounded.
             self._lose(1, "buffer_full")
             return False
@@ -130,6 +139,7 @@ class Recorder:
         """Write everything held; spool what the database would not take in time."""
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        await asyncio.gather(*self._spilling, return_exceptions=True)  # logged by the spiller if they fail
         try:
             async with asyncio.timeout(timeout):
                 while self._buffer:
@@ -228,6 +238,14 @@ class Recorder:
             return
         self._release(items)
         self._metrics.record_queue.set(len(self._buffer))
+        # A spill under way finishes (and is counted) even when its caller is cancelled: `stop`
+        # waits for it, since the items are no longer in the buffer.
+        spill = asyncio.ensure_future(self._spill_items(items))
+        self._spilling.add(spill)
+        spill.add_done_callback(self._spilling.discard)
+        await asyncio.shield(spill)
+
+    async def _spill_items(self, items: list[Item]) -> None:
         # Encoding thousands of items is CPU work: off the event loop, with the write.
         written = await asyncio.to_thread(self._spool.append_items, items)
         if written:

@@ -160,7 +160,7 @@ def test_pivot_plain(gateway: Gateway, fake: FakeUpstream, claude: FakeAnthropic
     assert (record["api"], record["version"], record["prompt_tokens"], record["completion_tokens"]) == (
         "messages", "v1", 11, 7)
     assert metric(gateway, "canary_requests_total") == (
-        'canary_requests_total{api="messages",deployment="support-bot",status="ok",version="v1"} 1.0')
+        'canary_requests_total{api="messages",deployment="support-bot",mode="live",status="ok",version="v1"} 1.0')
 
 
 def test_pivot_stream(gateway: Gateway, fake: FakeUpstream) -> None:

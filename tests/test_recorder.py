@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config import DatabaseSettings, RecorderSettings, settings_from_dict
 from gateway.metrics import Metrics
 from gateway.models import QualityScore, RequestRecord
-from gateway.recorder import Recorder, Spool
+from gateway.recorder import SPILL_HEADROOM, Recorder, Spool
 from gateway.store import Store, create_engine
 from tests.conftest import Gateway, base_config, query
 from tests.fakes import FakeUpstream, free_port
@@ -194,6 +195,41 @@ async def test_large_spills_make_few_files(tmp_path: Path) -> None:
     await store.close()
     assert sample(metrics, "canary_records_spooled_total") == 1000
     assert sample(metrics, "canary_records_dropped_total", reason="buffer_full") == 0
+
+
+async def test_a_spill_held_up_by_a_slow_disk_loses_nothing_while_the_spool_has_room(tmp_path: Path) -> None:
+    """A busy disk can hold one fsync for a second: with a small max_buffer, the records arriving
+    meanwhile wait in memory (up to the ceiling) instead of being dropped."""
+    recorder, store, metrics = recorder_for(UNREACHABLE, tmp_path / "spool", max_buffer=10, batch_size=5)
+    append = recorder._spool.append_items
+
+    def slow_append(items: list[RequestRecord | QualityScore]) -> int:
+        time.sleep(0.5)
+        return append(items)
+
+    recorder._spool.append_items = slow_append  # type: ignore[method-assign]
+    recorder.start()
+    for _ in range(300):
+        recorder.submit(record())
+        await asyncio.sleep(0.001)
+    await recorder.stop(timeout=1)
+    await store.close()
+    assert sample(metrics, "canary_records_dropped_total", reason="buffer_full") == 0
+    spooled = [line for path in (tmp_path / "spool").glob("records-*.jsonl") for line in path.read_text().splitlines()]
+    assert len(spooled) == sample(metrics, "canary_records_spooled_total") == 300
+
+
+async def test_past_the_ceiling_records_are_dropped_and_counted(tmp_path: Path) -> None:
+    recorder, store, metrics = recorder_for(UNREACHABLE, tmp_path / "spool", max_buffer=10, batch_size=5)
+    recorder.start()
+    for _ in range(SPILL_HEADROOM + 100):  # no await: the spiller gets no turn meanwhile
+        recorder.submit(record())
+    # Memory stops at the ceiling, max(2 × max_buffer, max_buffer + SPILL_HEADROOM); the rest is counted lost.
+    assert recorder.depth == 10 + SPILL_HEADROOM
+    assert sample(metrics, "canary_records_dropped_total", reason="buffer_full") == 90
+    await recorder.stop(timeout=1)
+    await store.close()
+    assert sample(metrics, "canary_records_spooled_total") == 10 + SPILL_HEADROOM
 
 
 async def test_a_spooled_record_gets_the_quality_of_scores_written_before_it(
