@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import event
 
 from gateway.config import DatabaseSettings, RecorderSettings, settings_from_dict
 from gateway.metrics import Metrics
+from gateway.migrate import upgrade
 from gateway.models import QualityScore, RequestRecord
 from gateway.recorder import SPILL_HEADROOM, Recorder, Spool
 from gateway.store import Store, create_engine
@@ -80,6 +82,28 @@ async def test_writing_the_same_records_again_stores_them_once(database_url: str
     await store.insert_batch(records=[*batch, record()], scores=[])
     await store.close()
     assert query(database_url, "SELECT count(*) AS n FROM request_records")[0]["n"] == 6
+
+
+async def test_batches_of_every_size_land_through_few_distinct_sqlite_statements(tmp_path: Path) -> None:
+    # SQLite's driver keeps each distinct statement prepared (128 per connection): one multi-row
+    # INSERT or IN list per batch size held tens of MB at high call rates.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    await asyncio.to_thread(upgrade, url)
+    store = Store(create_engine(url, FAST_DB))
+    statements: set[str] = set()
+    event.listen(store.engine.sync_engine, "before_cursor_execute",
+                 lambda _conn, _cursor, statement, *_: statements.add(statement))
+    made: list[RequestRecord] = []
+    for size in range(1, 70):
+        batch = [record(user_hash=uuid.uuid4().hex) for _ in range(size)]
+        made += batch
+        scores = [score(item.id, "feedback", 0.5) for item in batch[: size % 5]]
+        await store.insert_batch(records=batch, scores=scores)
+    await store.close()
+    rows = query(url, "SELECT id, quality FROM request_records")
+    assert {row["id"] for row in rows} == {item.id for item in made}
+    assert sum(row["quality"] == 0.5 for row in rows) == sum(size % 5 for size in range(1, 70))
+    assert len(statements) <= 40, len(statements)
 
 
 async def test_one_bad_record_does_not_sink_its_batch(postgres_url: str, tmp_path: Path) -> None:

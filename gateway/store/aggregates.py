@@ -49,7 +49,7 @@ from gateway.analysis.evidence import LatencyThresholds
 from gateway.analysis.histogram import bucket_of, merge, percentile
 from gateway.models import RecordMode, RecordStatus
 from gateway.policy import RolloutPolicy
-from gateway.store.engine import Dialect
+from gateway.store.engine import Dialect, few_shapes
 from gateway.tables import (
     HourLatencyRow,
     MinuteLatencyRow,
@@ -356,11 +356,11 @@ async def _add_returning(connection: AsyncConnection, dialect: Dialect, table: A
         groups.setdefault(tuple(key[:3]), set()).add(key[3])
     for (deployment, started_at, version), users in groups.items():
         chosen = sorted(users)
-        for start in range(0, len(chosen), 500):
+        for start in range(0, len(chosen), 512):
             rows = await connection.execute(
                 select(*(columns[name] for name in (*keys, *fields))).where(
                     columns["deployment"] == deployment, columns["started_at"] == started_at,
-                    columns["version"] == version, columns["user_hash"].in_(chosen[start : start + 500])))
+                    columns["version"] == version, columns["user_hash"].in_(few_shapes(chosen[start : start + 512]))))
             before.update({tuple(row[: len(keys)]): row[len(keys):] for row in rows})
     await connection.execute(_adding(dialect, table, keys, fields), _dicts(keys, fields, ordered))
     zeros = [0] * len(fields)
@@ -377,10 +377,10 @@ async def _present(connection: AsyncConnection, dialect: Dialect, deployment: st
             "ON CONFLICT DO NOTHING RETURNING user_hash", (deployment, started_at, users))).all())
     presence = StagePresenceRow
     known: set[str] = set()
-    for start in range(0, len(users), 500):
+    for start in range(0, len(users), 512):
         known.update((await connection.scalars(select(presence.user_hash).where(
             presence.deployment == deployment, presence.started_at == started_at,
-            presence.user_hash.in_(users[start : start + 500])))).all())
+            presence.user_hash.in_(few_shapes(users[start : start + 512]))))).all())
     new = [user for user in users if user not in known]
     if new:
         await connection.execute(insert(presence), [{"deployment": deployment, "started_at": started_at,

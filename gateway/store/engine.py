@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from gateway.analysis.histogram import bucket_of
 from gateway.config import DatabaseSettings
 from gateway.errors import StoreRejected, StoreUnavailable
+
+T = TypeVar("T")
 
 
 def create_engine(url: str, settings: DatabaseSettings, *, checks: bool = False) -> AsyncEngine:
@@ -128,6 +130,39 @@ class Dialect:
             paramstyle=engine.dialect.paramstyle,
             insert=pg_insert if postgresql else sqlite_insert,
         )
+
+
+def few_shapes(values: Iterable[T]) -> list[T]:
+    """`values` as a list whose length is a power of two (the last value repeated), for `IN (...)` on SQLite.
+
+    An `IN` list is written into the SQL as one `?` per value, and Python's
+    sqlite3 keeps every distinct statement prepared, up to 128 per
+    connection (`cached_statements`), in SQLite's own memory: a list of
+    every length would fill that cache with large statements. Padded, a
+    statement has one shape per power of two. A repeated value changes no
+    `IN`. An empty `values` stays empty.
+    """
+    padded = list(values)
+    if padded:
+        padded += [padded[-1]] * ((1 << (len(padded) - 1).bit_length()) - len(padded))
+    return padded
+
+
+def power_of_two_chunks(count: int, largest: int) -> Iterator[slice]:
+    """Slices covering `count` items in order, each a power of two long, none longer than `largest` (≥ 1).
+
+    For multi-row statements on SQLite: a batch of any size is written with
+    at most ~log2(`largest`) distinct statements per full batch, so the
+    prepared-statement cache (see `few_shapes`) holds a handful of them
+    instead of one per batch size (measured: 129 sizes of the 21-column
+    record INSERT held 17 MB of SQLite memory per connection).
+    """
+    top = 1 << (max(1, largest).bit_length() - 1)
+    start = 0
+    while start < count:
+        size = min(top, 1 << ((count - start).bit_length() - 1))
+        yield slice(start, start + size)
+        start += size
 
 
 class Database:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.models import QualityScore, RequestRecord
 from gateway.store.aggregates import FACT_COLUMNS, Fact, Tally, lock_stages
-from gateway.store.engine import Database, translated_errors
+from gateway.store.engine import Database, few_shapes, power_of_two_chunks, translated_errors
 from gateway.tables import QualityScoreRow, RequestRecordRow
 
 _RECORD_FIELDS = tuple(field.name for field in fields(RequestRecord))
@@ -71,7 +71,8 @@ class RecordStore(Database):
             scored_ids = {score.request_id for score in scores}
             if scored_ids:
                 deployments.update((await connection.scalars(
-                    select(RequestRecordRow.deployment).distinct().where(RequestRecordRow.id.in_(scored_ids)))).all())
+                    select(RequestRecordRow.deployment).distinct()
+                    .where(self._among(RequestRecordRow.id, scored_ids)))).all())
             stages = await lock_stages(connection, self.dialect, deployments)
             inserted = await self._insert_records(connection, records) if records else set()
             new_scores = await self._insert_scores(connection, scores) if scores else []
@@ -79,8 +80,8 @@ class RecordStore(Database):
             rescored_ids = {score.request_id for score in new_scores} - inserted
             before: dict[str, Fact] = {}
             if rescored_ids:
-                lookup = (select(RequestRecordRow.id, *FACT_COLUMNS).where(RequestRecordRow.id.in_(rescored_ids))
-                          .order_by(RequestRecordRow.id))
+                lookup = (select(RequestRecordRow.id, *FACT_COLUMNS)
+                          .where(self._among(RequestRecordRow.id, rescored_ids)).order_by(RequestRecordRow.id))
                 if self.dialect.postgresql:
                     lookup = lookup.with_for_update()
                 before = {row[0]: Fact(*row[1:]) for row in await connection.execute(lookup)}
@@ -96,7 +97,7 @@ class RecordStore(Database):
             derive = set(before) | {row.request_id for row in earlier}
             if derive:
                 quality = dict((await connection.execute(
-                    update(RequestRecordRow).where(RequestRecordRow.id.in_(derive)).values(quality=_QUALITY)
+                    update(RequestRecordRow).where(self._among(RequestRecordRow.id, derive)).values(quality=_QUALITY)
                     .returning(RequestRecordRow.id, RequestRecordRow.quality))).all())
             tally = Tally()
             facts: dict[str, Fact] = {}
@@ -115,16 +116,19 @@ class RecordStore(Database):
             await tally.write(connection, self.dialect)
 
     def _among(self, column: Any, values: Collection[str]) -> Any:
-        """`column IN values`; on PostgreSQL as one array parameter (`= ANY`), cheap to compile for many values."""
+        """`column IN values`; on PostgreSQL as one array parameter (`= ANY`), cheap to compile for many values.
+
+        On SQLite the list is padded to a power of two (`few_shapes`).
+        """
         if self.dialect.postgresql:
             return column == any_(literal(list(values), ARRAY(String)))
-        return column.in_(values)
+        return column.in_(few_shapes(values))
 
     async def _insert_scores(self, connection: AsyncConnection, scores: Sequence[QualityScore]) -> list[QualityScore]:
         """Insert the scores whose ids are not stored yet; returns those."""
         inserted: set[str] = set()
-        for start in range(0, len(scores), _CHUNK):
-            chunk = scores[start : start + _CHUNK]
+        for part in power_of_two_chunks(len(scores), _CHUNK):
+            chunk = scores[part]
             inserted.update((await connection.scalars(
                 self.dialect.insert(QualityScoreRow).values([_values(score, _SCORE_FIELDS) for score in chunk])
                 .on_conflict_do_nothing().returning(QualityScoreRow.id))).all())
@@ -161,15 +165,22 @@ def _postgres_insert(store: RecordStore) -> InsertRecords:
 
 
 def _sqlite_insert(store: RecordStore) -> InsertRecords:
-    """Multi-row INSERTs of at most _CHUNK records; RETURNING says which were new."""
+    """Multi-row INSERTs of a power of two records each, at most _CHUNK; RETURNING says which were new.
+
+    Power-of-two sizes keep the prepared statements few (`power_of_two_chunks`).
+    """
     marks = "(" + ", ".join("?" * len(_RECORD_FIELDS)) + ")"
+    statements: dict[int, str] = {}
 
     async def insert(connection: AsyncConnection, records: Sequence[RequestRecord]) -> set[str]:
         inserted: set[str] = set()
-        for start in range(0, len(records), _CHUNK):
-            chunk = records[start : start + _CHUNK]
-            sql = (f"INSERT INTO request_records ({', '.join(_RECORD_FIELDS)}) VALUES "
-                   f"{', '.join([marks] * len(chunk))} ON CONFLICT DO NOTHING RETURNING id")
+        for part in power_of_two_chunks(len(records), _CHUNK):
+            chunk = records[part]
+            sql = statements.get(len(chunk))
+            if sql is None:
+                sql = statements[len(chunk)] = (
+                    f"INSERT INTO request_records ({', '.join(_RECORD_FIELDS)}) VALUES "
+                    f"{', '.join([marks] * len(chunk))} ON CONFLICT DO NOTHING RETURNING id")
             values = tuple(value for record in chunk for value in _row(record, text_time=True))
             inserted.update(row[0] for row in await connection.exec_driver_sql(sql, values))
         return inserted
