@@ -12,7 +12,10 @@ the CLI list FastAPI, and only the CLI lists the app. Types are checked by
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,18 @@ def test_a_row_that_forbids_an_import_fails_the_check() -> None:
     assert not allowed("routing", "sqlalchemy.orm")
     assert allowed("routing", "hashlib")
     assert allowed("store.engine", "gateway.store.records")  # its own package
+
+
+# Imported where they are used, never while the gateway starts: each is RSS held by every worker
+# (tiktoken: the count_tokens estimate; alembic, mako: a migration; rich, pygments: the demo and
+# httpx's command-line client; the statistics stack: the analysis tools).
+NOT_AT_START = ("tiktoken", "alembic", "mako", "rich", "pygments", "jinja2", "numpy", "scipy", "statsmodels")
+
+
+def test_the_serve_path_imports_nothing_it_does_not_need_at_start() -> None:
+    script = ("import sys, uvicorn, gateway.cli, gateway.app, gateway.migrate\n"
+              "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    assert "sqlalchemy" in loaded and "fastapi" in loaded
+    assert sorted(set(loaded) & set(NOT_AT_START)) == []
