@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.migrate import migration_engine_options
-from gateway.store.engine import register_sqlite_functions
+from gateway.store.engine import register_sqlite_functions, sqlite_journal
 from gateway.tables import Base
 
 config = context.config
@@ -53,6 +53,9 @@ async def run_migrations_online() -> None:
     if engine.dialect.name == "sqlite":
         # The migrations' SQL uses canary_latency_bucket, which PostgreSQL gets as a SQL function.
         event.listen(engine.sync_engine, "connect", register_sqlite_functions)
+        # The journal the gateway's own connections use (gateway.store.engine), from the first statement:
+        # in WAL with synchronous=NORMAL a commit does not wait for the disk.
+        event.listen(engine.sync_engine, "connect", sqlite_journal)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

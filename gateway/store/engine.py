@@ -97,10 +97,21 @@ def _set_local_timeout(timeout_ms: str, connection: Any) -> None:
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     register_sqlite_functions(connection, _record)
+    sqlite_journal(connection, _record)
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def sqlite_journal(connection: Any, _record: Any) -> None:
+    """SQLite's write-ahead log, synced at checkpoints only (`synchronous=NORMAL`): a `connect` listener.
+
+    WAL stays set in the database file; NORMAL is per connection. A commit
+    survives the process crashing, not necessarily the machine losing power.
+    """
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
