@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -134,13 +133,16 @@ class Dialect:
 
     @classmethod
     def of(cls, engine: AsyncEngine) -> Dialect:
-        """The dialect of `engine`; PostgreSQL or else SQLite."""
+        """The dialect of `engine`; PostgreSQL or else SQLite.
+
+        SQLAlchemy's PostgreSQL dialect is imported here, for a PostgreSQL
+        engine only (2 MB of RSS a gateway on SQLite does not hold).
+        """
         postgresql = engine.dialect.name == "postgresql"
-        return cls(
-            postgresql=postgresql,
-            paramstyle=engine.dialect.paramstyle,
-            insert=pg_insert if postgresql else sqlite_insert,
-        )
+        insert: Callable[..., Any] = sqlite_insert
+        if postgresql:
+            from sqlalchemy.dialects.postgresql import insert
+        return cls(postgresql=postgresql, paramstyle=engine.dialect.paramstyle, insert=insert)
 
 
 def few_shapes(values: Iterable[T]) -> list[T]:
