@@ -26,6 +26,9 @@ _CREATED_AT = _RECORD_FIELDS.index("created_at")
 _SCORE_FIELDS = tuple(field.name for field in fields(QualityScore))
 # Rows per multi-row INSERT (SQLite allows 32,766 parameters per statement).
 _CHUNK = 500
+# Rows per record INSERT on SQLite: each power of two up to it stays prepared on each connection,
+# measured 1.2 MB of SQLite memory up to 256 rows, 0.3 MB up to 64.
+_SQLITE_RECORD_ROWS = 64
 # A score is made after its call, give or take the replicas' clock skew: scores stored before a
 # call are looked for among those made at most this long before it.
 SCORE_SKEW = timedelta(days=1)
@@ -165,7 +168,7 @@ def _postgres_insert(store: RecordStore) -> InsertRecords:
 
 
 def _sqlite_insert(store: RecordStore) -> InsertRecords:
-    """Multi-row INSERTs of a power of two records each, at most _CHUNK; RETURNING says which were new.
+    """Multi-row INSERTs of a power of two records each, at most _SQLITE_RECORD_ROWS; RETURNING says which were new.
 
     Power-of-two sizes keep the prepared statements few (`power_of_two_chunks`).
     """
@@ -174,7 +177,7 @@ def _sqlite_insert(store: RecordStore) -> InsertRecords:
 
     async def insert(connection: AsyncConnection, records: Sequence[RequestRecord]) -> set[str]:
         inserted: set[str] = set()
-        for part in power_of_two_chunks(len(records), _CHUNK):
+        for part in power_of_two_chunks(len(records), _SQLITE_RECORD_ROWS):
             chunk = records[part]
             sql = statements.get(len(chunk))
             if sql is None:
