@@ -8,6 +8,7 @@ the time series read these sums, and give what the raw records give.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,3 +272,24 @@ async def test_an_aggregate_that_drifts_from_its_records_is_named_by_the_recount
     assert minute.stored is not None and minute.recounted is not None
     assert minute.stored[0] == minute.recounted[0] + 1 and minute.stored[1:] == minute.recounted[1:]
     assert drifted["stage_presence", "bot"].stored is None and drifted["stage_presence", "bot"].recounted == ()
+
+
+async def test_a_score_written_while_another_writer_stores_its_call_counts_once(database_url: str) -> None:
+    """Two writers (two replicas) at once, each batch carrying scores of calls that the other writer's
+    batches in flight are storing: each score counts once, whichever transaction commits first."""
+    rng = random.Random(11)
+    first, second = Store(create_engine(database_url, DB)), Store(create_engine(database_url, DB))
+    try:
+        await start_canary(first, await declare(first, now=STAGE - timedelta(hours=2)), at=STAGE)
+        made = [make_record(rng, index, STAGE + timedelta(seconds=2 * index)) for index in range(960)]
+        scores = [make_score(rng, made[(index * 37) % len(made)], "feedback", index) for index in range(240)]
+        await asyncio.gather(*(
+            (first, second)[batch % 2].insert_batch(records=made[batch * 40:(batch + 1) * 40],
+                                                    scores=scores[batch * 10:(batch + 1) * 10])
+            for batch in range(24)))
+        audit = await audit_aggregates(first.engine)
+    finally:
+        await first.close()
+        await second.close()
+    assert len(query(database_url, "SELECT id FROM quality_scores")) == 240
+    assert audit.differences == [] and audit.compared > 100

@@ -4,6 +4,17 @@ The recorder's batches land here: records, scores and what they add to the
 aggregates (`gateway.store.aggregates`) in one transaction, ids already
 stored skipped and not aggregated again, so a retried batch lands and counts
 once. A call's `quality` column is derived from its scores by QUALITY_RULE.
+
+A score and its call may be written by two writers at once (two replicas,
+or `--workers`): neither transaction sees the other's uncommitted row, so
+the score would count in no aggregate. On PostgreSQL every batch that
+inserts records holds a shared advisory lock (namespace CALLS_LOCK) until it
+commits, and a batch with scores whose calls it cannot find takes it
+exclusively, waiting for every record writer in flight, then looks again:
+either it finds the call now, or the call is written later and finds the
+score (see `insert_batch`). The lock comes before the stage locks in every
+writer, so no two wait for each other in a circle. SQLite serializes write
+transactions already.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ from dataclasses import fields
 from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import ARRAY, String, any_, func, literal, select, update
+from sqlalchemy import ARRAY, String, any_, func, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.models import QualityScore, RequestRecord
@@ -32,6 +43,9 @@ _SQLITE_RECORD_ROWS = 64
 # A score is made after its call, give or take the replicas' clock skew: scores stored before a
 # call are looked for among those made at most this long before it.
 SCORE_SKEW = timedelta(days=1)
+# Advisory-lock namespace of record writers ("CGTC"): batches with records share it; a batch with
+# scores of calls it cannot find takes it alone (see the module docstring).
+CALLS_LOCK = 0x43475443
 _ARRAY_TYPES = {"String": "text", "Text": "text", "UTCDateTime": "timestamptz", "Boolean": "boolean",
                 "Integer": "integer", "Float": "double precision"}
 
@@ -71,11 +85,18 @@ class RecordStore(Database):
             if not self.dialect.postgresql:
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
             deployments = {record.deployment for record in records}
-            scored_ids = {score.request_id for score in scores}
-            if scored_ids:
-                deployments.update((await connection.scalars(
-                    select(RequestRecordRow.deployment).distinct()
-                    .where(self._among(RequestRecordRow.id, scored_ids)))).all())
+            scored_ids = {score.request_id for score in scores} - {record.id for record in records}
+            stored = await self._deployments_of(connection, scored_ids)
+            if self.dialect.postgresql:
+                if len(stored) < len(scored_ids):
+                    # A call not found may be in another writer's open transaction: wait for them all.
+                    await connection.execute(text("SELECT pg_advisory_xact_lock(:namespace, 0)"),
+                                             {"namespace": CALLS_LOCK})
+                    stored = await self._deployments_of(connection, scored_ids)
+                elif records:
+                    await connection.execute(text("SELECT pg_advisory_xact_lock_shared(:namespace, 0)"),
+                                             {"namespace": CALLS_LOCK})
+            deployments.update(stored.values())
             stages = await lock_stages(connection, self.dialect, deployments)
             inserted = await self._insert_records(connection, records) if records else set()
             new_scores = await self._insert_scores(connection, scores) if scores else []
@@ -117,6 +138,14 @@ class RecordStore(Database):
                     fact = before[score.request_id]
                     tally.add_score(fact, score.source, score.score, stages.get(fact.deployment))
             await tally.write(connection, self.dialect)
+
+    async def _deployments_of(self, connection: AsyncConnection, request_ids: Collection[str]) -> dict[str, str]:
+        """Stored call id → its deployment, for the ids of `request_ids` that are stored (committed)."""
+        if not request_ids:
+            return {}
+        return dict((await connection.execute(
+            select(RequestRecordRow.id, RequestRecordRow.deployment)
+            .where(self._among(RequestRecordRow.id, request_ids)))).all())
 
     def _among(self, column: Any, values: Collection[str]) -> Any:
         """`column IN values`; on PostgreSQL as one array parameter (`= ANY`), cheap to compile for many values.
