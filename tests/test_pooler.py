@@ -124,13 +124,12 @@ async def test_the_store_writes_decides_and_times_out_through_pgbouncer_in_trans
         made = [record(rng, index, now - timedelta(minutes=50) + timedelta(seconds=3 * index)) for index in range(800)]
         scores = [QualityScore(id=f"s{index}", request_id=made[index * 7].id, source="feedback", score=0.5,
                                created_at=now) for index in range(100)]
-        # Two writers at once, 16 batches in flight over 2 server connections: each transaction on one of them.
-        # (Scores come after their calls are stored: a score written at the very moment its call is, by another
-        # writer, is a race of the aggregates with or without a pooler, not what this test is about.)
+        # Two writers at once, 16 batches in flight over 2 server connections: each transaction on one of
+        # them, the scores' calls stored by the other writer's batches in flight (the writers' advisory locks
+        # are transaction-level, so they hold through the pooler).
         await asyncio.gather(*((first if index % 2 else second).insert_batch(
-            records=made[index * 50:(index + 1) * 50], scores=[]) for index in range(16)))
-        await asyncio.gather(*((first if index % 2 else second).insert_batch(
-            records=[], scores=scores[index * 6:(index + 1) * 6]) for index in range(17)))
+            records=made[index * 50:(index + 1) * 50], scores=scores[index * 6:(index + 1) * 6])
+            for index in range(17)))
         # The decision lock is a transaction's: held through the pooler for as long as that transaction lasts.
         async with first.decision_session("bot") as holding:
             assert holding is not None
