@@ -334,7 +334,7 @@ async def _add(connection: AsyncConnection, dialect: Dialect, table: Any, keys: 
         # One statement over arrays: a round trip and a plan for the whole batch.
         await connection.exec_driver_sql(_adding_arrays(table, keys, fields), _arrays(ordered))
     else:
-        await connection.execute(_adding(dialect, table, keys, fields), _dicts(keys, fields, ordered))
+        await connection.exec_driver_sql(_adding_rows(table, keys, fields), _sqlite_rows(ordered))
 
 
 async def _add_returning(connection: AsyncConnection, dialect: Dialect, table: Any, keys: tuple[str, ...],
@@ -349,20 +349,22 @@ async def _add_returning(connection: AsyncConnection, dialect: Dialect, table: A
         now = {tuple(row[: len(keys)]): row[len(keys):] for row in returned.all()}
         return [(key, change, now[tuple(key)]) for key, change in ordered]
     # SQLite: write transactions are serialized, so the rows read first are the rows the upsert adds to.
-    columns = table.__table__.c
+    # Keys start (deployment, started_at, version, user_hash); the rows are read per (deployment, started_at,
+    # version) by user, and matched by the rest of their key (user_hash, and the source if any).
     before: dict[tuple[Any, ...], Sequence[Any]] = {}
     groups: dict[tuple[Any, ...], set[str]] = {}
     for key, _ in ordered:
         groups.setdefault(tuple(key[:3]), set()).add(key[3])
-    for (deployment, started_at, version), users in groups.items():
+    rest = keys[3:]
+    for group, users in groups.items():
         chosen = sorted(users)
         for start in range(0, len(chosen), 512):
-            rows = await connection.execute(
-                select(*(columns[name] for name in (*keys, *fields))).where(
-                    columns["deployment"] == deployment, columns["started_at"] == started_at,
-                    columns["version"] == version, columns["user_hash"].in_(few_shapes(chosen[start : start + 512]))))
-            before.update({tuple(row[: len(keys)]): row[len(keys):] for row in rows})
-    await connection.execute(_adding(dialect, table, keys, fields), _dicts(keys, fields, ordered))
+            some = few_shapes(chosen[start : start + 512])
+            sql = (f"SELECT {', '.join((*rest, *fields))} FROM {table.__tablename__} WHERE deployment = ? AND "
+                   f"started_at = ? AND version = ? AND user_hash IN ({', '.join('?' * len(some))})")
+            rows = await connection.exec_driver_sql(sql, (group[0], _sqlite_time(group[1]), group[2], *some))
+            before.update({(*group, *row[: len(rest)]): row[len(rest):] for row in rows})
+    await connection.exec_driver_sql(_adding_rows(table, keys, fields), _sqlite_rows(ordered))
     zeros = [0] * len(fields)
     return [(key, change, [old + delta for old, delta in zip(before.get(tuple(key), zeros), change, strict=True)])
             for key, change in ordered]
@@ -375,16 +377,18 @@ async def _present(connection: AsyncConnection, dialect: Dialect, deployment: st
         return len((await connection.exec_driver_sql(
             "INSERT INTO stage_presence (deployment, started_at, user_hash) SELECT $1, $2, unnest(CAST($3 AS text[])) "
             "ON CONFLICT DO NOTHING RETURNING user_hash", (deployment, started_at, users))).all())
-    presence = StagePresenceRow
     known: set[str] = set()
+    started = _sqlite_time(started_at)
     for start in range(0, len(users), 512):
-        known.update((await connection.scalars(select(presence.user_hash).where(
-            presence.deployment == deployment, presence.started_at == started_at,
-            presence.user_hash.in_(few_shapes(users[start : start + 512]))))).all())
+        some = few_shapes(users[start : start + 512])
+        known.update(row[0] for row in await connection.exec_driver_sql(
+            "SELECT user_hash FROM stage_presence WHERE deployment = ? AND started_at = ? AND user_hash IN "
+            f"({', '.join('?' * len(some))})", (deployment, started, *some)))
     new = [user for user in users if user not in known]
     if new:
-        await connection.execute(insert(presence), [{"deployment": deployment, "started_at": started_at,
-                                                     "user_hash": user} for user in new])
+        await connection.exec_driver_sql(
+            "INSERT INTO stage_presence (deployment, started_at, user_hash) VALUES (?, ?, ?)",
+            [(deployment, started, user) for user in new])
     return len(new)
 
 
@@ -392,16 +396,28 @@ def _arrays(ordered: Sequence[tuple[Any, Sequence[Any]]]) -> tuple[list[Any], ..
     return tuple(list(column) for column in zip(*(tuple(key) + tuple(values) for key, values in ordered), strict=True))
 
 
-def _dicts(keys: tuple[str, ...], fields: tuple[str, ...],
-           ordered: Sequence[tuple[Any, Sequence[Any]]]) -> list[dict[str, Any]]:
-    return [{**dict(zip(keys, key, strict=True)), **dict(zip(fields, values, strict=True))} for key, values in ordered]
+def _sqlite_rows(ordered: Sequence[tuple[Any, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+    """SQLite: each (key, values) as one row of parameters, times as `UTCDateTime` stores them there.
+
+    Sent to the driver as they are: SQLAlchemy's per-row parameter processing
+    of an executemany costs more than the statement itself for a batch of calls.
+    """
+    return [(*(_sqlite_time(part) if isinstance(part, datetime) else part for part in key), *values)
+            for key, values in ordered]
 
 
-def _adding(dialect: Dialect, table: Any, keys: tuple[str, ...], fields: tuple[str, ...]) -> Any:
-    statement = dialect.insert(table)
-    columns = table.__table__.c
-    return statement.on_conflict_do_update(
-        index_elements=list(keys), set_={name: columns[name] + statement.excluded[name] for name in fields})
+def _sqlite_time(moment: datetime) -> str:
+    """A time as `UTCDateTime` stores it on SQLite: naive UTC text, to the microsecond."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@cache
+def _adding_rows(table: Any, keys: tuple[str, ...], fields: tuple[str, ...]) -> str:
+    """SQLite: INSERT of one row adding to the row that exists (run once per row, as an executemany)."""
+    names = (*keys, *fields)
+    updates = ", ".join(f"{name} = {table.__tablename__}.{name} + excluded.{name}" for name in fields)
+    return (f"INSERT INTO {table.__tablename__} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}")
 
 
 _ARRAY_TYPES = {"String": "text", "UTCDateTime": "timestamptz", "BigInteger": "bigint", "Integer": "integer",
