@@ -99,9 +99,29 @@ class JsonFormatter(logging.Formatter):
 
     def _access_line(self, record: AccessRecord) -> str:
         """What `json.dumps` would write for the record's entry, without building it."""
-        fields = ", ".join(f"{_json_text(key)}: {_json_value(value)}" for key, value in record.fields.items())
-        return (f'{{"ts": "{self._timestamp(record)}", "level": "info", "logger": {_json_text(record.name)}, '
-                f'"msg": {_json_text(record.getMessage())}, {fields}}}')
+        parts = [f'{{"ts": "{self._timestamp(record)}", "level": "info", "logger": {_json_text(record.name)}, '
+                 f'"msg": {_json_text(record.getMessage())}']
+        for key, value in record.fields.items():
+            # The common values written here; anything else as `_json_value` writes it.
+            kind = type(value)
+            if kind is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+                text = f'"{value}"'
+            elif kind is bool or value is None:
+                text = _CONSTANTS[value]
+            elif kind is int:
+                text = repr(value)
+            else:
+                text = _json_value(value)
+            prefix = _KEYS.get(key)
+            if prefix is None:
+                prefix = _KEYS[key] = f"{_json_text(key)}: "
+            parts.append(prefix + text)
+        return ", ".join(parts) + "}"
+
+
+# The access log's keys as written (`"key": `), and the JSON of its constants.
+_KEYS: dict[str, str] = {}
+_CONSTANTS = {None: "null", True: "true", False: "false"}
 
 
 def _json_text(text: str) -> str:
