@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -98,6 +99,8 @@ def test_safety_identifier_and_metadata_user_id_route_like_user(
     assert sources == ["safety_identifier", "metadata.user_id", None]
     rows = gateway.records(3)
     assert len({row["user_hash"] for row in rows[:2]}) == 1 and rows[2]["user_hash"] is None
+    # Stored as the salted HMAC-SHA256 of the id (hex, first 32 digits), never the id itself.
+    assert rows[0]["user_hash"] == hmac.new(b"test-salt", canary_user.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def test_the_user_id_header_name_is_configurable(make_gateway: Any) -> None:
