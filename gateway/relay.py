@@ -47,7 +47,7 @@ from gateway.models import Api, Deployment, Price, RecordStatus, RequestRecord, 
 from gateway.pivot import chat_view, upstream_body
 from gateway.pricing import PriceTable
 from gateway.providers import Answer, StreamTranslator, UpstreamRequest
-from gateway.providers.assembly import completion_choices, reply_text
+from gateway.providers.assembly import reply_text
 from gateway.quality import QualityMonitor, Wanted
 from gateway.recorder import Recorder
 from gateway.routing import choose_version
@@ -261,7 +261,7 @@ class Relay:
             if relayed:
                 answer = replace(answer, headers=relayed)
         if call.wanted is not None or call.shadowed:
-            self._sample(call, answer.choices if answer.choices is not None else completion_choices(answer.content))
+            self._sample(call, answer.chat_choices())
         self._finish(call, status="ok", http_status=200, usage=answer.usage)
         return answer
 

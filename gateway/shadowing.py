@@ -80,7 +80,7 @@ from gateway.metrics import Metrics
 from gateway.models import Api, Clock, Deployment, QualityScore, RecordStatus, RequestRecord, Usage, utc_now
 from gateway.pivot import chat_view, upstream_body
 from gateway.pricing import PriceTable
-from gateway.providers.assembly import completion_choices, reply_text
+from gateway.providers.assembly import reply_text
 from gateway.recorder import Recorder
 from gateway.tasks import cancel_and_wait
 from gateway.upstream import UpstreamClient
@@ -317,7 +317,7 @@ class ShadowDispatcher:
             finally:
                 await response.aclose()
             usage = parsed.usage
-            choices = parsed.choices if parsed.choices is not None else completion_choices(parsed.content)
+            choices = parsed.chat_choices()
             first = next((choice for choice in choices if choice.get("index", 0) == 0), None)
             message = first.get("message") if first is not None else None
             reply = message if isinstance(message, dict) else None

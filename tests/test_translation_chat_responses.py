@@ -87,7 +87,7 @@ def test_the_provider_reads_usage_and_answer_of_a_native_answer_and_keeps_its_by
     native = PROVIDER.parse_native_answer(content)
     assert native.content == content
     assert (native.usage.prompt_tokens, native.usage.completion_tokens, native.usage.cache_read_tokens) == (11, 7, 4)
-    assert native.choices is not None and native.choices[0]["message"]["content"] == "answer to [Sys]"
+    assert native.chat_choices()[0]["message"]["content"] == "answer to [Sys]"
 
 
 def events(body: dict[str, Any], *, cut: int | None = None, separators: tuple[str, str] = (", ", ": ")) -> bytes:

@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import UpstreamRefused, UpstreamStatusError
 from gateway.models import Usage, WireApi
-from gateway.providers.assembly import ChunkAssembly
+from gateway.providers.assembly import ChunkAssembly, completion_choices
 
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|sk-ant-[A-Za-z0-9_\-*]{6,})")
 # The client-facing status for an upstream error status; anything else is 502.
@@ -63,13 +63,24 @@ class Answer:
     `content` is a `chat.completion` on the pivot, or the upstream's own bytes
     on the native path; then `choices` holds the same answer read as
     chat-completion choices (`{"index", "message", "finish_reason"}`) for the
-    evaluators, which read chat.
+    evaluators, which read chat, or `read_choices` reads them when asked (a
+    conversion only sampled and shadowed calls pay for). `chat_choices()`
+    gives them whichever way they come.
     """
 
     content: bytes
     usage: Usage
     headers: Mapping[str, str] = field(default_factory=dict)
     choices: list[dict[str, Any]] | None = None
+    read_choices: Callable[[], list[dict[str, Any]]] | None = None
+
+    def chat_choices(self) -> list[dict[str, Any]]:
+        """The answer as chat-completion choices; [] when it has none."""
+        if self.choices is not None:
+            return self.choices
+        if self.read_choices is not None:
+            return self.read_choices()
+        return completion_choices(self.content)
 
 
 class StreamTranslator(ABC):

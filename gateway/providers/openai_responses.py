@@ -67,7 +67,7 @@ class OpenAIResponsesProvider(OpenAIProvider):
     def parse_native_answer(self, content: bytes) -> Answer:
         response = self._response(content)
         return Answer(content=content, usage=responses_usage(response.get("usage")),
-                      choices=to_chat_completion(response)["choices"])
+                      read_choices=lambda: to_chat_completion(response)["choices"])
 
     def native_stream_relay(self, *, wants_usage: bool, collect: bool = False) -> StreamTranslator:
         return ResponsesStreamRelay(collect=collect)
