@@ -325,7 +325,11 @@ class Spool:
         """Write as many lines as the size limit allows, in one file; returns how many were written."""
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
-            used = sum(path.stat().st_size for path in self._directory.glob("records-*"))
+            used = 0
+            for path in self._directory.glob("records-*"):
+                # A file may be claimed (renamed) or drained (removed) by the writer meanwhile.
+                with contextlib.suppress(FileNotFoundError):
+                    used += path.stat().st_size
             fitting = []
             for line in lines:
                 used += len(line) + 1

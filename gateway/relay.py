@@ -293,6 +293,9 @@ class Relay:
         http_status = CLIENT_CLOSED
         ttft: float | None = None
         call.task = asyncio.current_task()
+        # Whether the client has been handed the stream's end-of-stream event (its [DONE],
+        # message_stop or response.completed): a client that leaves after it got the whole answer.
+        delivered = False
         try:
             tail = b""
             try:
@@ -307,6 +310,7 @@ class Relay:
                             if ttft is None and translator.started:
                                 ttft = time.perf_counter() - call.received
                             yield out
+                            delivered = translator.done
                 except asyncio.CancelledError:
                     if not call.ended:
                         raise
@@ -322,7 +326,13 @@ class Relay:
             if tail:
                 yield tail
         finally:
-            if call.ended and error_kind == "client_cancelled":
+            if delivered and error_kind == "client_cancelled":
+                # The client read the end of the answer and closed before the upstream's connection did.
+                error_kind = translator.error_kind
+                status, http_status = ("error" if error_kind else "ok"), 200
+                if status == "ok" and (call.wanted is not None or call.shadowed):
+                    self._sample(call, translator.choices or [])
+            elif call.ended and error_kind == "client_cancelled":
                 # Cancelled while handing a chunk to the server: the stream could not say why.
                 status, http_status, error_kind = "error", 200, ShuttingDown.kind
             self._finish(

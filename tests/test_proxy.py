@@ -145,6 +145,21 @@ def test_stream_is_relayed_while_the_upstream_is_still_sending(gateway: Gateway,
     assert arrivals[0] < fake.stream_finished_at[-1] - 1.0
 
 
+def test_a_client_that_leaves_after_the_done_event_got_the_whole_answer(gateway: Gateway, fake: FakeUpstream) -> None:
+    """The upstream keeps its connection open after [DONE]; the client closes as soon as it reads it."""
+    fake.behaviour.linger_after_done = 3.0
+    with gateway.client() as http, http.stream("POST", "/v1/chat/completions", json={
+            "model": "support-bot", "messages": MESSAGES, "user": "u", "stream": True}) as answer:
+        lines = []
+        for line in answer.iter_lines():
+            lines.append(line)
+            if line == "data: [DONE]":
+                break
+    assert lines[-1] == "data: [DONE]"
+    [row] = gateway.records(1)
+    assert (row["status"], row["http_status"], row["error_kind"], row["completion_tokens"]) == ("ok", 200, None, 7)
+
+
 def test_stream_hides_the_usage_chunk_unless_asked(gateway: Gateway, fake: FakeUpstream) -> None:
     client = sdk(gateway)
     unasked = list(client.chat.completions.create(model="support-bot", messages=MESSAGES, user="u", stream=True))

@@ -412,6 +412,8 @@ class Behaviour:
     prefer: str | None = None
     # Headers added to error answers (rate-limit headers: retry-after-ms, x-ratelimit-*).
     error_headers: dict[str, str] = field(default_factory=dict)
+    # Seconds a stream's connection stays open after its [DONE] event (the chunked body's end comes later).
+    linger_after_done: float = 0.0
     # An OpenAI-compatible upstream that refuses `stream_options` (400), as some do.
     refuse_stream_options: bool = False
     # Gzip every answer, streams included, whatever Accept-Encoding asked for.
@@ -610,6 +612,8 @@ class FakeUpstream:
             await response.write(b"data: " + json.dumps(usage_event).encode() + end)
         await response.write(b"data: [DONE]" + end)
         self.stream_finished_at.append(time.monotonic())
+        if b.linger_after_done:
+            await asyncio.sleep(b.linger_after_done)
         await response.write_eof()
 
     # -- Responses ---------------------------------------------------------------------------------------
