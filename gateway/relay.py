@@ -321,8 +321,6 @@ class Relay:
                 tail = translator.error_event(exc.message, exc.kind)
                 error_kind = exc.kind
             status, http_status = ("error" if error_kind else "ok"), 200
-            if status == "ok" and (call.wanted is not None or call.shadowed):
-                self._sample(call, translator.choices or [])
             if tail:
                 yield tail
         finally:
@@ -330,11 +328,11 @@ class Relay:
                 # The client read the end of the answer and closed before the upstream's connection did.
                 error_kind = translator.error_kind
                 status, http_status = ("error" if error_kind else "ok"), 200
-                if status == "ok" and (call.wanted is not None or call.shadowed):
-                    self._sample(call, translator.choices or [])
             elif call.ended and error_kind == "client_cancelled":
                 # Cancelled while handing a chunk to the server: the stream could not say why.
                 status, http_status, error_kind = "error", 200, ShuttingDown.kind
+            if status == "ok" and (call.wanted is not None or call.shadowed):
+                self._sample(call, translator.choices or [])
             self._finish(
                 call,
                 status=status,
